@@ -31,8 +31,9 @@ var (
 	out  []byte
 )
 
-// Dir builds all three binaries (once per process, with -race when the
-// test binary has it) and returns the directory holding them. The
+// Dir builds all three binaries (once per process; with -race only when
+// the test binary has it and DTMUX_E2E_RACE=1, since a race-built agent
+// moving 100 MB is slow) and returns the directory holding them. The
 // directory is removed when the process exits only if TestMain calls
 // Cleanup.
 func Dir(t testing.TB) string {
@@ -43,7 +44,7 @@ func Dir(t testing.TB) string {
 			return
 		}
 		args := []string{"build", "-o", dir + string(os.PathSeparator)}
-		if raceEnabled {
+		if raceEnabled && os.Getenv("DTMUX_E2E_RACE") == "1" {
 			args = append(args, "-race")
 		}
 		for _, m := range []string{Agent, Controller, CLI} {
