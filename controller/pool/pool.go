@@ -1,0 +1,518 @@
+// Package pool keeps one long-lived gRPC connection per workspace agent:
+// dialled lazily, kept alive, health-checked, redialled with backoff and
+// evicted when idle.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/dtmux/dtmux/controller/provider"
+	"github.com/dtmux/dtmux/internal/transport"
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// ErrUnreachable wraps every failure to reach a started workspace's agent.
+// Provider errors (provider.ErrNotFound, provider.ErrNotStarted, ...) are
+// returned as they are.
+var ErrUnreachable = errors.New("agent unreachable")
+
+// ErrClosed is returned after Close.
+var ErrClosed = errors.New("pool closed")
+
+// Defaults for Config.
+const (
+	DefaultIdleTimeout        = 30 * time.Minute
+	DefaultMaxConcurrentDials = 64
+	DefaultConnectTimeout     = 10 * time.Second
+)
+
+// Config configures a Pool.
+type Config struct {
+	// Resolve says how to reach a workspace's agent; normally a
+	// provider's Endpoint method.
+	Resolve func(ctx context.Context, name string) (provider.Endpoint, error)
+	// Logger is named "pool" by New.
+	Logger hclog.Logger
+	// IdleTimeout closes a connection that carried no call for that long
+	// (default DefaultIdleTimeout; negative: never). An endpoint's own
+	// IdleTimeout overrides it.
+	IdleTimeout time.Duration
+	// MaxConcurrentDials bounds connection attempts in flight across all
+	// workspaces (default DefaultMaxConcurrentDials), so that dialling a
+	// thousand agents at once does not stampede the host or the hops.
+	MaxConcurrentDials int
+	// ConnectTimeout bounds how long Conn waits for a connection that is
+	// not ready yet (default DefaultConnectTimeout), within the caller's
+	// context.
+	ConnectTimeout time.Duration
+	// DialOptions are added to every connection (tests, tuning).
+	DialOptions []grpc.DialOption
+}
+
+// Status is the pool's view of one workspace's agent.
+type Status struct {
+	// Connected is true while the connection is ready.
+	Connected bool
+	// Version is the agent's version, once reached.
+	Version string
+	// LastError says why the last attempt to reach the agent failed.
+	LastError string
+	// LastErrorAt is when it did.
+	LastErrorAt time.Time
+	// Since is when the current connection became ready.
+	Since time.Time
+}
+
+// Pool holds the connections. It is safe for concurrent use.
+type Pool struct {
+	cfg  Config
+	log  hclog.Logger
+	dial chan struct{} // semaphore bounding concurrent dials
+
+	ctx    context.Context // cancelled by Close; parent of watchers
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // watchers and the janitor
+
+	mu      sync.Mutex
+	entries map[string]*entry // guarded by mu
+	closed  bool              // guarded by mu
+}
+
+// entry is one workspace's connection. Fields below mu are guarded by the
+// entry's own mu; the rest are set once at creation.
+type entry struct {
+	name   string
+	key    string
+	cc     *grpc.ClientConn
+	idle   time.Duration
+	active atomic.Int64
+	used   atomic.Int64 // unix nanos of the last call start or end
+
+	mu          sync.Mutex
+	version     string
+	since       time.Time
+	lastErr     string
+	lastErrAt   time.Time
+	everReached bool
+}
+
+// New starts a pool; Close stops it.
+func New(cfg Config) *Pool {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxConcurrentDials <= 0 {
+		cfg.MaxConcurrentDials = DefaultMaxConcurrentDials
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = DefaultConnectTimeout
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{
+		cfg:     cfg,
+		log:     cfg.Logger.Named("pool"),
+		dial:    make(chan struct{}, cfg.MaxConcurrentDials),
+		ctx:     ctx,
+		cancel:  cancel,
+		entries: make(map[string]*entry),
+	}
+	p.wg.Add(1)
+	go p.janitor()
+	return p
+}
+
+// Conn returns a ready connection to the workspace's agent, dialling it
+// when there is none. Errors wrap the provider's sentinels or
+// ErrUnreachable with the reason. The connection belongs to the pool: do
+// not close it.
+func (p *Pool) Conn(ctx context.Context, name string) (*grpc.ClientConn, error) {
+	e, err := p.entry(ctx, name, nil)
+	if err != nil {
+		return nil, err
+	}
+	e.touch()
+	if e.cc.GetState() == connectivity.Ready {
+		return e.cc, nil
+	}
+	err = p.awaitReady(ctx, e)
+	if err == nil {
+		return e.cc, nil
+	}
+	if ctx.Err() != nil {
+		return nil, err
+	}
+	// It failed: the workspace may have been stopped, deleted or moved
+	// meanwhile. Ask the provider, and try once more if the endpoint
+	// changed.
+	e2, rerr := p.entry(ctx, name, e)
+	if rerr != nil {
+		return nil, rerr
+	}
+	if e2 == e {
+		return nil, err
+	}
+	if err := p.awaitReady(ctx, e2); err != nil {
+		return nil, err
+	}
+	return e2.cc, nil
+}
+
+// entry returns the workspace's entry, creating it (and replacing a
+// failing one whose endpoint changed) as needed. When failed is the
+// current entry, the provider is asked again even if the connection is
+// not in failure yet.
+func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	e := p.entries[name]
+	p.mu.Unlock()
+	if e != nil && e != failed {
+		st := e.cc.GetState()
+		if st != connectivity.TransientFailure && st != connectivity.Shutdown {
+			return e, nil
+		}
+	}
+	// No entry, or a failing one: ask the provider afresh, so that a
+	// stopped or deleted workspace says so and a moved agent is redialled.
+	ep, err := p.cfg.Resolve(ctx, name)
+	if err != nil {
+		if e != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			p.Evict(name)
+		}
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	cur := p.entries[name]
+	if cur != nil && cur != e {
+		return cur, nil // someone else replaced it meanwhile
+	}
+	if cur != nil && cur.key == ep.Key && cur.cc.GetState() != connectivity.Shutdown {
+		return cur, nil
+	}
+	ne, err := p.newEntry(name, ep)
+	if err != nil {
+		return nil, fmt.Errorf("%w: workspace %q: %v", ErrUnreachable, name, err)
+	}
+	if cur != nil {
+		p.log.Debug("endpoint changed, redialling", "workspace", name)
+		cur.cc.Close()
+	}
+	p.entries[name] = ne
+	p.wg.Add(1)
+	go p.watch(ne)
+	return ne, nil
+}
+
+// newEntry builds a (not yet connected) client for ep. Callers hold p.mu.
+func (p *Pool) newEntry(name string, ep provider.Endpoint) (*entry, error) {
+	e := &entry{name: name, key: ep.Key, idle: p.cfg.IdleTimeout}
+	if ep.IdleTimeout != 0 {
+		e.idle = ep.IdleTimeout
+	}
+	var (
+		addr   transport.Address
+		target string
+		dialFn func(ctx context.Context) (net.Conn, error)
+	)
+	switch {
+	case ep.Dial != nil:
+		addr = transport.Address{Network: "pipe", Addr: name}
+		target = "passthrough:///ws-" + name
+		dialFn = ep.Dial
+	case ep.Address.Network == "unix":
+		addr = ep.Address
+		target = "passthrough:///ws-" + name
+		dialFn = dialer("unix", ep.Address.Addr)
+	case ep.Address.Network == "tcp":
+		addr = ep.Address
+		target = "passthrough:///" + ep.Address.Addr
+		dialFn = dialer("tcp", ep.Address.Addr)
+	default:
+		return nil, fmt.Errorf("endpoint has neither a dialer nor an address (%q)", ep.Address)
+	}
+	if e.key == "" {
+		e.key = addr.String()
+	}
+	opts := append(transport.DialOptions(addr, ep.DialConfig),
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			return p.boundedDial(ctx, e, dialFn)
+		}),
+		// The pool evicts idle connections itself.
+		grpc.WithIdleTimeout(0),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 10 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		grpc.WithChainUnaryInterceptor(e.unaryTrack),
+		grpc.WithChainStreamInterceptor(e.streamTrack),
+	)
+	opts = append(opts, p.cfg.DialOptions...)
+	cc, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, err
+	}
+	e.cc = cc
+	e.touch()
+	return e, nil
+}
+
+func dialer(network, addr string) func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+// boundedDial opens one connection, holding a slot of the dial semaphore.
+func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Context) (net.Conn, error)) (net.Conn, error) {
+	select {
+	case p.dial <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-p.dial }()
+	c, err := dial(ctx)
+	if err != nil {
+		e.setErr(err.Error())
+		p.log.Debug("dial failed", "workspace", e.name, "error", err)
+		return nil, err
+	}
+	return c, nil
+}
+
+// awaitReady wakes a connection that is not ready (skipping grpc's backoff
+// wait, since a caller is waiting now) and waits, within ConnectTimeout,
+// until a health check passes or fails. The failure's reason is in the
+// error.
+func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
+	if e.cc.GetState() == connectivity.TransientFailure {
+		e.cc.ResetConnectBackoff()
+	}
+	e.cc.Connect()
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	r, err := healthpb.NewHealthClient(e.cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		err = fmt.Errorf("agent health is %s", r.GetStatus())
+	}
+	if err == nil {
+		return nil
+	}
+	if s, ok := status.FromError(err); ok {
+		if s.Code() == codes.Canceled && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		err = errors.New(cleanReason(s.Message()))
+	}
+	e.setErr(err.Error())
+	return fmt.Errorf("%w: workspace %q: %v", ErrUnreachable, e.name, err)
+}
+
+// cleanReason trims grpc's wording down to the cause.
+func cleanReason(msg string) string {
+	for _, p := range []string{"connection error: desc = ", "transport: Error while dialing: ", "transport: "} {
+		if i := strings.LastIndex(msg, p); i >= 0 {
+			msg = msg[i+len(p):]
+		}
+	}
+	return strings.Trim(msg, `"`)
+}
+
+// watch follows one connection's state until it shuts down: it records
+// when it became ready and the agent's version, and logs transitions.
+func (p *Pool) watch(e *entry) {
+	defer p.wg.Done()
+	st := e.cc.GetState()
+	for {
+		if st == connectivity.Ready {
+			p.onReady(e)
+		} else {
+			e.mu.Lock()
+			e.since = time.Time{}
+			e.mu.Unlock()
+		}
+		if !e.cc.WaitForStateChange(p.ctx, st) {
+			return // pool closed
+		}
+		prev := st
+		st = e.cc.GetState()
+		if st == connectivity.Shutdown {
+			return
+		}
+		if prev == connectivity.Ready && st != connectivity.Ready {
+			p.log.Info("agent connection lost", "workspace", e.name, "state", st.String())
+		}
+	}
+}
+
+func (p *Pool) onReady(e *entry) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	info, err := agentv1.NewAgentServiceClient(e.cc).GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.since = time.Now()
+	if err == nil {
+		e.version = info.GetVersion()
+	}
+	if !e.everReached {
+		e.everReached = true
+		p.log.Debug("agent connected", "workspace", e.name, "version", e.version)
+	} else {
+		p.log.Info("agent reconnected", "workspace", e.name, "version", e.version)
+	}
+}
+
+func (e *entry) setErr(msg string) {
+	e.mu.Lock()
+	e.lastErr, e.lastErrAt = msg, time.Now()
+	e.mu.Unlock()
+}
+
+func (e *entry) touch() { e.used.Store(time.Now().UnixNano()) }
+
+// unaryTrack and streamTrack count calls in flight so that a connection
+// carrying a long stream is never evicted as idle.
+func (e *entry) unaryTrack(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	e.active.Add(1)
+	e.touch()
+	defer func() { e.active.Add(-1); e.touch() }()
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+func (e *entry) streamTrack(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	e.active.Add(1)
+	e.touch()
+	// OnFinish runs exactly once, also when the stream fails to start.
+	opts = append(opts, grpc.OnFinish(func(error) { e.active.Add(-1); e.touch() }))
+	return streamer(ctx, desc, cc, method, opts...)
+}
+
+// Status reports on one workspace; the zero Status when the pool holds no
+// connection for it.
+func (p *Pool) Status(name string) Status {
+	p.mu.Lock()
+	e := p.entries[name]
+	p.mu.Unlock()
+	if e == nil {
+		return Status{}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := Status{Version: e.version, LastError: e.lastErr, LastErrorAt: e.lastErrAt}
+	if e.cc.GetState() == connectivity.Ready {
+		s.Connected = true
+		s.Since = e.since
+		if s.Since.IsZero() {
+			s.Since = time.Now()
+		}
+	}
+	return s
+}
+
+// Len is the number of connections held.
+func (p *Pool) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.entries)
+}
+
+// Evict closes the workspace's connection, if any (after a stop or
+// delete). Calls in flight on it fail.
+func (p *Pool) Evict(name string) {
+	p.mu.Lock()
+	e := p.entries[name]
+	delete(p.entries, name)
+	p.mu.Unlock()
+	if e != nil {
+		e.cc.Close()
+	}
+}
+
+// janitor evicts idle connections.
+func (p *Pool) janitor() {
+	defer p.wg.Done()
+	period := p.cfg.IdleTimeout / 4
+	if period <= 0 || period > time.Minute {
+		period = time.Minute
+	}
+	if period < 10*time.Millisecond {
+		period = 10 * time.Millisecond
+	}
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+			p.evictIdle(time.Now())
+		}
+	}
+}
+
+func (p *Pool) evictIdle(now time.Time) {
+	var victims []*entry
+	p.mu.Lock()
+	for name, e := range p.entries {
+		if e.idle < 0 || e.active.Load() > 0 {
+			continue
+		}
+		if now.Sub(time.Unix(0, e.used.Load())) >= e.idle {
+			delete(p.entries, name)
+			victims = append(victims, e)
+		}
+	}
+	p.mu.Unlock()
+	for _, e := range victims {
+		p.log.Debug("closing idle connection", "workspace", e.name)
+		e.cc.Close()
+	}
+}
+
+// Close closes every connection and stops the pool's goroutines.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	entries := p.entries
+	p.entries = nil
+	p.mu.Unlock()
+	p.cancel()
+	var errs []error
+	for _, e := range entries {
+		if err := e.cc.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.wg.Wait()
+	return errors.Join(errs...)
+}
