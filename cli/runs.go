@@ -1,0 +1,164 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+func newRunsCmd(app *App) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "runs",
+		Aliases: []string{"run-ls"},
+		Short:   "List, follow and kill a workspace's runs",
+	}
+	cmd.AddCommand(newRunsLsCmd(app), newRunsLogsCmd(app), newRunsKillCmd(app))
+	return cmd
+}
+
+func newRunsLsCmd(app *App) *cobra.Command {
+	var labels []string
+	cmd := &cobra.Command{
+		Use:     "ls WS",
+		Aliases: []string{"list"},
+		Short:   "List running runs and recently finished ones",
+		Args:    exactArgs(1, "WS"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			lm, err := ParseLabels(labels)
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			return app.runRunsLs(cmd.Context(), args[0], lm)
+		},
+	}
+	cmd.Flags().StringArrayVarP(&labels, "label", "l", nil, "only runs with this label key=value (repeatable)")
+	return cmd
+}
+
+func (a *App) runRunsLs(ctx context.Context, ws string, labels map[string]string) error {
+	asJSON, err := a.JSON()
+	if err != nil {
+		return err
+	}
+	agent, ctx, err := a.Agent(ctx, ws)
+	if err != nil {
+		return err
+	}
+	resp, err := agent.ListRuns(ctx, &agentv1.ListRunsRequest{Labels: labels})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(a.Stdout, resp)
+	}
+	return renderRuns(a, resp.GetRuns(), time.Now())
+}
+
+func renderRuns(a *App, runs []*agentv1.RunInfo, now time.Time) error {
+	t := newTable(a.Stdout, "RUN", "STATE", "EXIT", "PID", "AGE", "COMMAND")
+	for _, r := range runs {
+		t.row(r.GetRunId(), runState(r), runExit(r), strconv.Itoa(int(r.GetPid())), formatAge(r.GetStartedAt(), now), clip(formatArgv(r.GetArgv())))
+	}
+	return t.flush()
+}
+
+func runState(r *agentv1.RunInfo) string {
+	s := "running"
+	if r.GetState() == agentv1.RunState_RUN_STATE_FINISHED {
+		s = strings.ToLower(strings.TrimPrefix(r.GetTrailer().GetReason().String(), "EXIT_REASON_"))
+	}
+	if r.GetDetached() {
+		s += ",detached"
+	}
+	return s
+}
+
+func runExit(r *agentv1.RunInfo) string {
+	if r.GetState() != agentv1.RunState_RUN_STATE_FINISHED {
+		return ""
+	}
+	t := r.GetTrailer()
+	if t.GetSignal() != 0 {
+		return signalName(t.GetSignal())
+	}
+	if t.GetExitCode() < 0 {
+		return ""
+	}
+	return strconv.Itoa(int(t.GetExitCode()))
+}
+
+func newRunsLogsCmd(app *App) *cobra.Command {
+	var (
+		follow           bool
+		from, fromStderr uint64
+	)
+	cmd := &cobra.Command{
+		Use:   "logs WS RUN",
+		Short: "Print a run's output (stdout to stdout, stderr to stderr)",
+		Long: `Print a run's spooled output, stdout to stdout and stderr to stderr, starting
+at the given byte offsets. With -f, follow it until the run ends and exit
+with its status. Bytes evicted from the bounded spool are reported on stderr.`,
+		Args: exactArgs(2, "WS RUN"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return app.runRunsLogs(cmd.Context(), args[0], &agentv1.AttachRunRequest{
+				RunId: args[1], StdoutOffset: from, StderrOffset: fromStderr, Follow: follow,
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&follow, "follow", "f", false, "follow the output until the run ends, then exit with its status")
+	f.Uint64Var(&from, "from", 0, "start at this byte offset of stdout")
+	f.Uint64Var(&fromStderr, "from-stderr", 0, "start at this byte offset of stderr")
+	return cmd
+}
+
+func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRunRequest) error {
+	agent, ctx, err := a.Agent(ctx, ws)
+	if err != nil {
+		return err
+	}
+	stream, err := agent.AttachRun(ctx, req)
+	if err != nil {
+		return err
+	}
+	trailer, err := a.copyRunOutput(func() (runEvent, error) { return stream.Recv() })
+	if err != nil {
+		return err
+	}
+	if trailer == nil || !req.GetFollow() {
+		return nil
+	}
+	return a.trailerExit(req.GetRunId(), trailer)
+}
+
+func newRunsKillCmd(app *App) *cobra.Command {
+	var sig string
+	cmd := &cobra.Command{
+		Use:   "kill WS RUN",
+		Short: "Signal a run's process group (default SIGTERM)",
+		Args:  exactArgs(2, "WS RUN"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := ParseSignal(sig)
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			agent, ctx, err := app.Agent(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if _, err := agent.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: args[1], Signal: s}); err != nil {
+				return err
+			}
+			fmt.Fprintf(app.Stderr, "sent %s to run %s\n", signalName(int32(s)), args[1])
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&sig, "signal", "s", "TERM", "signal name or number: TERM, INT, HUP, KILL, ...")
+	return cmd
+}
