@@ -1,0 +1,174 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// AttachSpec names a fleet run to collect.
+type AttachSpec struct {
+	// RunID of the fleet run.
+	RunID string
+	// Selector says which workspaces to ask; empty means all.
+	Selector Selector
+	// Follow waits for every target to end; without it, what the agents
+	// hold is sent and running targets are left running.
+	Follow bool
+	// MaxParallel bounds the agents asked at once (0: DefaultParallel).
+	MaxParallel int
+	// Retries and RetryBackoff apply to reattaching a broken stream.
+	Retries      int
+	RetryBackoff time.Duration
+}
+
+// Attach collects a fleet run from every agent that has it: each target's
+// output from the first byte (or a gap for what was evicted) and its
+// trailer, then the summary. Agents that cannot be asked are reported
+// unreachable; agents without the run are left out.
+func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summary, error) {
+	began := time.Now()
+	if !ValidRunID(spec.RunID) {
+		return Summary{}, fmt.Errorf("%w: run id %q", ErrInvalid, spec.RunID)
+	}
+	if spec.Selector.Empty() {
+		spec.Selector.All = true
+	}
+	if spec.MaxParallel <= 0 {
+		spec.MaxParallel = DefaultParallel
+	}
+	if spec.RetryBackoff <= 0 {
+		spec.RetryBackoff = DefaultBackoff
+	}
+	targets, err := e.targets.Select(ctx, spec.Selector)
+	if err != nil {
+		return Summary{}, err
+	}
+	targets = dedupe(targets)
+
+	// Phase 1: which agents have the run.
+	type probe struct {
+		name   string
+		client agentv1.AgentServiceClient
+		has    bool
+		err    error
+	}
+	probes := make([]probe, 0, len(targets))
+	for _, t := range targets {
+		if t.Skip == "" {
+			probes = append(probes, probe{name: t.Name})
+		}
+	}
+	parallel(ctx, len(probes), spec.MaxParallel, func(i int) {
+		p := &probes[i]
+		c, err := e.targets.Client(ctx, p.name)
+		if err != nil {
+			p.err = err
+			return
+		}
+		p.client = c
+		_, err = c.GetRun(ctx, &agentv1.GetRunRequest{RunId: spec.RunID})
+		switch {
+		case err == nil:
+			p.has = true
+		case status.Code(err) == codes.NotFound:
+		default:
+			p.err = err
+		}
+	})
+	if err := ctx.Err(); err != nil {
+		return Summary{}, err
+	}
+	var names []string
+	var have []probe
+	for _, p := range probes {
+		if p.has || p.err != nil {
+			names = append(names, p.name)
+		}
+		if p.has {
+			have = append(have, p)
+		}
+	}
+	if len(have) == 0 {
+		return Summary{}, fmt.Errorf("%w: %s (asked %d workspaces, %d unreachable)", ErrRunNotFound, spec.RunID, len(probes), len(names))
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := &emitter{fn: emit, cancel: cancel}
+	t := newTally(names)
+	if err := out.send(Event{Kind: KindStarted, RunID: spec.RunID, Workspaces: names}); err != nil {
+		return Summary{}, err
+	}
+	for _, p := range probes {
+		if p.err != nil {
+			t.set(p.name, resUnreachable, 0)
+			if err := out.send(Event{Kind: KindUnreachable, Workspace: p.name, Attempts: 1, Reason: errMessage(p.err)}); err != nil {
+				return Summary{}, err
+			}
+		}
+	}
+
+	// Phase 2: stream each target's run from the first byte.
+	parallel(ctx, len(have), spec.MaxParallel, func(i int) {
+		p := have[i]
+		f := &follower{targets: e.targets, out: out, name: p.name, runID: spec.RunID, reconnects: spec.Retries, backoff: spec.RetryBackoff}
+		st, err := p.client.AttachRun(ctx, &agentv1.AttachRunRequest{RunId: spec.RunID, Follow: spec.Follow})
+		var recv recvFunc
+		if err != nil {
+			recv = func() (runEvent, error) { return runEvent{}, err }
+		} else {
+			recv = attachRecv(st)
+		}
+		tr, err := f.follow(ctx, recv, spec.Follow)
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case tr == nil && err == nil:
+			return // still running; not following
+		case tr == nil:
+			tr = &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_AGENT_LOST, ExitCode: -1, Detail: errMessage(err)}
+		}
+		if Succeeded(tr) {
+			t.set(p.name, resSucceeded, 0)
+		} else {
+			t.set(p.name, resFailed, ExitCode(tr))
+		}
+		_ = out.send(Event{Kind: KindExited, Workspace: p.name, Trailer: tr})
+	})
+	if err := out.failed(); err != nil {
+		return Summary{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Summary{}, err
+	}
+	return t.summary(spec.RunID, time.Since(began)), nil
+}
+
+// parallel calls fn(0..n-1) with at most limit calls at once and returns
+// when all have returned. It stops starting calls once ctx ends.
+func parallel(ctx context.Context, n, limit int, fn func(i int)) {
+	sem := make(chan struct{}, max(limit, 1))
+	var wg sync.WaitGroup
+	for i := range n {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			fn(i)
+		}()
+	}
+	wg.Wait()
+}

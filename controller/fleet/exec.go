@@ -1,0 +1,457 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// Exec runs spec on every selected workspace and streams events to emit:
+// KindStarted first, then per target queued, started, output, and one
+// final event (exited, unreachable or skipped). It returns the summary
+// once every target has ended. Runs are detached on the agents: when the
+// caller goes away (ctx ends or emit fails) the commands keep running and
+// Attach collects them later.
+func (e *Engine) Exec(ctx context.Context, spec Spec, emit Emit) (Summary, error) {
+	began := time.Now()
+	if len(spec.Command.GetArgv()) == 0 {
+		return Summary{}, fmt.Errorf("%w: empty command", ErrInvalid)
+	}
+	if spec.Selector.Empty() {
+		return Summary{}, fmt.Errorf("%w: select workspaces by name, label or all", ErrInvalid)
+	}
+	if spec.RunID == "" {
+		spec.RunID = NewRunID()
+	} else if !ValidRunID(spec.RunID) {
+		return Summary{}, fmt.Errorf("%w: run id %q: use letters, digits, '.', '_', '-', at most 64 bytes", ErrInvalid, spec.RunID)
+	}
+	if spec.MaxParallel <= 0 {
+		spec.MaxParallel = DefaultParallel
+	}
+	if spec.RetryBackoff <= 0 {
+		spec.RetryBackoff = DefaultBackoff
+	}
+	targets, err := e.targets.Select(ctx, spec.Selector)
+	if err != nil {
+		return Summary{}, err
+	}
+	targets = dedupe(targets)
+	if len(targets) == 0 {
+		return Summary{}, ErrNoTargets
+	}
+	names := make([]string, len(targets))
+	for i, t := range targets {
+		names[i] = t.Name
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r := &fleetRun{
+		e:     e,
+		spec:  spec,
+		out:   &emitter{fn: emit, cancel: cancel},
+		tally: newTally(names),
+		sem:   make(chan struct{}, spec.MaxParallel),
+		stop:  make(chan struct{}),
+		log:   e.log.With("fleet_run", spec.RunID),
+	}
+	r.log.Debug("fleet exec", "targets", len(targets), "max_parallel", spec.MaxParallel)
+	if err := r.out.send(Event{Kind: KindStarted, RunID: spec.RunID, Workspaces: names}); err != nil {
+		return Summary{}, err
+	}
+	for _, t := range targets {
+		if t.Skip != "" {
+			r.skip(t.Name, t.Skip)
+			continue
+		}
+		if err := r.out.send(Event{Kind: KindQueued, Workspace: t.Name}); err != nil {
+			return Summary{}, err
+		}
+	}
+	r.dispatch(ctx, targets)
+	if err := r.out.failed(); err != nil {
+		return Summary{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Summary{}, err
+	}
+	s := r.tally.summary(spec.RunID, time.Since(began))
+	r.log.Debug("fleet exec done", "succeeded", s.Succeeded, "failed", s.Failed, "unreachable", s.Unreachable, "duration", s.Duration)
+	return s, nil
+}
+
+func dedupe(ts []Target) []Target {
+	seen := make(map[string]bool, len(ts))
+	out := ts[:0:0]
+	for _, t := range ts {
+		if !seen[t.Name] {
+			seen[t.Name] = true
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// fleetRun is one Exec call in progress.
+type fleetRun struct {
+	e     *Engine
+	spec  Spec
+	out   *emitter
+	tally *tally
+	log   hclog.Logger
+
+	// sem holds a token per target running (or connecting).
+	sem chan struct{}
+	// stop is closed when max-failures is reached; stopReason is written
+	// before.
+	stop       chan struct{}
+	stopOnce   sync.Once
+	stopReason string
+}
+
+// dispatch starts targets in order as slots free up, until stopped.
+func (r *fleetRun) dispatch(ctx context.Context, targets []Target) {
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		if t.Skip != "" {
+			continue
+		}
+		if !r.acquire(ctx) {
+			reason := r.skipReason(ctx)
+			for _, rest := range targets[i:] {
+				if rest.Skip == "" {
+					r.skip(rest.Name, reason)
+				}
+			}
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.target(ctx, t.Name)
+		}()
+	}
+	wg.Wait()
+}
+
+// acquire takes a slot; false when the run stopped or ctx ended first.
+func (r *fleetRun) acquire(ctx context.Context) bool {
+	select {
+	case <-r.stop:
+		return false
+	case <-ctx.Done():
+		return false
+	case r.sem <- struct{}{}:
+	}
+	select {
+	case <-r.stop:
+		<-r.sem
+		return false
+	default:
+		return true
+	}
+}
+
+func (r *fleetRun) skipReason(ctx context.Context) string {
+	select {
+	case <-r.stop:
+		return r.stopReason
+	default:
+	}
+	if ctx.Err() != nil {
+		return "cancelled"
+	}
+	return "stopped"
+}
+
+func (r *fleetRun) skip(name, reason string) {
+	r.tally.set(name, resSkipped, 0)
+	_ = r.out.send(Event{Kind: KindSkipped, Workspace: name, Reason: reason})
+}
+
+// record sets a target's result and stops the run when max-failures is
+// reached.
+func (r *fleetRun) record(name string, res result, code int) {
+	n := r.tally.set(name, res, code)
+	if m := r.spec.MaxFailures; m > 0 && n >= m {
+		r.stopOnce.Do(func() {
+			if m == 1 {
+				r.stopReason = "fail-fast: a target failed"
+			} else {
+				r.stopReason = fmt.Sprintf("max-failures: %d targets failed", m)
+			}
+			r.log.Debug("stopping fleet run", "reason", r.stopReason)
+			close(r.stop)
+		})
+	}
+}
+
+// Kill reasons, stored in target.killed.
+const (
+	killNone int32 = iota
+	killTimeout
+	killCancel
+)
+
+// target runs the command on one workspace. The caller holds a slot for
+// it; target releases it when done.
+func (r *fleetRun) target(ctx context.Context, name string) {
+	held := true
+	defer func() {
+		if held {
+			<-r.sem
+		}
+	}()
+	var deadline time.Time
+	if r.spec.TargetTimeout > 0 {
+		deadline = time.Now().Add(r.spec.TargetTimeout)
+	}
+	// tctx carries every stream of this target; it ends early only when a
+	// killed target's trailer does not come (see watch).
+	tctx, tcancel := context.WithCancel(ctx)
+	defer tcancel()
+
+	backoff := r.spec.RetryBackoff
+	for attempt := 1; ; attempt++ {
+		st, err := r.start(tctx, name, deadline)
+		if err == nil {
+			r.run(ctx, tctx, tcancel, name, attempt, deadline, st)
+			return
+		}
+		if ctx.Err() != nil {
+			return // the caller went away; nothing to report to
+		}
+		unreachable, retry := classify(err)
+		timedOut := !deadline.IsZero() && !time.Now().Before(deadline)
+		if timedOut {
+			// The start may have reached the agent: kill by run id.
+			r.kill(ctx, name, nil)
+			r.record(name, resUnreachable, 0)
+			_ = r.out.send(Event{Kind: KindUnreachable, Workspace: name, Attempts: uint32(attempt),
+				Reason: fmt.Sprintf("target timeout (%s) before the command started: %s", r.spec.TargetTimeout, errMessage(err))})
+			return
+		}
+		if !unreachable {
+			tr, code := startFailure(err)
+			r.record(name, resFailed, code)
+			_ = r.out.send(Event{Kind: KindExited, Workspace: name, Trailer: tr})
+			return
+		}
+		if !retry || attempt > r.spec.Retries {
+			r.record(name, resUnreachable, 0)
+			_ = r.out.send(Event{Kind: KindUnreachable, Workspace: name, Attempts: uint32(attempt), Reason: errMessage(err)})
+			return
+		}
+		r.log.Debug("target unreachable; retrying", "workspace", name, "attempt", attempt, "error", err)
+		// Give the slot to others while waiting.
+		<-r.sem
+		held = false
+		wait := backoff
+		if !deadline.IsZero() {
+			wait = min(wait, time.Until(deadline))
+		}
+		backoff *= 2
+		select {
+		case <-r.stop:
+			r.skip(name, r.stopReason)
+			return
+		default:
+		}
+		if !sleep(ctx, wait) || !r.acquire(ctx) {
+			if ctx.Err() == nil {
+				r.skip(name, r.skipReason(ctx))
+			}
+			return
+		}
+		held = true
+	}
+}
+
+// started is a run that started on a target.
+type started struct {
+	client agentv1.AgentServiceClient
+	recv   recvFunc
+	pid    int32
+}
+
+// start opens an Exec stream with the fleet's run id and waits for the
+// RunStarted event. With a deadline, connecting and starting must finish
+// before it.
+func (r *fleetRun) start(tctx context.Context, name string, deadline time.Time) (started, error) {
+	actx, acancel := context.WithCancel(tctx)
+	if !deadline.IsZero() {
+		t := time.AfterFunc(time.Until(deadline), acancel)
+		defer t.Stop()
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			acancel()
+		}
+	}()
+	c, err := r.e.targets.Client(actx, name)
+	if err != nil {
+		return started{}, unreachableError{err}
+	}
+	st, err := c.Exec(actx)
+	if err != nil {
+		return started{}, err
+	}
+	req := &agentv1.ExecStart{
+		Command: r.spec.Command,
+		RunId:   r.spec.RunID,
+		Detach:  true,
+		Limits:  r.spec.Limits,
+		Labels:  map[string]string{LabelKey: r.spec.RunID},
+	}
+	if r.spec.Timeout > 0 {
+		req.Timeout = durationpb.New(r.spec.Timeout)
+	}
+	if r.spec.IdleTimeout > 0 {
+		req.IdleTimeout = durationpb.New(r.spec.IdleTimeout)
+	}
+	// A send error means the stream is gone; Recv says why.
+	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: req}}); err == nil {
+		// Fleet commands read no input: EOF on stdin, as pdsh does.
+		_ = st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}})
+		_ = st.CloseSend()
+	}
+	recv := execRecv(st)
+	first, err := recv()
+	if err != nil {
+		return started{}, err
+	}
+	ok = true
+	s := started{client: c, recv: recv, pid: first.started.GetPid()}
+	if first.started == nil {
+		// Not the documented order, but do not drop the event.
+		pending := &first
+		s.recv = func() (runEvent, error) {
+			if pending != nil {
+				ev := *pending
+				pending = nil
+				return ev, nil
+			}
+			return recv()
+		}
+	}
+	// actx stays alive with the stream; tctx's cancel ends it.
+	_ = acancel
+	return s, nil
+}
+
+// startFailure turns a start error (not an unreachable agent) into a
+// trailer and an exit code: 127 when the program was not found, else 1.
+func startFailure(err error) (*agentv1.RunTrailer, int) {
+	code := 1
+	if status.Code(err) == codes.NotFound {
+		code = 127
+	}
+	return &agentv1.RunTrailer{ExitCode: -1, Detail: "start failed: " + errMessage(err)}, code
+}
+
+// run follows a started target to its trailer, killing it on the target
+// deadline or, with CancelRunning, when the fleet run stops early.
+func (r *fleetRun) run(ctx, tctx context.Context, tcancel context.CancelFunc, name string, attempt int, deadline time.Time, st started) {
+	if err := r.out.send(Event{Kind: KindTarget, Workspace: name, PID: st.pid, Attempt: uint32(attempt)}); err != nil {
+		return
+	}
+	var killed atomic.Int32
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.watch(ctx, name, st.client, deadline, &killed, done, tcancel)
+	}()
+	f := &follower{targets: r.e.targets, out: r.out, name: name, runID: r.spec.RunID, reconnects: r.spec.Retries, backoff: r.spec.RetryBackoff}
+	tr, err := f.follow(tctx, st.recv, true)
+	close(done)
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	k := killed.Load()
+	switch {
+	case tr == nil && k == killTimeout:
+		tr = &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_TIMED_OUT, ExitCode: -1, Detail: fmt.Sprintf("target timeout (%s); killed, no trailer from the agent", r.spec.TargetTimeout)}
+	case tr == nil && k == killCancel:
+		tr = &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_KILLED, ExitCode: -1, Detail: "cancelled; killed, no trailer from the agent"}
+	case tr == nil:
+		tr = &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_AGENT_LOST, ExitCode: -1, Detail: errMessage(err)}
+	case k == killTimeout && !Succeeded(tr):
+		tr = proto.CloneOf(tr)
+		tr.Reason = agentv1.ExitReason_EXIT_REASON_TIMED_OUT
+		tr.Detail = fmt.Sprintf("target timeout (%s)", r.spec.TargetTimeout)
+	}
+	res, code := resFailed, ExitCode(tr)
+	switch {
+	case Succeeded(tr):
+		res, code = resSucceeded, 0
+	case k == killCancel:
+		res, code = resCancelled, 0
+	}
+	r.record(name, res, code)
+	_ = r.out.send(Event{Kind: KindExited, Workspace: name, Trailer: tr})
+}
+
+// watch kills the target's run on its deadline or when the fleet run
+// stops early with CancelRunning; then, if the trailer does not follow
+// within killGrace, it ends the target's streams.
+func (r *fleetRun) watch(ctx context.Context, name string, c agentv1.AgentServiceClient, deadline time.Time, killed *atomic.Int32, done <-chan struct{}, tcancel context.CancelFunc) {
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		timeout = t.C
+	}
+	var stop <-chan struct{}
+	if r.spec.CancelRunning {
+		stop = r.stop
+	}
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+		return
+	case <-timeout:
+		killed.Store(killTimeout)
+	case <-stop:
+		killed.Store(killCancel)
+	}
+	r.kill(ctx, name, c)
+	grace := time.NewTimer(killGrace)
+	defer grace.Stop()
+	select {
+	case <-done:
+	case <-grace.C:
+		tcancel()
+	}
+}
+
+// kill sends SIGKILL to the run's process group on a target; c may be
+// nil (then it is looked up). Errors are logged: the trailer tells.
+func (r *fleetRun) kill(ctx context.Context, name string, c agentv1.AgentServiceClient) {
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killGrace)
+	defer cancel()
+	if c == nil {
+		var err error
+		if c, err = r.e.targets.Client(kctx, name); err != nil {
+			return
+		}
+	}
+	_, err := c.SignalRun(kctx, &agentv1.SignalRunRequest{RunId: r.spec.RunID, Signal: agentv1.Signal_SIGNAL_KILL})
+	if err != nil && status.Code(err) != codes.NotFound {
+		r.log.Warn("kill target", "workspace", name, "error", err)
+	}
+}
