@@ -1,0 +1,281 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// DefaultRunSession is the session dtmux run uses without --session.
+const DefaultRunSession = "scripts"
+
+// putFileChunk is how much file data one PutFile message carries.
+const putFileChunk = 1 << 20
+
+type runOptions struct {
+	ws       string
+	script   string
+	args     []string
+	session  string
+	timeout  time.Duration
+	waitFor  string
+	progress string
+	env      []string
+}
+
+func newRunCmd(app *App) *cobra.Command {
+	var o runOptions
+	cmd := &cobra.Command{
+		Use:   "run WS SCRIPT [ARGS...]",
+		Short: "Upload a local script and run it in a tmux window of the workspace",
+		Long: `Upload SCRIPT into the workspace (.dtmux/scripts/<sha>-<name>, mode 0755), run it
+with ARGS in a new window of a tmux session (created when missing), stream its
+output and exit with its exit status (128+N for signal N, 124 on --timeout).
+
+--wait-for REGEX returns 0 as soon as the pattern appears in the output; the
+script keeps running in its window. --progress REGEX takes a pattern whose
+first group is a percentage and draws a progress bar on a terminal (plain
+"progress: N%" lines on stderr otherwise). Put flags for dtmux before SCRIPT
+or use -- before ARGS that look like flags.`,
+		Args: minArgs(2, "WS SCRIPT [ARGS...]"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.ws, o.script, o.args = args[0], args[1], args[2:]
+			return app.runScript(cmd.Context(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.session, "session", DefaultRunSession, "session to run in (created when missing)")
+	f.DurationVar(&o.timeout, "timeout", 0, "kill the script's process group after this long (exit 124)")
+	f.StringVar(&o.waitFor, "wait-for", "", "return 0 as soon as output matches this regex (the script keeps running)")
+	f.StringVar(&o.progress, "progress", "", "regex whose first group is a percentage, shown as a progress bar")
+	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	return cmd
+}
+
+// scriptPath is where a script is uploaded: named by content, so that
+// re-uploading the same script is harmless and different versions never
+// overwrite each other.
+func scriptPath(name string, sum [32]byte) string {
+	return ".dtmux/scripts/" + hex.EncodeToString(sum[:6]) + "-" + sanitizeName(name)
+}
+
+// sanitizeName keeps letters, digits, '-', '_' and '.', replacing the
+// rest with '-'.
+func sanitizeName(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			b[i] = '-'
+		}
+	}
+	if len(b) == 0 {
+		return "script"
+	}
+	return string(b)
+}
+
+// windowName is a session-safe window name for a script.
+func windowName(script string) string {
+	n := strings.ReplaceAll(sanitizeName(strings.TrimSuffix(filepath.Base(script), filepath.Ext(script))), ".", "-")
+	if len(n) > 32 {
+		n = n[:32]
+	}
+	return n
+}
+
+func (a *App) runScript(ctx context.Context, o runOptions) error {
+	var waitRE, progressRE *regexp.Regexp
+	var err error
+	if o.waitFor != "" {
+		if waitRE, err = regexp.Compile(o.waitFor); err != nil {
+			return usageErrorf("--wait-for: %v", err)
+		}
+	}
+	if o.progress != "" {
+		if progressRE, err = regexp.Compile(o.progress); err != nil {
+			return usageErrorf("--progress: %v", err)
+		}
+		if progressRE.NumSubexp() < 1 {
+			return usageErrorf("--progress: the pattern needs a group holding the percentage, such as '(\\d+)%%'")
+		}
+	}
+	if o.timeout < 0 {
+		return usageErrorf("--timeout must not be negative")
+	}
+	data, err := os.ReadFile(o.script)
+	if err != nil {
+		return usageErrorf("script: %v", err)
+	}
+	em, err := ParseEnv(o.env)
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	agent, ctx, err := a.Agent(ctx, o.ws)
+	if err != nil {
+		return err
+	}
+	path, err := putFile(ctx, agent, data, scriptPath(filepath.Base(o.script), sha256.Sum256(data)), 0o755)
+	if err != nil {
+		return err
+	}
+
+	req := &agentv1.RunInSessionRequest{
+		Session:       o.session,
+		WindowName:    windowName(o.script),
+		Command:       &agentv1.CommandSpec{Argv: append([]string{path}, o.args...), Env: em},
+		CreateSession: true,
+	}
+	if o.timeout > 0 {
+		req.Timeout = durationpb.New(o.timeout)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := agent.RunInSession(ctx, req)
+	if err != nil {
+		return err
+	}
+	w := &outputWatcher{waitFor: waitRE, progress: progressRE, bar: newProgressBar(a.Stderr, a.stderrTerminal())}
+	defer w.bar.done()
+	var started *agentv1.WindowStarted
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("the agent ended the run without its exit status")
+		}
+		if err != nil {
+			return err
+		}
+		switch e := ev.GetEvent().(type) {
+		case *agentv1.RunInSessionResponse_Started:
+			started = e.Started
+		case *agentv1.RunInSessionResponse_Output:
+			w.bar.clear()
+			if _, err := a.Stdout.Write(e.Output.GetData()); err != nil {
+				return err
+			}
+			matched := w.feed(e.Output.GetData())
+			// The bar lives on its own line: it is drawn only when the
+			// output left the cursor at the start of a line, and erased
+			// before more output.
+			if d := e.Output.GetData(); len(d) > 0 && d[len(d)-1] == '\n' {
+				w.bar.redraw()
+			}
+			if matched {
+				w.bar.done()
+				where := o.session
+				if started != nil {
+					where = started.GetSession() + ":" + started.GetWindow()
+				}
+				fmt.Fprintf(a.Stderr, "dtmux: %q appeared; the script keeps running in %s (follow it: dtmux session logs %s %s -f)\n",
+					o.waitFor, where, o.ws, where)
+				return nil
+			}
+		case *agentv1.RunInSessionResponse_Trailer:
+			w.bar.done()
+			id := req.WindowName
+			if started != nil {
+				id = started.GetSession() + ":" + started.GetWindow()
+			}
+			return a.trailerExit(id, e.Trailer)
+		}
+	}
+}
+
+// putFile uploads data to path in the workspace and returns the absolute
+// path the agent wrote.
+func putFile(ctx context.Context, agent agentv1.AgentServiceClient, data []byte, path string, mode uint32) (string, error) {
+	sum := sha256.Sum256(data)
+	stream, err := agent.PutFile(ctx)
+	if err != nil {
+		return "", err
+	}
+	hdr := &agentv1.PutFileHeader{Path: path, Mode: mode, Size: uint64(len(data)), Sha256: hex.EncodeToString(sum[:])}
+	if err := stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Header{Header: hdr}}); err != nil {
+		return "", putError(stream, err)
+	}
+	for off := 0; off < len(data); off += putFileChunk {
+		end := min(off+putFileChunk, len(data))
+		if err := stream.Send(&agentv1.PutFileRequest{Msg: &agentv1.PutFileRequest_Data{Data: data[off:end]}}); err != nil {
+			return "", putError(stream, err)
+		}
+	}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return "", err
+	}
+	return resp.GetPath(), nil
+}
+
+// putError finds the server's reason for a failed Send.
+func putError(stream agentv1.AgentService_PutFileClient, err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := stream.CloseAndRecv(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
+
+// outputWatcher looks for --wait-for and --progress in output, line by
+// line ('\n' and '\r' both end a line, since progress output redraws with
+// '\r'). The pending partial line is also searched for --wait-for, so a
+// prompt without a newline still matches.
+type outputWatcher struct {
+	waitFor  *regexp.Regexp
+	progress *regexp.Regexp
+	bar      *progressBar
+	line     []byte
+}
+
+// maxLine bounds the partial line kept for matching.
+const maxLine = 64 << 10
+
+// feed scans data and reports whether --wait-for matched.
+func (w *outputWatcher) feed(data []byte) bool {
+	if w.waitFor == nil && w.progress == nil {
+		return false
+	}
+	for len(data) > 0 {
+		i := bytes.IndexAny(data, "\r\n")
+		if i < 0 {
+			w.line = append(w.line, data...)
+			if len(w.line) > maxLine {
+				w.line = w.line[len(w.line)-maxLine:]
+			}
+			return w.waitFor != nil && w.waitFor.Match(w.line)
+		}
+		w.line = append(w.line, data[:i]...)
+		data = data[i+1:]
+		if w.scanLine(w.line) {
+			return true
+		}
+		w.line = w.line[:0]
+	}
+	return false
+}
+
+func (w *outputWatcher) scanLine(line []byte) bool {
+	if w.progress != nil {
+		if m := w.progress.FindSubmatch(line); m != nil {
+			if p, err := strconv.ParseFloat(string(m[1]), 64); err == nil {
+				w.bar.set(p)
+			}
+		}
+	}
+	return w.waitFor != nil && w.waitFor.Match(line)
+}

@@ -1,0 +1,313 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+func newSessionCmd(app *App) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "session",
+		Aliases: []string{"sessions", "s"},
+		Short:   "Manage tmux sessions in a workspace",
+	}
+	cmd.AddCommand(newSessionLsCmd(app), newSessionNewCmd(app), newSessionKillCmd(app),
+		newSessionSendCmd(app), newSessionCaptureCmd(app), newSessionLogsCmd(app))
+	return cmd
+}
+
+func newSessionLsCmd(app *App) *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls WS",
+		Aliases: []string{"list"},
+		Short:   "List sessions with their windows",
+		Args:    exactArgs(1, "WS"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := app.JSON()
+			if err != nil {
+				return err
+			}
+			agent, ctx, err := app.Agent(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			resp, err := agent.ListSessions(ctx, &agentv1.ListSessionsRequest{})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(app.Stdout, resp)
+			}
+			return renderSessions(app, resp.GetSessions(), time.Now())
+		},
+	}
+}
+
+func renderSessions(a *App, sessions []*agentv1.SessionInfo, now time.Time) error {
+	t := newTable(a.Stdout, "SESSION", "WINDOWS", "ATTACHED", "SIZE", "AGE")
+	for _, s := range sessions {
+		t.row(s.GetName(), formatWindows(s.GetWindows()), strconv.Itoa(int(s.GetAttachedClients())), formatSize(s.GetSize()), formatAge(s.GetCreatedAt(), now))
+	}
+	return t.flush()
+}
+
+// formatWindows renders "0:main 1:build(exit 3)".
+func formatWindows(ws []*agentv1.WindowInfo) string {
+	parts := make([]string, 0, len(ws))
+	for _, w := range ws {
+		p := fmt.Sprintf("%d:%s", w.GetIndex(), w.GetName())
+		for _, pane := range w.GetPanes() {
+			if pane.GetDead() {
+				if pane.GetSignal() != 0 {
+					p += "(" + signalName(pane.GetSignal()) + ")"
+				} else {
+					p += fmt.Sprintf("(exit %d)", pane.GetExitCode())
+				}
+				break
+			}
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, " ")
+}
+
+func formatSize(s *agentv1.TerminalSize) string {
+	if s == nil {
+		return ""
+	}
+	return fmt.Sprintf("%dx%d", s.GetCols(), s.GetRows())
+}
+
+func newSessionNewCmd(app *App) *cobra.Command {
+	var (
+		env        []string
+		cwd        string
+		unique     bool
+		windowName string
+	)
+	cmd := &cobra.Command{
+		Use:   "new WS NAME [flags] [-- CMD [ARGS...]]",
+		Short: "Create a session (running CMD, or the user's shell)",
+		Args:  minArgs(2, "WS NAME [-- CMD ARGS...]"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if d := cmd.ArgsLenAtDash(); d > 2 {
+				return usageErrorf("session new: unexpected arguments before --: %s", strings.Join(args[2:d], " "))
+			}
+			spec := &agentv1.CommandSpec{Argv: args[2:], Cwd: cwd}
+			em, err := ParseEnv(env)
+			if err != nil {
+				return usageErrorf("%v", err)
+			}
+			spec.Env = em
+			agent, ctx, err := app.Agent(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			resp, err := agent.CreateSession(ctx, &agentv1.CreateSessionRequest{
+				Name: args[1], Command: spec, Unique: unique, WindowName: windowName,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(app.Stdout, resp.GetSession().GetName())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	f.StringVarP(&cwd, "workdir", "w", "", "working directory")
+	f.BoolVar(&unique, "unique", false, "append a random suffix to NAME; the final name is printed")
+	f.StringVar(&windowName, "window-name", "", "name of the first window (default main)")
+	return cmd
+}
+
+func newSessionKillCmd(app *App) *cobra.Command {
+	return &cobra.Command{
+		Use:   "kill WS NAME",
+		Short: "Kill a session and every process in it",
+		Args:  exactArgs(2, "WS NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			agent, ctx, err := app.Agent(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			_, err = agent.KillSession(ctx, &agentv1.KillSessionRequest{Name: args[1]})
+			return err
+		},
+	}
+}
+
+// splitTarget reads "NAME" or "NAME:WINDOW".
+func splitTarget(s, window string) *agentv1.PaneTarget {
+	name, w, ok := strings.Cut(s, ":")
+	if ok && window == "" {
+		window = w
+	} else if !ok {
+		name = s
+	}
+	return &agentv1.PaneTarget{Session: name, Window: window}
+}
+
+func newSessionSendCmd(app *App) *cobra.Command {
+	var (
+		keys, enter bool
+		window      string
+	)
+	cmd := &cobra.Command{
+		Use:   "send WS NAME [flags] TEXT...",
+		Short: "Type text (or, with --keys, named keys) into a session",
+		Long: `Type TEXT into the session's pane literally: the words are joined with single
+spaces and nothing is interpreted by tmux or a shell. With --keys, each word
+is a key name instead (Enter, C-c, Up, Escape, F1...). --enter presses Enter
+afterwards.`,
+		Args: minArgs(2, "WS NAME TEXT..."),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &agentv1.SendInputRequest{Target: splitTarget(args[1], window), Enter: enter}
+			if keys {
+				req.Keys = args[2:]
+			} else {
+				req.Text = strings.Join(args[2:], " ")
+			}
+			if req.Text == "" && len(req.Keys) == 0 && !enter {
+				return usageErrorf("session send: nothing to send (give TEXT, --keys KEY..., or --enter)")
+			}
+			agent, ctx, err := app.Agent(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			_, err = agent.SendInput(ctx, req)
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&keys, "keys", false, "the words are key names (Enter, C-c, Up...)")
+	f.BoolVar(&enter, "enter", false, "press Enter after the text")
+	f.StringVar(&window, "window", "", "window name or index (default the first; or NAME:WINDOW)")
+	return cmd
+}
+
+func newSessionCaptureCmd(app *App) *cobra.Command {
+	var (
+		lines   uint32
+		all     bool
+		escapes bool
+		window  string
+	)
+	cmd := &cobra.Command{
+		Use:   "capture WS NAME",
+		Short: "Print a pane's screen and scrollback",
+		Args:  exactArgs(2, "WS NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			agent, ctx, err := app.Agent(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			resp, err := agent.CapturePane(ctx, &agentv1.CapturePaneRequest{
+				Target: splitTarget(args[1], window), HistoryLines: lines, AllHistory: all,
+				Escapes: escapes, JoinWrapped: true,
+			})
+			if err != nil {
+				return err
+			}
+			_, err = app.Stdout.Write(resp.GetContent())
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.Uint32VarP(&lines, "lines", "n", 0, "lines of scrollback above the screen to include")
+	f.BoolVar(&all, "all", false, "include the whole scrollback")
+	f.BoolVar(&escapes, "escapes", false, "keep colour and attribute escape sequences")
+	f.StringVar(&window, "window", "", "window name or index (default the first; or NAME:WINDOW)")
+	return cmd
+}
+
+func newSessionLogsCmd(app *App) *cobra.Command {
+	var (
+		follow bool
+		window string
+	)
+	cmd := &cobra.Command{
+		Use:   "logs WS NAME",
+		Short: "Print a pane's output; with -f, follow it live",
+		Args:  exactArgs(2, "WS NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return app.runSessionLogs(cmd.Context(), args[0], splitTarget(args[1], window), follow)
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "after the scrollback, stream live output until the pane's command ends")
+	cmd.Flags().StringVar(&window, "window", "", "window name or index (default the first; or NAME:WINDOW)")
+	return cmd
+}
+
+// runSessionLogs prints a pane's scrollback, or with follow its snapshot
+// and then its live output until the command ends. A followed pane whose
+// command ended makes dtmux exit with its status.
+func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.PaneTarget, follow bool) error {
+	agent, ctx, err := a.Agent(ctx, ws)
+	if err != nil {
+		return err
+	}
+	if !follow {
+		resp, err := agent.CapturePane(ctx, &agentv1.CapturePaneRequest{Target: target, AllHistory: true, JoinWrapped: true})
+		if err != nil {
+			return err
+		}
+		_, err = a.Stdout.Write(trimTrailingBlankLines(resp.GetContent()))
+		return err
+	}
+	stream, err := agent.FollowSession(ctx, &agentv1.FollowSessionRequest{Target: target, Snapshot: true})
+	if err != nil {
+		return err
+	}
+	for {
+		ev, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case ev.GetSnapshot() != nil:
+			if _, err := a.Stdout.Write(trimTrailingBlankLines(ev.GetSnapshot().GetContent())); err != nil {
+				return err
+			}
+		case ev.GetOutput() != nil:
+			if _, err := a.Stdout.Write(ev.GetOutput().GetData()); err != nil {
+				return err
+			}
+		case ev.GetGap() != nil:
+			g := ev.GetGap()
+			fmt.Fprintf(a.Stderr, "dtmux: output lost at offset %d (%d bytes, %s)\n", g.GetOffset(), g.GetBytes(), g.GetReason())
+		case ev.GetExited() != nil:
+			x := ev.GetExited()
+			if x.GetSignal() != 0 {
+				return exitCode(128 + int(x.GetSignal()))
+			}
+			return exitCode(int(x.GetExitCode()))
+		}
+	}
+}
+
+// trimTrailingBlankLines drops the empty lines below a pane's last output
+// (the unused part of the screen), keeping one final newline.
+func trimTrailingBlankLines(b []byte) []byte {
+	end := len(b)
+	for end > 0 && (b[end-1] == '\n' || b[end-1] == ' ' || b[end-1] == '\r') {
+		end--
+	}
+	if end == 0 {
+		return nil
+	}
+	out := b[:end:end]
+	return append(out, '\n')
+}
