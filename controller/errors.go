@@ -1,0 +1,48 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dtmux/dtmux/controller/pool"
+	"github.com/dtmux/dtmux/controller/provider"
+)
+
+// toStatus maps domain errors about workspace ws to gRPC status errors.
+// Unknown errors become Internal with a generic message; their detail goes
+// to the log.
+func toStatus(log hclog.Logger, ws string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, provider.ErrNotFound):
+		return status.Errorf(codes.NotFound, "workspace %q not found", ws)
+	case errors.Is(err, provider.ErrNotStarted):
+		return status.Errorf(codes.FailedPrecondition, "workspace %q is not started: start it first", ws)
+	case errors.Is(err, provider.ErrAlreadyExists):
+		return status.Errorf(codes.AlreadyExists, "workspace %q already exists", ws)
+	case errors.Is(err, provider.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, provider.ErrUnsupported):
+		return status.Error(codes.Unimplemented, err.Error())
+	case errors.Is(err, pool.ErrUnreachable):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, pool.ErrClosed):
+		return status.Error(codes.Unavailable, "controller is shutting down")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	log.Error("internal error", "workspace", ws, "error", err)
+	return status.Error(codes.Internal, fmt.Sprintf("internal error (workspace %q); see the controller log", ws))
+}
