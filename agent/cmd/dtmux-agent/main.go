@@ -1,0 +1,253 @@
+// Command dtmux-agent serves dtmux.agent.v1.AgentService inside a
+// workspace: on a unix socket, on TCP (token, optional TLS), or on one
+// connection over stdin/stdout (--stdio, for ssh and daytona ssh hops).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/agent"
+	"github.com/dtmux/dtmux/agent/process"
+	"github.com/dtmux/dtmux/internal/auth"
+	"github.com/dtmux/dtmux/internal/logging"
+	"github.com/dtmux/dtmux/internal/rpcserver"
+	"github.com/dtmux/dtmux/internal/tlsconfig"
+	"github.com/dtmux/dtmux/internal/transport"
+	"github.com/dtmux/dtmux/internal/version"
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// drainGrace is how long in-flight calls get on shutdown before the server
+// stops hard.
+const drainGrace = 5 * time.Second
+
+func main() {
+	// The hidden re-exec that applies rlimits, then becomes the program.
+	if len(os.Args) > 1 && os.Args[1] == process.ExecLimitedCommand {
+		err := process.ExecLimited(os.Args[2:])
+		fmt.Fprintf(os.Stderr, "dtmux-agent: %v\n", err)
+		os.Exit(127)
+	}
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintf(os.Stderr, "dtmux-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+type flags struct {
+	listen, stateDir, workspace, workdir, tokenFile string
+	tlsCert, tlsKey, tlsClientCA                    string
+	stdio, insecure, logJSON, version               bool
+	logLevel, logFile                               string
+	spoolLimit                                      uint64
+	retention                                       time.Duration
+	maxRuns                                         int
+}
+
+func parseFlags(args []string) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("dtmux-agent", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&f.listen, "listen", "", "serve on unix:///path.sock or tcp://host:port")
+	fs.BoolVar(&f.stdio, "stdio", false, "serve exactly one connection on stdin/stdout, then exit")
+	fs.StringVar(&f.stateDir, "state-dir", "", "where runs are kept (default $XDG_STATE_HOME/dtmux-agent or ~/.local/state/dtmux-agent)")
+	fs.StringVar(&f.workspace, "workspace", "", "workspace name, DTMUX_WORKSPACE in runs (default: host name)")
+	fs.StringVar(&f.workdir, "workdir", "", "default working directory of runs (default: home)")
+	fs.StringVar(&f.tokenFile, "token-file", "", "bearer token file (0600), required for tcp")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate (PEM) for tcp")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS private key (PEM) for tcp")
+	fs.StringVar(&f.tlsClientCA, "tls-client-ca", "", "CA bundle: require client certificates signed by it")
+	fs.BoolVar(&f.insecure, "insecure-allow-plaintext", false, "allow tcp on a non-loopback address without TLS")
+	fs.StringVar(&f.logLevel, "log-level", "info", "trace, debug, info, warn or error")
+	fs.BoolVar(&f.logJSON, "log-json", false, "log JSON lines")
+	fs.StringVar(&f.logFile, "log-file", "", "append logs to this file instead of stderr")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
+	fs.Uint64Var(&f.spoolLimit, "spool-limit", process.DefaultSpoolLimit, "output bytes kept per run and stream")
+	fs.DurationVar(&f.retention, "retention", process.DefaultRetention, "how long finished runs stay queryable")
+	fs.IntVar(&f.maxRuns, "max-runs", process.DefaultMaxRuns, "most runs running at once")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if f.version {
+		return f, nil
+	}
+	if (f.listen == "") == !f.stdio {
+		return nil, errors.New("give exactly one of --listen ADDR or --stdio")
+	}
+	if f.spoolLimit == 0 || f.retention <= 0 || f.maxRuns <= 0 {
+		return nil, errors.New("--spool-limit, --retention and --max-runs must be positive")
+	}
+	return f, nil
+}
+
+func defaultStateDir() (string, error) {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "dtmux-agent"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no --state-dir and no home directory: %w", err)
+	}
+	return filepath.Join(home, ".local", "state", "dtmux-agent"), nil
+}
+
+func run(args []string) error {
+	f, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	if f.version {
+		fmt.Printf("dtmux-agent %s\n", version.Version)
+		return nil
+	}
+
+	logOut := io.Writer(os.Stderr)
+	if f.logFile != "" {
+		lf, err := os.OpenFile(f.logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("log file: %w", err)
+		}
+		defer lf.Close()
+		logOut = lf
+	}
+	log, err := logging.New(logging.Options{Name: "dtmux-agent", Level: f.logLevel, JSON: f.logJSON, Output: logOut})
+	if err != nil {
+		return err
+	}
+
+	if f.stateDir == "" {
+		if f.stateDir, err = defaultStateDir(); err != nil {
+			return err
+		}
+	}
+	if f.workspace == "" {
+		f.workspace, _ = os.Hostname()
+	}
+	if f.workdir == "" {
+		if f.workdir, err = os.UserHomeDir(); err != nil {
+			return fmt.Errorf("no --workdir and no home directory: %w", err)
+		}
+	}
+	if fi, err := os.Stat(f.workdir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("--workdir %s is not a directory", f.workdir)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	cfg := rpcserver.Config{Logger: log}
+	var lis net.Listener
+	var stdio *transport.StdioListener
+	if f.stdio {
+		// The hop (ssh, daytona ssh) has authenticated the caller already,
+		// and nothing else can reach stdin.
+		stdio = transport.NewStdioListener()
+		lis = stdio
+	} else {
+		addr, err := transport.ParseAddress(f.listen)
+		if err != nil {
+			return err
+		}
+		if err := tcpSecurity(ctx, log, addr, f, &cfg); err != nil {
+			return err
+		}
+		if lis, err = transport.Listen(addr); err != nil {
+			return err
+		}
+		defer lis.Close()
+	}
+
+	runs, err := process.NewManager(process.Config{
+		StateDir:   f.stateDir,
+		Workspace:  f.workspace,
+		Workdir:    f.workdir,
+		SpoolLimit: f.spoolLimit,
+		Retention:  f.retention,
+		MaxRuns:    f.maxRuns,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+
+	srv := rpcserver.New(cfg)
+	agentv1.RegisterAgentServiceServer(srv.Server, agent.New(agent.Options{
+		Logger:    log,
+		Runs:      runs,
+		Workspace: f.workspace,
+		Workdir:   f.workdir,
+	}))
+	srv.MarkServing()
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	log.Info("serving", "listen", lis.Addr().String(), "workspace", f.workspace, "state_dir", f.stateDir, "version", version.Version)
+
+	var connDone <-chan struct{}
+	if stdio != nil {
+		connDone = stdio.Done()
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case <-connDone:
+		log.Debug("stdio connection closed")
+	case serveErr = <-served:
+	}
+	// Kill attached runs first so that their Exec streams end with a
+	// trailer; detached runs keep going.
+	if err := runs.Close(); err != nil {
+		log.Warn("stop runs", "error", err)
+	}
+	srv.GracefulStop(drainGrace)
+	if serveErr == nil {
+		serveErr = <-served
+	}
+	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
+	return nil
+}
+
+// tcpSecurity fills cfg for addr: unix sockets check the peer uid; tcp
+// needs a token and, off loopback, TLS unless plaintext is forced.
+func tcpSecurity(ctx context.Context, log hclog.Logger, addr transport.Address, f *flags, cfg *rpcserver.Config) error {
+	if addr.Network == "unix" {
+		cfg.Unix = true
+		return nil
+	}
+	if f.tokenFile == "" {
+		return errors.New("--listen tcp:// needs --token-file")
+	}
+	tok, err := auth.LoadTokenFile(f.tokenFile)
+	if err != nil {
+		return err
+	}
+	cfg.Token = tok
+	auth.ReloadOnSIGHUP(ctx, log, tok)
+	tlsCfg, err := tlsconfig.Server(tlsconfig.ServerOptions{CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA, Logger: log.Named("tls")})
+	if err != nil {
+		return err
+	}
+	cfg.TLS = tlsCfg
+	if tlsCfg == nil && !addr.IsLoopback() && !f.insecure {
+		return fmt.Errorf("refusing to serve %s without TLS on a non-loopback address (give --tls-cert/--tls-key, or --insecure-allow-plaintext)", addr)
+	}
+	return nil
+}

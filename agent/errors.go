@@ -1,0 +1,55 @@
+package agent
+
+import (
+	"context"
+	"errors"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/dtmux/dtmux/agent/process"
+)
+
+// errInvalid marks a malformed request found by the RPC layer itself.
+var errInvalid = errors.New("invalid request")
+
+// codeOf maps domain sentinels to status codes; the first match wins. Add
+// a row per sentinel; the message is the error's own text, which domain
+// packages keep free of secrets.
+var codeOf = []struct {
+	err  error
+	code codes.Code
+}{
+	{errInvalid, codes.InvalidArgument},
+	{process.ErrRunNotFound, codes.NotFound},
+	{process.ErrInvalidSpec, codes.InvalidArgument},
+	{process.ErrProgramNotFound, codes.InvalidArgument},
+	{process.ErrBadCwd, codes.InvalidArgument},
+	{process.ErrTooManyRuns, codes.ResourceExhausted},
+	{process.ErrRunFinished, codes.FailedPrecondition},
+	{process.ErrClosed, codes.Unavailable},
+	{errPutFile, codes.InvalidArgument},
+	{errPutFileMismatch, codes.FailedPrecondition},
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+}
+
+// toStatus is the one place where errors become gRPC statuses. Unknown
+// errors become Internal with a generic message; their detail goes to the
+// log only.
+func toStatus(log hclog.Logger, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	for _, c := range codeOf {
+		if errors.Is(err, c.err) {
+			return status.Error(c.code, err.Error())
+		}
+	}
+	log.Error("internal error", "error", err)
+	return status.Error(codes.Internal, "internal error in the agent (details in its log)")
+}

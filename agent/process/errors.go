@@ -1,0 +1,24 @@
+package process
+
+import "errors"
+
+// Sentinel errors. They are wrapped with context; test with errors.Is.
+var (
+	// ErrRunNotFound: no run with that id (or it has been swept after its
+	// retention).
+	ErrRunNotFound = errors.New("run not found")
+	// ErrInvalidSpec: the command spec or run id is malformed (empty
+	// argv, bad env key, NUL bytes, bad run id, bad size).
+	ErrInvalidSpec = errors.New("invalid run spec")
+	// ErrProgramNotFound: argv[0] is not an executable in PATH.
+	ErrProgramNotFound = errors.New("program not found")
+	// ErrBadCwd: the working directory does not exist or is not a
+	// directory.
+	ErrBadCwd = errors.New("working directory unusable")
+	// ErrTooManyRuns: the agent's cap on concurrent runs is reached.
+	ErrTooManyRuns = errors.New("too many concurrent runs")
+	// ErrRunFinished: the run has ended, so it takes no input or signals.
+	ErrRunFinished = errors.New("run has finished")
+	// ErrClosed: the manager is shutting down.
+	ErrClosed = errors.New("agent is shutting down")
+)

@@ -1,0 +1,74 @@
+package process
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExecLimitedCommand is the hidden subcommand of the agent binary that
+// applies rlimits to itself and then becomes the user's program. Only the
+// limits and the program's argv are on its command line; the environment
+// (secrets included) passes through untouched.
+const ExecLimitedCommand = "__exec-limited"
+
+// limitArgs builds the helper's arguments after the subcommand name.
+func limitArgs(l Limits, path string, argv []string) []string {
+	args := []string{}
+	add := func(name string, v uint64) {
+		if v > 0 {
+			args = append(args, "--"+name, strconv.FormatUint(v, 10))
+		}
+	}
+	add("cpu", l.CPUSeconds)
+	add("as", l.AddressSpaceBytes)
+	add("nofile", l.OpenFiles)
+	add("nproc", l.Processes)
+	args = append(args, "--", path)
+	return append(args, argv...)
+}
+
+// ExecLimited is the body of the hidden subcommand: args are what follows
+// its name. It only returns on failure.
+func ExecLimited(args []string) error {
+	fs := flag.NewFlagSet(ExecLimitedCommand, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	cpu := fs.Uint64("cpu", 0, "RLIMIT_CPU seconds")
+	as := fs.Uint64("as", 0, "RLIMIT_AS bytes")
+	nofile := fs.Uint64("nofile", 0, "RLIMIT_NOFILE")
+	nproc := fs.Uint64("nproc", 0, "RLIMIT_NPROC")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%s: %w", ExecLimitedCommand, err)
+	}
+	rest := fs.Args()
+	if len(rest) < 2 {
+		return errors.New(ExecLimitedCommand + ": want -- PATH ARGV0 [ARGS...]")
+	}
+	set := func(name string, res int, soft, hard uint64) error {
+		if soft == 0 {
+			return nil
+		}
+		if err := unix.Setrlimit(res, &unix.Rlimit{Cur: soft, Max: hard}); err != nil {
+			return fmt.Errorf("%s: set %s limit: %w", ExecLimitedCommand, name, err)
+		}
+		return nil
+	}
+	// The CPU hard limit is one second above the soft one: SIGXCPU first,
+	// SIGKILL if the program ignores it.
+	if err := errors.Join(
+		set("cpu_seconds", unix.RLIMIT_CPU, *cpu, *cpu+1),
+		set("address_space_bytes", unix.RLIMIT_AS, *as, *as),
+		set("open_files", unix.RLIMIT_NOFILE, *nofile, *nofile),
+		set("processes", unix.RLIMIT_NPROC, *nproc, *nproc),
+	); err != nil {
+		return err
+	}
+	err := syscall.Exec(rest[0], rest[1:], os.Environ())
+	return fmt.Errorf("%s: exec %s: %w", ExecLimitedCommand, rest[0], err)
+}

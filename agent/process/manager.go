@@ -1,0 +1,691 @@
+package process
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/creack/pty"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultSpoolLimit = 64 << 20
+	DefaultRetention  = time.Hour
+	DefaultMaxRuns    = 256
+	// DefaultKillGrace is how long a process group has between SIGTERM
+	// (deadlines, kills, shutdown) and SIGKILL.
+	DefaultKillGrace = 2 * time.Second
+	// DefaultHangupGrace is how long an attached run has between SIGHUP
+	// (its last client went away) and SIGKILL.
+	DefaultHangupGrace = 2 * time.Second
+	// DefaultDrainGrace bounds the wait for output EOF after the leader has
+	// exited (a grandchild may hold the pipe open).
+	DefaultDrainGrace = 2 * time.Second
+)
+
+// Config configures a Manager.
+type Config struct {
+	// StateDir holds the runs (StateDir/runs/ID: metadata and spools).
+	StateDir string
+	// Workspace is set as DTMUX_WORKSPACE in every run.
+	Workspace string
+	// Workdir is the default working directory (and the base of relative
+	// ones). Default: the home directory.
+	Workdir string
+	// SpoolLimit is the default output kept per stream (64 MiB).
+	SpoolLimit uint64
+	// Retention is how long finished runs stay queryable (1h).
+	Retention time.Duration
+	// MaxRuns caps the runs running at once (256).
+	MaxRuns int
+	// KillGrace, HangupGrace and DrainGrace: see the Default constants.
+	KillGrace   time.Duration
+	HangupGrace time.Duration
+	DrainGrace  time.Duration
+	// LimitHelper is the command prefix that applies rlimits and then
+	// execs the program (default: this executable and ExecLimitedCommand).
+	LimitHelper []string
+	// Logger is named "runs" by the manager.
+	Logger hclog.Logger
+}
+
+// Manager starts, tracks and remembers runs.
+type Manager struct {
+	cfg     Config
+	log     hclog.Logger
+	store   store
+	runsDir string
+
+	stop     chan struct{}
+	sweeping sync.WaitGroup
+
+	mu      sync.Mutex
+	runs    map[string]*Run // guarded by mu
+	running int             // guarded by mu; runs not yet finished
+	closed  bool            // guarded by mu
+}
+
+// NewManager opens the state directory, loads the runs of earlier agents
+// (those in flight then are finished as AGENT_LOST) and starts the
+// retention sweeper.
+func NewManager(cfg Config) (*Manager, error) {
+	if cfg.StateDir == "" {
+		return nil, errors.New("run manager: no state directory")
+	}
+	if cfg.Workdir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return nil, fmt.Errorf("run manager: default workdir: %w", err)
+		}
+		cfg.Workdir = home
+	}
+	if cfg.SpoolLimit == 0 {
+		cfg.SpoolLimit = DefaultSpoolLimit
+	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = DefaultRetention
+	}
+	if cfg.MaxRuns <= 0 {
+		cfg.MaxRuns = DefaultMaxRuns
+	}
+	if cfg.KillGrace <= 0 {
+		cfg.KillGrace = DefaultKillGrace
+	}
+	if cfg.HangupGrace <= 0 {
+		cfg.HangupGrace = DefaultHangupGrace
+	}
+	if cfg.DrainGrace <= 0 {
+		cfg.DrainGrace = DefaultDrainGrace
+	}
+	if len(cfg.LimitHelper) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("run manager: find own executable: %w", err)
+		}
+		cfg.LimitHelper = []string{self, ExecLimitedCommand}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	m := &Manager{
+		cfg:     cfg,
+		log:     cfg.Logger.Named("runs"),
+		runsDir: filepath.Join(cfg.StateDir, "runs"),
+		stop:    make(chan struct{}),
+		runs:    map[string]*Run{},
+	}
+	if err := os.MkdirAll(m.runsDir, 0o700); err != nil {
+		return nil, fmt.Errorf("run manager: %w", err)
+	}
+	if err := m.loadAll(); err != nil {
+		return nil, err
+	}
+	m.sweeping.Add(1)
+	go m.sweep()
+	return m, nil
+}
+
+var runIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// ValidateRunID checks a run id's syntax.
+func ValidateRunID(id string) error {
+	if !runIDPattern.MatchString(id) || id == "." || id == ".." {
+		return fmt.Errorf("run id %q: want 1 to 64 letters, digits, '.', '_' or '-': %w", id, ErrInvalidSpec)
+	}
+	return nil
+}
+
+func validate(s Spec) error {
+	if s.ID != "" {
+		if err := ValidateRunID(s.ID); err != nil {
+			return err
+		}
+	}
+	if len(s.Argv) == 0 || (len(s.Argv) == 1 && s.Argv[0] == "") {
+		return fmt.Errorf("empty argv: %w", ErrInvalidSpec)
+	}
+	for i, a := range s.Argv {
+		if strings.IndexByte(a, 0) >= 0 {
+			return fmt.Errorf("argv[%d] contains a NUL byte: %w", i, ErrInvalidSpec)
+		}
+	}
+	if s.Argv[0] == "" {
+		return fmt.Errorf("argv[0] is empty: %w", ErrInvalidSpec)
+	}
+	for _, env := range []struct {
+		m      map[string]string
+		secret bool
+	}{{s.Env, false}, {s.SecretEnv, true}} {
+		for k, v := range env.m {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				return fmt.Errorf("env key %q: must be non-empty without '=' or NUL: %w", k, ErrInvalidSpec)
+			}
+			if strings.IndexByte(v, 0) >= 0 {
+				// Never quote the value: it may be a secret.
+				return fmt.Errorf("env %q: value contains a NUL byte: %w", k, ErrInvalidSpec)
+			}
+		}
+	}
+	if strings.IndexByte(s.Cwd, 0) >= 0 {
+		return fmt.Errorf("cwd contains a NUL byte: %w", ErrInvalidSpec)
+	}
+	for k, v := range s.Labels {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("label %q: not valid UTF-8: %w", k, ErrInvalidSpec)
+		}
+	}
+	if s.Timeout < 0 || s.IdleTimeout < 0 {
+		return fmt.Errorf("negative timeout: %w", ErrInvalidSpec)
+	}
+	return nil
+}
+
+// Start starts a run, or returns the existing run with spec.ID (existing
+// true) without running anything again.
+//
+// The process's lifetime is deliberately not tied to any request context:
+// a run outlives the call that started it (detached runs, reattach after a
+// reconnect); only deadlines, kills, and hang-ups end it.
+func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
+	if err := validate(spec); err != nil {
+		return nil, false, err
+	}
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil, false, ErrClosed
+	}
+	if spec.ID != "" {
+		if r, ok := m.runs[spec.ID]; ok {
+			m.mu.Unlock()
+			<-r.ready
+			if r.startErr != nil {
+				return nil, false, r.startErr
+			}
+			return r, true, nil
+		}
+	}
+	if m.running >= m.cfg.MaxRuns {
+		m.mu.Unlock()
+		return nil, false, fmt.Errorf("%w: the agent runs at most %d at once (--max-runs)", ErrTooManyRuns, m.cfg.MaxRuns)
+	}
+	id := spec.ID
+	for id == "" || m.runs[id] != nil {
+		id = newRunID()
+	}
+	r := &Run{
+		m:        m,
+		log:      m.log.With("run_id", id),
+		dir:      filepath.Join(m.runsDir, id),
+		ready:    make(chan struct{}),
+		escalate: make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		notify:   make(chan struct{}),
+	}
+	r.info.ID = id
+	m.runs[id] = r
+	m.running++
+	m.mu.Unlock()
+
+	if err := m.spawn(r, spec); err != nil {
+		m.mu.Lock()
+		delete(m.runs, id)
+		m.running--
+		m.mu.Unlock()
+		r.startErr = err
+		close(r.ready)
+		os.RemoveAll(r.dir)
+		return nil, false, err
+	}
+	close(r.ready)
+	return r, false, nil
+}
+
+func newRunID() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return time.Now().UTC().Format("20060102-150405-") + hex.EncodeToString(b[:])
+}
+
+// spawn prepares and starts the process of r. Callers own r exclusively
+// until ready is closed.
+func (m *Manager) spawn(r *Run, spec Spec) error {
+	cwd := spec.Cwd
+	if cwd == "" {
+		cwd = m.cfg.Workdir
+	} else if !filepath.IsAbs(cwd) {
+		cwd = filepath.Join(m.cfg.Workdir, cwd)
+	}
+	if fi, err := os.Stat(cwd); err != nil {
+		return fmt.Errorf("cwd %q: %w: %w", cwd, ErrBadCwd, err)
+	} else if !fi.IsDir() {
+		return fmt.Errorf("cwd %q is not a directory: %w", cwd, ErrBadCwd)
+	}
+
+	argv := spec.Argv
+	if spec.Shell {
+		argv = []string{"/bin/sh", "-c", strings.Join(spec.Argv, " ")}
+	}
+	pathEnv, ok := spec.Env["PATH"]
+	if !ok {
+		pathEnv = os.Getenv("PATH")
+	}
+	prog, err := lookPath(argv[0], cwd, pathEnv)
+	if err != nil {
+		return err
+	}
+
+	limits := spec.Limits
+	if limits.MaxOutputBytes == 0 {
+		limits.MaxOutputBytes = m.cfg.SpoolLimit
+	}
+	r.info.Argv = slices.Clone(spec.Argv)
+	r.info.Shell = spec.Shell
+	r.info.Cwd = cwd
+	r.info.Env = maps.Clone(spec.Env)
+	r.info.SecretEnvKeys = sortedKeys(spec.SecretEnv)
+	r.info.Detached = spec.Detach
+	r.info.PTY = spec.PTY != nil
+	r.info.Labels = maps.Clone(spec.Labels)
+	r.info.Limits = limits
+	r.timeout, r.idleTimeout = spec.Timeout, spec.IdleTimeout
+
+	os.RemoveAll(r.dir) // a leftover of a run that was never recorded
+	if err := os.MkdirAll(r.dir, 0o700); err != nil {
+		return fmt.Errorf("start run: %w", err)
+	}
+	for i, name := range []string{"stdout", "stderr"} {
+		s, err := newSpool(filepath.Join(r.dir, name), limits.MaxOutputBytes, r.broadcast)
+		if err != nil {
+			r.closeSpools()
+			return fmt.Errorf("start run: %w", err)
+		}
+		r.out[i] = s
+	}
+
+	env := os.Environ()
+	for _, k := range sortedKeys(spec.Env) {
+		env = append(env, k+"="+spec.Env[k])
+	}
+	for _, k := range r.info.SecretEnvKeys {
+		env = append(env, k+"="+spec.SecretEnv[k])
+	}
+	env = append(env, "DTMUX_WORKSPACE="+m.cfg.Workspace, "DTMUX_RUN_ID="+r.info.ID)
+	if spec.PTY != nil {
+		term := spec.PTY.Term
+		if term == "" {
+			term = "xterm-256color"
+		}
+		env = append(env, "TERM="+term)
+	}
+
+	var cmd *exec.Cmd
+	if limits.hasRlimits() {
+		// Secrets stay in the environment; only limits and argv are
+		// on the helper's command line.
+		helper := m.cfg.LimitHelper
+		cmd = exec.Command(helper[0], append(slices.Clone(helper[1:]), limitArgs(limits, prog, argv)...)...)
+	} else {
+		cmd = exec.Command(prog)
+		cmd.Args = argv
+	}
+	cmd.Env = env
+	cmd.Dir = cwd
+
+	if err := m.startProcess(r, cmd, spec.PTY); err != nil {
+		r.closeSpools()
+		return err
+	}
+	r.cmd = cmd
+	r.info.PID = cmd.Process.Pid
+	r.info.StartedAt = time.Now()
+	r.lastOutput.Store(r.info.StartedAt.UnixNano())
+	if err := m.store.save(r.dir, r.Info()); err != nil {
+		r.log.Warn("persist run", "error", err)
+	}
+	r.log.Debug("run started", "pid", r.info.PID, "argc", len(argv), "pty", r.info.PTY, "detached", r.info.Detached)
+
+	copiers := &sync.WaitGroup{}
+	for i, f := range r.outputs {
+		copiers.Add(1)
+		go r.copyOutput(f, r.out[i], copiers)
+	}
+	go r.supervise(copiers)
+	return nil
+}
+
+// startProcess starts cmd in its own process group (or session, with a
+// PTY) and wires its stdio.
+func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY) error {
+	if p != nil {
+		rows, cols := p.Rows, p.Cols
+		if rows == 0 {
+			rows = 24
+		}
+		if cols == 0 {
+			cols = 80
+		}
+		ptmx, err := pty.StartWithAttrs(cmd, &pty.Winsize{Rows: rows, Cols: cols}, &syscall.SysProcAttr{Setsid: true, Setctty: true})
+		if err != nil {
+			return fmt.Errorf("start %s on a pty: %w", cmd.Path, err)
+		}
+		r.ptmx, r.stdin = ptmx, ptmx
+		r.outputs = []*os.File{ptmx}
+		return nil
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var files []*os.File // every end, for cleanup on failure
+	closeAll := func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	pipe := func() (*os.File, *os.File, error) {
+		rd, wr, err := os.Pipe()
+		if err == nil {
+			files = append(files, rd, wr)
+		}
+		return rd, wr, err
+	}
+	inR, inW, err1 := pipe()
+	outR, outW, err2 := pipe()
+	errR, errW, err3 := pipe()
+	if err := errors.Join(err1, err2, err3); err != nil {
+		closeAll()
+		return fmt.Errorf("start run: %w", err)
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+	if err := cmd.Start(); err != nil {
+		closeAll()
+		return fmt.Errorf("start %s: %w", cmd.Path, err)
+	}
+	// The child holds its ends now.
+	inR.Close()
+	outW.Close()
+	errW.Close()
+	r.stdin = inW
+	r.outputs = []*os.File{outR, errR}
+	return nil
+}
+
+// lookPath finds the program the way a shell would, with the run's PATH
+// and working directory.
+func lookPath(name, cwd, pathEnv string) (string, error) {
+	check := func(p string) error {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+			return errors.New("not an executable file")
+		}
+		return nil
+	}
+	if strings.Contains(name, "/") {
+		p := name
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(cwd, p)
+		}
+		if err := check(p); err != nil {
+			return "", fmt.Errorf("%q: %w (%v)", name, ErrProgramNotFound, err)
+		}
+		return p, nil
+	}
+	for _, dir := range filepath.SplitList(pathEnv) {
+		if dir == "" {
+			dir = "."
+		}
+		if !filepath.IsAbs(dir) {
+			dir = filepath.Join(cwd, dir)
+		}
+		p := filepath.Join(dir, name)
+		if check(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%q: %w in PATH", name, ErrProgramNotFound)
+}
+
+func (r *Run) closeSpools() {
+	for _, s := range r.out {
+		if s != nil {
+			s.close()
+		}
+	}
+}
+
+// runEnded is called once by each run's supervisor.
+func (m *Manager) runEnded(*Run) {
+	m.mu.Lock()
+	m.running--
+	m.mu.Unlock()
+}
+
+// Get returns the run with id.
+func (m *Manager) Get(id string) (*Run, error) {
+	if err := ValidateRunID(id); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	r, ok := m.runs[id]
+	m.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("run %q: %w", id, ErrRunNotFound)
+	}
+	<-r.ready
+	if r.startErr != nil {
+		return nil, fmt.Errorf("run %q: %w", id, ErrRunNotFound)
+	}
+	return r, nil
+}
+
+// List describes the runs carrying all of labels, oldest first.
+func (m *Manager) List(labels map[string]string) []Info {
+	m.mu.Lock()
+	runs := make([]*Run, 0, len(m.runs))
+	for _, r := range m.runs {
+		runs = append(runs, r)
+	}
+	m.mu.Unlock()
+	var out []Info
+	for _, r := range runs {
+		<-r.ready
+		if r.startErr != nil {
+			continue
+		}
+		in := r.Info()
+		match := true
+		for k, v := range labels {
+			if got, ok := in.Labels[k]; !ok || got != v {
+				match = false
+				break
+			}
+		}
+		if match {
+			out = append(out, in)
+		}
+	}
+	slices.SortFunc(out, func(a, b Info) int {
+		if c := a.StartedAt.Compare(b.StartedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out
+}
+
+// Close stops the manager: attached runs are killed (KILLED, "agent
+// shutting down") and waited for; detached runs keep running and will be
+// found as AGENT_LOST by the next agent. New starts fail with ErrClosed.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	var kill []*Run
+	for _, r := range m.runs {
+		kill = append(kill, r)
+	}
+	m.mu.Unlock()
+	close(m.stop)
+	m.sweeping.Wait()
+
+	var waitFor []*Run
+	for _, r := range kill {
+		<-r.ready
+		if r.startErr != nil || r.finished() || r.info.Detached {
+			continue
+		}
+		r.Kill("agent shutting down")
+		waitFor = append(waitFor, r)
+	}
+	deadline := time.NewTimer(m.cfg.KillGrace + m.cfg.DrainGrace + time.Second)
+	defer deadline.Stop()
+	for _, r := range waitFor {
+		select {
+		case <-r.done:
+		case <-deadline.C:
+			return fmt.Errorf("close run manager: run %s did not end", r.info.ID)
+		}
+	}
+	return nil
+}
+
+// sweep forgets finished runs older than the retention.
+func (m *Manager) sweep() {
+	defer m.sweeping.Done()
+	every := min(max(m.cfg.Retention/4, 10*time.Millisecond), time.Minute)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case now := <-t.C:
+			m.sweepOnce(now)
+		}
+	}
+}
+
+func (m *Manager) sweepOnce(now time.Time) {
+	var expired []*Run
+	m.mu.Lock()
+	for id, r := range m.runs {
+		if !r.finished() {
+			continue
+		}
+		if t := r.Trailer(); t != nil && now.Sub(t.EndedAt) > m.cfg.Retention {
+			delete(m.runs, id)
+			expired = append(expired, r)
+		}
+	}
+	m.mu.Unlock()
+	for _, r := range expired {
+		r.closeSpools()
+		if err := os.RemoveAll(r.dir); err != nil {
+			m.log.Warn("remove expired run", "run_id", r.info.ID, "error", err)
+		}
+		m.log.Debug("run expired", "run_id", r.info.ID)
+	}
+}
+
+// loadAll brings back the runs recorded by earlier agents.
+func (m *Manager) loadAll() error {
+	entries, err := os.ReadDir(m.runsDir)
+	if err != nil {
+		return fmt.Errorf("run manager: %w", err)
+	}
+	now := time.Now()
+	for _, e := range entries {
+		if !e.IsDir() || ValidateRunID(e.Name()) != nil {
+			continue
+		}
+		dir := filepath.Join(m.runsDir, e.Name())
+		r, err := m.load(dir, e.Name(), now)
+		if err != nil {
+			m.log.Warn("forgetting unreadable run", "dir", dir, "error", err)
+			os.RemoveAll(dir)
+			continue
+		}
+		if r != nil {
+			m.runs[r.info.ID] = r
+		}
+	}
+	return nil
+}
+
+func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
+	info, err := m.store.load(dir)
+	if err != nil {
+		return nil, err
+	}
+	if info.ID != id {
+		return nil, fmt.Errorf("metadata names run %q", info.ID)
+	}
+	inFlight := info.State != StateFinished || info.Trailer == nil
+	r := &Run{
+		m:        m,
+		log:      m.log.With("run_id", id),
+		dir:      dir,
+		ready:    make(chan struct{}),
+		escalate: make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		notify:   make(chan struct{}),
+	}
+	close(r.ready)
+	close(r.done)
+	limit := info.Limits.MaxOutputBytes
+	if limit == 0 {
+		limit = m.cfg.SpoolLimit
+	}
+	for i, name := range []string{"stdout", "stderr"} {
+		s, err := loadSpool(filepath.Join(dir, name), limit, inFlight)
+		if err != nil {
+			r.closeSpools()
+			return nil, err
+		}
+		r.out[i] = s
+	}
+	t := info.Trailer
+	if inFlight {
+		t = &Trailer{
+			Reason:   ReasonAgentLost,
+			ExitCode: -1,
+			Detail:   "the agent stopped while the run was in flight",
+			EndedAt:  now,
+			Duration: now.Sub(info.StartedAt),
+		}
+		_, t.StdoutBytes = r.out[0].bounds()
+		_, t.StderrBytes = r.out[1].bounds()
+		info.State = StateFinished
+		info.Trailer = t
+		if err := m.store.save(dir, info); err != nil {
+			m.log.Warn("persist lost run", "run_id", id, "error", err)
+		}
+	}
+	if now.Sub(t.EndedAt) > m.cfg.Retention {
+		r.closeSpools()
+		os.RemoveAll(dir)
+		return nil, nil
+	}
+	info.Trailer = nil
+	r.info = info
+	r.trailer = t
+	return r, nil
+}

@@ -1,0 +1,97 @@
+package process
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// EventKind tells output from gaps.
+type EventKind int
+
+// Reader events.
+const (
+	// EventOutput carries Data written at Offset.
+	EventOutput EventKind = iota + 1
+	// EventGap says Bytes bytes from Offset were evicted.
+	EventGap
+)
+
+// Event is a piece of a run's output as a reader sees it.
+type Event struct {
+	Kind   EventKind
+	Stream Stream
+	Offset uint64
+	// Data is valid until the next call of Next.
+	Data []byte
+	// Bytes is the size of a gap.
+	Bytes uint64
+}
+
+// outputChunk bounds one output event: large enough for throughput, far
+// below the gRPC message limit.
+const outputChunk = 512 << 10
+
+// Reader follows a run's output from chosen offsets. Each reader pulls at
+// its own pace; none can slow the process or another reader.
+type Reader struct {
+	r    *Run
+	off  [2]uint64
+	turn int
+	buf  []byte
+}
+
+// NewReader reads from the given offsets.
+func (r *Run) NewReader(stdoutOffset, stderrOffset uint64) *Reader {
+	return &Reader{r: r, off: [2]uint64{stdoutOffset, stderrOffset}, buf: make([]byte, outputChunk)}
+}
+
+// ErrCaughtUp is what Next returns without follow when everything spooled
+// so far was read and the run is still going.
+var ErrCaughtUp = errors.New("caught up with a running run")
+
+// Next returns the next event. It returns io.EOF once the run has finished
+// and everything after the offsets was read (the trailer is then final),
+// or, without follow, ErrCaughtUp as soon as nothing more is spooled. With
+// follow it waits for output until ctx ends.
+func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
+	for {
+		ch := rd.r.wait()
+		finished := rd.r.finished()
+		for i := range 2 {
+			k := (rd.turn + i) % 2
+			n, gap, err := rd.r.out[k].read(rd.off[k], rd.buf)
+			if err != nil {
+				if errors.Is(err, os.ErrClosed) {
+					return Event{}, fmt.Errorf("read run %s: %w", rd.r.info.ID, ErrRunNotFound)
+				}
+				return Event{}, err
+			}
+			st := Stream(k + 1)
+			if gap > 0 {
+				ev := Event{Kind: EventGap, Stream: st, Offset: rd.off[k], Bytes: gap}
+				rd.off[k] += gap
+				return ev, nil
+			}
+			if n > 0 {
+				ev := Event{Kind: EventOutput, Stream: st, Offset: rd.off[k], Data: rd.buf[:n]}
+				rd.off[k] += uint64(n)
+				rd.turn = (k + 1) % 2 // take turns so neither stream starves
+				return ev, nil
+			}
+		}
+		if finished {
+			return Event{}, io.EOF
+		}
+		if !follow {
+			return Event{}, ErrCaughtUp
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Event{}, ctx.Err()
+		}
+	}
+}

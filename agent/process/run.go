@@ -1,0 +1,420 @@
+package process
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Run is one process group started by the Manager (or remembered from an
+// earlier agent). Its output lives in two spools; any number of Readers
+// follow it.
+type Run struct {
+	m   *Manager
+	log hclog.Logger
+	dir string
+
+	// ready is closed once the run has started (or failed to: startErr).
+	ready    chan struct{}
+	startErr error
+
+	// Set before ready is closed, read-only afterwards.
+	info  Info // the immutable parts; counters and trailer live below
+	out   [2]*spool
+	cmd   *exec.Cmd
+	stdin *os.File // pipe write end, or the PTY master
+	ptmx  *os.File
+	// outputs are the read ends of the output pipes (or the PTY master).
+	outputs     []*os.File
+	timeout     time.Duration
+	idleTimeout time.Duration
+
+	stdinMu sync.Mutex // serialises writes and close of stdin
+
+	lastOutput atomic.Int64 // unix nanoseconds of the latest output
+	escalate   chan struct{}
+	done       chan struct{} // closed when the trailer is final
+
+	mu          sync.Mutex
+	notify      chan struct{} // guarded by mu; closed and replaced on change
+	trailer     *Trailer      // guarded by mu
+	killReason  Reason        // guarded by mu; why the agent is ending it
+	killDetail  string        // guarded by mu
+	killGrace   time.Duration // guarded by mu; before SIGKILL follows
+	clients     int           // guarded by mu; readers streaming now
+	execClients int           // guarded by mu; Exec streams attached now
+}
+
+// ID is the run's id.
+func (r *Run) ID() string { return r.info.ID }
+
+// Done is closed when the run has finished and its trailer is final.
+func (r *Run) Done() <-chan struct{} { return r.done }
+
+// Info describes the run now.
+func (r *Run) Info() Info {
+	in := r.info
+	in.Argv = append([]string(nil), in.Argv...)
+	in.State = StateRunning
+	r.mu.Lock()
+	if r.trailer != nil {
+		t := *r.trailer
+		in.Trailer = &t
+		in.State = StateFinished
+	}
+	in.AttachedClients = r.clients
+	r.mu.Unlock()
+	_, in.StdoutBytes = r.out[0].bounds()
+	_, in.StderrBytes = r.out[1].bounds()
+	return in
+}
+
+// Trailer returns how the run ended, or nil while it runs.
+func (r *Run) Trailer() *Trailer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.trailer == nil {
+		return nil
+	}
+	t := *r.trailer
+	return &t
+}
+
+// wait returns a channel closed at the next output or state change.
+func (r *Run) wait() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.notify
+}
+
+func (r *Run) broadcast() {
+	r.mu.Lock()
+	close(r.notify)
+	r.notify = make(chan struct{})
+	r.mu.Unlock()
+}
+
+func (r *Run) finished() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// AddClient registers a reader of the run for listings. exec says the
+// reader is an Exec stream: when the last Exec stream of an attached (not
+// detached) run goes away, the process group gets SIGHUP, then SIGKILL
+// after the hang-up grace. Call the returned function exactly once when the
+// stream ends.
+func (r *Run) AddClient(exec bool) (release func()) {
+	r.mu.Lock()
+	r.clients++
+	if exec {
+		r.execClients++
+	}
+	r.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			r.clients--
+			hangup := false
+			if exec {
+				r.execClients--
+				hangup = r.execClients == 0 && !r.info.Detached
+			}
+			r.mu.Unlock()
+			if hangup && !r.finished() {
+				r.log.Debug("last client went away; hanging up")
+				r.terminate(ReasonKilled, "client went away", syscall.SIGHUP, r.m.cfg.HangupGrace)
+			}
+		})
+	}
+}
+
+// Signal delivers sig to the run's process group. SIGKILL marks the run
+// KILLED.
+func (r *Run) Signal(sig syscall.Signal) error {
+	if r.finished() || r.cmd == nil {
+		return fmt.Errorf("signal run %s: %w", r.info.ID, ErrRunFinished)
+	}
+	if sig == syscall.SIGKILL {
+		r.setKillReason(ReasonKilled, "killed on request")
+	}
+	if err := syscall.Kill(-r.info.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal run %s: %w", r.info.ID, err)
+	}
+	return nil
+}
+
+// Kill ends the run as KILLED: SIGTERM to the group, SIGKILL after the
+// kill grace.
+func (r *Run) Kill(detail string) {
+	r.terminate(ReasonKilled, detail, syscall.SIGTERM, r.m.cfg.KillGrace)
+}
+
+// WriteStdin writes to the process's standard input (or its terminal).
+// It blocks while the process does not read.
+func (r *Run) WriteStdin(p []byte) error {
+	r.stdinMu.Lock()
+	defer r.stdinMu.Unlock()
+	if r.stdin == nil {
+		return fmt.Errorf("write stdin of run %s: %w", r.info.ID, ErrRunFinished)
+	}
+	if _, err := r.stdin.Write(p); err != nil {
+		if r.finished() || errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EPIPE) {
+			return fmt.Errorf("write stdin of run %s: %w", r.info.ID, ErrRunFinished)
+		}
+		return fmt.Errorf("write stdin of run %s: %w", r.info.ID, err)
+	}
+	return nil
+}
+
+// CloseStdin gives the process end-of-file on its standard input. On a
+// PTY that is the terminal's EOF character (^D).
+func (r *Run) CloseStdin() error {
+	if r.ptmx != nil {
+		return r.WriteStdin([]byte{4})
+	}
+	r.stdinMu.Lock()
+	defer r.stdinMu.Unlock()
+	if r.stdin == nil {
+		return nil
+	}
+	err := r.stdin.Close()
+	r.stdin = nil
+	return err
+}
+
+// Resize sets the PTY's size; without a PTY it does nothing.
+func (r *Run) Resize(rows, cols uint16) error {
+	if r.ptmx == nil || r.finished() {
+		return nil
+	}
+	if rows == 0 || cols == 0 {
+		return fmt.Errorf("resize run %s to %dx%d: %w", r.info.ID, cols, rows, ErrInvalidSpec)
+	}
+	return pty.Setsize(r.ptmx, &pty.Winsize{Rows: rows, Cols: cols})
+}
+
+func (r *Run) setKillReason(reason Reason, detail string) {
+	r.setKill(reason, detail, r.m.cfg.KillGrace)
+}
+
+func (r *Run) setKill(reason Reason, detail string, grace time.Duration) {
+	r.mu.Lock()
+	if r.killReason == ReasonUnknown {
+		r.killReason, r.killDetail, r.killGrace = reason, detail, grace
+	}
+	r.mu.Unlock()
+}
+
+// terminate records why the agent ends the run (the first reason wins),
+// sends sig to the whole group and has the supervisor send SIGKILL after
+// grace.
+func (r *Run) terminate(reason Reason, detail string, sig syscall.Signal, grace time.Duration) {
+	if r.finished() || r.cmd == nil {
+		return
+	}
+	r.setKill(reason, detail, grace)
+	r.log.Debug("terminating run", "reason", detail, "signal", sig.String())
+	_ = syscall.Kill(-r.info.PID, sig)
+	select {
+	case r.escalate <- struct{}{}:
+	default:
+	}
+}
+
+// supervise owns the process from start to trailer: it enforces the
+// deadlines, escalates kills, waits for the leader and the output, then
+// writes the trailer. The Manager owns this goroutine.
+func (r *Run) supervise(copiers *sync.WaitGroup) {
+	cfg := r.m.cfg
+	exited := make(chan error, 1)
+	go func() { exited <- r.cmd.Wait() }() // ends when the leader does
+
+	var timeoutC, idleC, killC <-chan time.Time
+	if d := r.timeout; d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeoutC = t.C
+	}
+	var idle *time.Timer
+	if d := r.idleTimeout; d > 0 {
+		idle = time.NewTimer(d)
+		defer idle.Stop()
+		idleC = idle.C
+	}
+	var waitErr error
+loop:
+	for {
+		select {
+		case waitErr = <-exited:
+			break loop
+		case <-timeoutC:
+			timeoutC = nil
+			r.terminate(ReasonTimedOut, "timeout "+r.timeout.String(), syscall.SIGTERM, cfg.KillGrace)
+		case <-idleC:
+			silent := time.Since(time.Unix(0, r.lastOutput.Load()))
+			if silent >= r.idleTimeout {
+				idleC = nil
+				r.terminate(ReasonTimedOut, "idle timeout "+r.idleTimeout.String(), syscall.SIGTERM, cfg.KillGrace)
+			} else {
+				idle.Reset(r.idleTimeout - silent)
+			}
+		case <-r.escalate:
+			if killC == nil {
+				r.mu.Lock()
+				grace := r.killGrace
+				r.mu.Unlock()
+				kt := time.NewTimer(grace)
+				defer kt.Stop()
+				killC = kt.C
+			}
+		case <-killC:
+			killC = nil
+			r.log.Debug("grace over; killing process group")
+			_ = syscall.Kill(-r.info.PID, syscall.SIGKILL)
+		}
+	}
+	r.mu.Lock()
+	killing := r.killReason != ReasonUnknown
+	r.mu.Unlock()
+	if killing {
+		// The leader is gone but the group may live on (grandchildren
+		// ignoring SIGTERM). Its id cannot be reused while members remain.
+		_ = syscall.Kill(-r.info.PID, syscall.SIGKILL)
+	}
+
+	// Wait for the output to reach EOF so no tail is lost, but not forever:
+	// a grandchild may hold the pipe open after the leader has gone.
+	drained := make(chan struct{})
+	go func() { copiers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(cfg.DrainGrace):
+		r.log.Debug("output still open after the leader exited; closing it")
+		r.closeOutputs()
+		<-drained
+	}
+	r.closeOutputs()
+	r.stdinMu.Lock()
+	if r.stdin != nil && r.stdin != r.ptmx {
+		r.stdin.Close()
+	}
+	r.stdin = nil
+	r.stdinMu.Unlock()
+	if r.ptmx != nil {
+		r.ptmx.Close()
+	}
+
+	t := r.classify(waitErr)
+	r.finish(t)
+}
+
+// closeOutputs closes the read ends of the output pipes, which ends the
+// copiers.
+func (r *Run) closeOutputs() {
+	for _, f := range r.outputs {
+		f.Close()
+	}
+}
+
+// classify turns the leader's wait status and the agent's own kill reason
+// into a trailer.
+func (r *Run) classify(waitErr error) Trailer {
+	t := Trailer{ExitCode: -1, EndedAt: time.Now()}
+	t.Duration = t.EndedAt.Sub(r.info.StartedAt)
+	_, t.StdoutBytes = r.out[0].bounds()
+	_, t.StderrBytes = r.out[1].bounds()
+
+	ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok {
+		t.Reason = ReasonAgentLost
+		t.Detail = fmt.Sprintf("wait: %v", waitErr)
+		return t
+	}
+	if ws.Signaled() {
+		t.Signal = int(ws.Signal())
+	}
+	r.mu.Lock()
+	reason, detail := r.killReason, r.killDetail
+	r.mu.Unlock()
+	lim := r.info.Limits
+	switch {
+	case reason != ReasonUnknown:
+		t.Reason, t.Detail = reason, detail
+		if ws.Exited() && reason == ReasonKilled {
+			t.ExitCode = ws.ExitStatus()
+		}
+	case ws.Signaled() && lim.CPUSeconds > 0 && (ws.Signal() == syscall.SIGXCPU || ws.Signal() == syscall.SIGKILL):
+		t.Reason = ReasonLimitExceeded
+		t.Detail = fmt.Sprintf("cpu_seconds limit %d exceeded", lim.CPUSeconds)
+	case ws.Signaled():
+		t.Reason = ReasonSignaled
+		if lim.AddressSpaceBytes > 0 && (ws.Signal() == syscall.SIGSEGV || ws.Signal() == syscall.SIGABRT || ws.Signal() == syscall.SIGBUS) {
+			t.Detail = fmt.Sprintf("possibly the address_space_bytes limit %d", lim.AddressSpaceBytes)
+		}
+	default:
+		t.Reason = ReasonExited
+		t.ExitCode = ws.ExitStatus()
+	}
+	return t
+}
+
+// finish makes the trailer final, persists it and wakes every reader.
+func (r *Run) finish(t Trailer) {
+	r.mu.Lock()
+	r.trailer = &t
+	r.mu.Unlock()
+	if err := r.m.store.save(r.dir, r.Info()); err != nil {
+		r.log.Warn("persist run", "error", err)
+	}
+	close(r.done)
+	r.broadcast()
+	r.m.runEnded(r)
+	r.log.Debug("run finished", "reason", int(t.Reason), "exit_code", t.ExitCode, "signal", t.Signal)
+}
+
+// copyOutput moves one pipe into its spool in large chunks until EOF.
+func (r *Run) copyOutput(f *os.File, s *spool, wg *sync.WaitGroup) {
+	defer wg.Done()
+	buf := make([]byte, readChunk)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			r.lastOutput.Store(time.Now().UnixNano())
+			if werr := s.write(buf[:n]); werr != nil {
+				r.log.Error("spool output", "error", werr)
+				// Keep draining so the process is not blocked on a full pipe.
+			}
+		}
+		if err != nil {
+			if err != io.EOF && !errors.Is(err, os.ErrClosed) && !errors.Is(err, syscall.EIO) {
+				r.log.Debug("output read ended", "error", err)
+			}
+			return
+		}
+	}
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,64 @@
+// Package agent serves dtmux.agent.v1.AgentService: a thin gRPC layer
+// over the run manager (agent/process) and the tmux driver (agent/tmux).
+// It converts proto messages and maps domain errors to status codes in
+// toStatus; the domain packages know nothing of gRPC.
+package agent
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/agent/process"
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// Options configure a Server.
+type Options struct {
+	// Logger is named "agent" by the server.
+	Logger hclog.Logger
+	// Runs executes and remembers the workspace's runs.
+	Runs *process.Manager
+	// Workspace is the name the agent serves (DTMUX_WORKSPACE).
+	Workspace string
+	// Workdir is the workspace directory: relative PutFile paths are
+	// resolved against it.
+	Workdir string
+	// StartedAt is when the agent started (default: New's time).
+	StartedAt time.Time
+	// TmuxVersion, when set, reports the tmux version for GetAgentInfo,
+	// or why tmux is unavailable.
+	TmuxVersion func(ctx context.Context) (string, error)
+	// Isolation lists the resource isolation the host allows, for
+	// GetAgentInfo (default: "rlimit").
+	Isolation []string
+}
+
+// Server implements agentv1.AgentServiceServer. Methods it does not
+// override answer Unimplemented.
+type Server struct {
+	agentv1.UnimplementedAgentServiceServer
+
+	log  hclog.Logger
+	runs *process.Manager
+	opts Options
+}
+
+// New returns a server. Register it with agentv1.RegisterAgentServiceServer.
+func New(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = hclog.NewNullLogger()
+	}
+	if o.StartedAt.IsZero() {
+		o.StartedAt = time.Now()
+	}
+	if o.Workdir == "" {
+		o.Workdir, _ = os.UserHomeDir()
+	}
+	if len(o.Isolation) == 0 {
+		o.Isolation = []string{"rlimit"}
+	}
+	return &Server{log: o.Logger.Named("agent"), runs: o.Runs, opts: o}
+}
