@@ -61,7 +61,6 @@ func (e *Engine) Exec(ctx context.Context, spec Spec, emit Emit) (Summary, error
 		spec:  spec,
 		out:   &emitter{fn: emit, cancel: cancel},
 		tally: newTally(names),
-		sem:   make(chan struct{}, spec.MaxParallel),
 		stop:  make(chan struct{}),
 		log:   e.log.With("fleet_run", spec.RunID),
 	}
@@ -110,8 +109,6 @@ type fleetRun struct {
 	tally *tally
 	log   hclog.Logger
 
-	// sem holds a token per target running (or connecting).
-	sem chan struct{}
 	// stop is closed when max-failures is reached; stopReason is written
 	// before.
 	stop       chan struct{}
@@ -119,59 +116,143 @@ type fleetRun struct {
 	stopReason string
 }
 
-// dispatch starts targets in order as slots free up, until stopped.
+// item is a target waiting for a worker: new, or back from a backoff.
+type item struct {
+	name     string
+	attempt  int           // attempts made so far
+	backoff  time.Duration // wait before the next retry
+	deadline time.Time     // target deadline; zero: none
+}
+
+// queue hands targets to workers in order; a target that must be retried
+// goes to the back after its backoff, so it never holds a worker while
+// waiting and never delays the targets behind it.
+type queue struct {
+	mu      sync.Mutex
+	items   []*item // guarded by mu
+	pending int     // targets not finished, backoffs included; guarded by mu
+	wake    chan struct{}
+}
+
+func (q *queue) push(it *item) {
+	q.mu.Lock()
+	q.items = append(q.items, it)
+	q.mu.Unlock()
+	q.signal()
+}
+
+func (q *queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// done marks one target finished.
+func (q *queue) done() {
+	q.mu.Lock()
+	q.pending--
+	q.mu.Unlock()
+	q.signal()
+}
+
+// next returns the next target, or false when none is left or the run
+// stops.
+func (q *queue) next(ctx context.Context, stop <-chan struct{}) (*item, bool) {
+	for {
+		select {
+		case <-stop:
+			q.signal() // pass the news on to the next idle worker
+			return nil, false
+		case <-ctx.Done():
+			return nil, false
+		default:
+		}
+		q.mu.Lock()
+		if len(q.items) > 0 {
+			it := q.items[0]
+			q.items = q.items[1:]
+			q.mu.Unlock()
+			return it, true
+		}
+		if q.pending == 0 {
+			q.mu.Unlock()
+			q.signal()
+			return nil, false
+		}
+		q.mu.Unlock()
+		select {
+		case <-q.wake:
+		case <-stop:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// drain removes what is still queued.
+func (q *queue) drain() []*item {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	its := q.items
+	q.items = nil
+	return its
+}
+
+// dispatch runs the targets with MaxParallel workers until all ended or
+// the run stopped; what was never started is reported skipped.
 func (r *fleetRun) dispatch(ctx context.Context, targets []Target) {
-	var wg sync.WaitGroup
-	for i, t := range targets {
-		if t.Skip != "" {
-			continue
+	q := &queue{wake: make(chan struct{}, 1)}
+	for _, t := range targets {
+		if t.Skip == "" {
+			q.items = append(q.items, &item{name: t.Name, backoff: r.spec.RetryBackoff})
+			q.pending++
 		}
-		if !r.acquire(ctx) {
-			reason := r.skipReason(ctx)
-			for _, rest := range targets[i:] {
-				if rest.Skip == "" {
-					r.skip(rest.Name, reason)
-				}
-			}
-			break
-		}
+	}
+	var wg sync.WaitGroup // workers and backoff timers
+	for range min(r.spec.MaxParallel, q.pending) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.target(ctx, t.Name)
+			for {
+				it, ok := q.next(ctx, r.stop)
+				if !ok {
+					return
+				}
+				if !r.work(ctx, it) {
+					q.done()
+					continue
+				}
+				// Retry after the backoff, at the back of the queue.
+				wait := it.backoff
+				if !it.deadline.IsZero() {
+					wait = min(wait, time.Until(it.deadline))
+				}
+				it.backoff *= 2
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if !sleep(ctx, wait) {
+						q.done()
+						return
+					}
+					select {
+					case <-r.stop:
+						r.skip(it.name, r.stopReason)
+						q.done()
+					default:
+						q.push(it)
+					}
+				}()
+			}
 		}()
 	}
 	wg.Wait()
-}
-
-// acquire takes a slot; false when the run stopped or ctx ended first.
-func (r *fleetRun) acquire(ctx context.Context) bool {
-	select {
-	case <-r.stop:
-		return false
-	case <-ctx.Done():
-		return false
-	case r.sem <- struct{}{}:
-	}
-	select {
-	case <-r.stop:
-		<-r.sem
-		return false
-	default:
-		return true
-	}
-}
-
-func (r *fleetRun) skipReason(ctx context.Context) string {
-	select {
-	case <-r.stop:
-		return r.stopReason
-	default:
-	}
 	if ctx.Err() != nil {
-		return "cancelled"
+		return
 	}
-	return "stopped"
+	for _, it := range q.drain() {
+		r.skip(it.name, r.stopReason)
+	}
 }
 
 func (r *fleetRun) skip(name, reason string) {
@@ -196,85 +277,55 @@ func (r *fleetRun) record(name string, res result, code int) {
 	}
 }
 
-// Kill reasons, stored in target.killed.
+// Kill reasons, stored in run's killed flag.
 const (
 	killNone int32 = iota
 	killTimeout
 	killCancel
 )
 
-// target runs the command on one workspace. The caller holds a slot for
-// it; target releases it when done.
-func (r *fleetRun) target(ctx context.Context, name string) {
-	held := true
-	defer func() {
-		if held {
-			<-r.sem
-		}
-	}()
-	var deadline time.Time
-	if r.spec.TargetTimeout > 0 {
-		deadline = time.Now().Add(r.spec.TargetTimeout)
+// work makes one attempt at a target: start the command and follow it to
+// the end, or report why it could not start. It returns true when the
+// target should be retried (its agent was unreachable).
+func (r *fleetRun) work(ctx context.Context, it *item) (retry bool) {
+	it.attempt++
+	if it.attempt == 1 && r.spec.TargetTimeout > 0 {
+		it.deadline = time.Now().Add(r.spec.TargetTimeout)
 	}
 	// tctx carries every stream of this target; it ends early only when a
 	// killed target's trailer does not come (see watch).
 	tctx, tcancel := context.WithCancel(ctx)
 	defer tcancel()
-
-	backoff := r.spec.RetryBackoff
-	for attempt := 1; ; attempt++ {
-		st, err := r.start(tctx, name, deadline)
-		if err == nil {
-			r.run(ctx, tctx, tcancel, name, attempt, deadline, st)
-			return
-		}
-		if ctx.Err() != nil {
-			return // the caller went away; nothing to report to
-		}
-		unreachable, retry := classify(err)
-		timedOut := !deadline.IsZero() && !time.Now().Before(deadline)
-		if timedOut {
-			// The start may have reached the agent: kill by run id.
-			r.kill(ctx, name, nil)
-			r.record(name, resUnreachable, 0)
-			_ = r.out.send(Event{Kind: KindUnreachable, Workspace: name, Attempts: uint32(attempt),
-				Reason: fmt.Sprintf("target timeout (%s) before the command started: %s", r.spec.TargetTimeout, errMessage(err))})
-			return
-		}
-		if !unreachable {
-			tr, code := startFailure(err)
-			r.record(name, resFailed, code)
-			_ = r.out.send(Event{Kind: KindExited, Workspace: name, Trailer: tr})
-			return
-		}
-		if !retry || attempt > r.spec.Retries {
-			r.record(name, resUnreachable, 0)
-			_ = r.out.send(Event{Kind: KindUnreachable, Workspace: name, Attempts: uint32(attempt), Reason: errMessage(err)})
-			return
-		}
-		r.log.Debug("target unreachable; retrying", "workspace", name, "attempt", attempt, "error", err)
-		// Give the slot to others while waiting.
-		<-r.sem
-		held = false
-		wait := backoff
-		if !deadline.IsZero() {
-			wait = min(wait, time.Until(deadline))
-		}
-		backoff *= 2
-		select {
-		case <-r.stop:
-			r.skip(name, r.stopReason)
-			return
-		default:
-		}
-		if !sleep(ctx, wait) || !r.acquire(ctx) {
-			if ctx.Err() == nil {
-				r.skip(name, r.skipReason(ctx))
-			}
-			return
-		}
-		held = true
+	st, err := r.start(tctx, it.name, it.deadline)
+	if err == nil {
+		r.run(ctx, tctx, tcancel, it.name, it.attempt, it.deadline, st)
+		return false
 	}
+	if ctx.Err() != nil {
+		return false // the caller went away; nothing to report to
+	}
+	unreachable, retryable := classify(err)
+	if !it.deadline.IsZero() && !time.Now().Before(it.deadline) {
+		// The start may have reached the agent: kill by run id.
+		r.kill(ctx, it.name, nil)
+		r.record(it.name, resUnreachable, 0)
+		_ = r.out.send(Event{Kind: KindUnreachable, Workspace: it.name, Attempts: uint32(it.attempt),
+			Reason: fmt.Sprintf("target timeout (%s) before the command started: %s", r.spec.TargetTimeout, errMessage(err))})
+		return false
+	}
+	if !unreachable {
+		tr, code := startFailure(err)
+		r.record(it.name, resFailed, code)
+		_ = r.out.send(Event{Kind: KindExited, Workspace: it.name, Trailer: tr})
+		return false
+	}
+	if !retryable || it.attempt > r.spec.Retries {
+		r.record(it.name, resUnreachable, 0)
+		_ = r.out.send(Event{Kind: KindUnreachable, Workspace: it.name, Attempts: uint32(it.attempt), Reason: errMessage(err)})
+		return false
+	}
+	r.log.Debug("target unreachable; will retry", "workspace", it.name, "attempt", it.attempt, "error", err)
+	return true
 }
 
 // started is a run that started on a target.
