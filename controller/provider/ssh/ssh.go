@@ -1,0 +1,202 @@
+// Package ssh is the provider for plain SSH hosts listed in a file: each
+// host's agent is reached over one long-lived `ssh HOST dtmux-agent
+// --stdio` process, installed on first use.
+package ssh
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/controller/bootstrap"
+	"github.com/dtmux/dtmux/controller/provider"
+)
+
+// Config configures the provider.
+type Config struct {
+	// HostsFile is the YAML hosts file (see ParseHosts). It is read again
+	// on every List/Get/Endpoint when it changed.
+	HostsFile string
+	// Hosts, when set, is used instead of HostsFile (tests, embedding).
+	Hosts []Host
+	// SSH is the ssh executable (default "ssh" from PATH).
+	SSH string
+	// Bootstrap installs and starts the agent; required.
+	Bootstrap *bootstrap.Bootstrapper
+	// IdleTimeout is passed to the pool for every host (0: pool default).
+	IdleTimeout time.Duration
+	// Logger is Named("ssh").
+	Logger hclog.Logger
+}
+
+// Provider serves the hosts of a hosts file.
+type Provider struct {
+	cfg Config
+	log hclog.Logger
+
+	mu      sync.Mutex
+	hosts   []Host    // guarded by mu
+	modTime time.Time // of HostsFile when read; guarded by mu
+	size    int64     // guarded by mu
+}
+
+// New returns the provider, reading the hosts file once to fail early.
+func New(c Config) (*Provider, error) {
+	if c.Bootstrap == nil {
+		return nil, fmt.Errorf("%w: ssh provider: no bootstrapper", provider.ErrInvalid)
+	}
+	log := c.Logger
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	p := &Provider{cfg: c, log: log.Named("ssh")}
+	if c.Hosts != nil {
+		p.hosts = c.Hosts
+		return p, nil
+	}
+	if c.HostsFile == "" {
+		return nil, fmt.Errorf("%w: ssh provider: no hosts file (--hosts)", provider.ErrInvalid)
+	}
+	if _, err := p.load(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// load returns the hosts, reading the file again when it changed.
+func (p *Provider) load() ([]Host, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cfg.Hosts != nil {
+		return p.hosts, nil
+	}
+	st, err := os.Stat(p.cfg.HostsFile)
+	if err != nil {
+		return nil, fmt.Errorf("hosts file: %w", err)
+	}
+	if p.hosts != nil && st.ModTime().Equal(p.modTime) && st.Size() == p.size {
+		return p.hosts, nil
+	}
+	data, err := os.ReadFile(p.cfg.HostsFile)
+	if err != nil {
+		return nil, fmt.Errorf("hosts file: %w", err)
+	}
+	hosts, err := ParseHosts(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p.cfg.HostsFile, err)
+	}
+	if hosts == nil {
+		hosts = []Host{}
+	}
+	p.hosts, p.modTime, p.size = hosts, st.ModTime(), st.Size()
+	return hosts, nil
+}
+
+// Name implements provider.Provider.
+func (p *Provider) Name() string { return "ssh" }
+
+func workspace(h Host) provider.Workspace {
+	labels := map[string]string{}
+	for k, v := range h.Labels {
+		labels[k] = v
+	}
+	return provider.Workspace{
+		Name:   h.Name,
+		Labels: labels,
+		// A listed host is taken as up; whether its agent answers is the
+		// pool's to say.
+		State:      provider.StateStarted,
+		Attributes: map[string]string{"destination": h.Destination},
+	}
+}
+
+// List implements provider.Provider.
+func (p *Provider) List(ctx context.Context) ([]provider.Workspace, error) {
+	hosts, err := p.load()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]provider.Workspace, 0, len(hosts))
+	for _, h := range hosts {
+		out = append(out, workspace(h))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func (p *Provider) host(name string) (Host, error) {
+	hosts, err := p.load()
+	if err != nil {
+		return Host{}, err
+	}
+	for _, h := range hosts {
+		if h.Name == name {
+			return h, nil
+		}
+	}
+	return Host{}, fmt.Errorf("%w: %q", provider.ErrNotFound, name)
+}
+
+// Get implements provider.Provider.
+func (p *Provider) Get(ctx context.Context, name string) (provider.Workspace, error) {
+	h, err := p.host(name)
+	if err != nil {
+		return provider.Workspace{}, err
+	}
+	return workspace(h), nil
+}
+
+// Create is unsupported: hosts come from the file.
+func (p *Provider) Create(context.Context, provider.CreateOptions) (provider.Workspace, error) {
+	return provider.Workspace{}, fmt.Errorf("%w: ssh hosts are listed in the hosts file", provider.ErrUnsupported)
+}
+
+// Delete is unsupported: hosts come from the file.
+func (p *Provider) Delete(context.Context, string, bool) error {
+	return fmt.Errorf("%w: ssh hosts are listed in the hosts file", provider.ErrUnsupported)
+}
+
+// Start is unsupported.
+func (p *Provider) Start(context.Context, string, time.Duration) (provider.Workspace, error) {
+	return provider.Workspace{}, fmt.Errorf("%w: ssh hosts cannot be started", provider.ErrUnsupported)
+}
+
+// Stop is unsupported.
+func (p *Provider) Stop(context.Context, string) (provider.Workspace, error) {
+	return provider.Workspace{}, fmt.Errorf("%w: ssh hosts cannot be stopped", provider.ErrUnsupported)
+}
+
+// Endpoint implements provider.Provider: a Dial that starts one ssh
+// process (installing the agent first when needed).
+func (p *Provider) Endpoint(ctx context.Context, name string) (provider.Endpoint, error) {
+	h, err := p.host(name)
+	if err != nil {
+		return provider.Endpoint{}, err
+	}
+	hop := bootstrap.SSH{
+		Binary:      p.cfg.SSH,
+		Args:        h.SSHArgs,
+		Destination: h.Destination,
+		Label:       fmt.Sprintf("ssh %s (host %s)", h.Destination, h.Name),
+	}
+	sum := sha256.Sum256([]byte(h.Destination + "\x00" + strings.Join(h.SSHArgs, "\x00")))
+	return provider.Endpoint{
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			return p.cfg.Bootstrap.Dial(ctx, h.Name, hop)
+		},
+		Key:         "ssh:" + h.Name + ":" + hex.EncodeToString(sum[:8]),
+		IdleTimeout: p.cfg.IdleTimeout,
+	}, nil
+}
+
+// Close implements provider.Provider; the pool owns the hops.
+func (p *Provider) Close() error { return nil }
