@@ -689,3 +689,6 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 	r.trailer = t
 	return r, nil
 }
+
+// StateDir is where the runs are kept.
+func (m *Manager) StateDir() string { return m.cfg.StateDir }
