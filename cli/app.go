@@ -44,9 +44,6 @@ type App struct {
 	tokenFile  string // --token-file
 	output     string // -o/--output
 
-	// dialOptions are added to every dial (tests use a bufconn dialer).
-	dialOptions []grpc.DialOption
-
 	mu   sync.Mutex        // guards the fields below
 	addr transport.Address // resolved controller address, once dialled
 	cc   *grpc.ClientConn
@@ -103,7 +100,7 @@ func (a *App) Conn() (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if addr.Network == "unix" && len(a.dialOptions) == 0 {
+	if addr.Network == "unix" {
 		if _, err := os.Stat(addr.Addr); errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("no controller at %s: start one with `dtmux-controller`", addr)
 		}
@@ -120,7 +117,7 @@ func (a *App) Conn() (*grpc.ClientConn, error) {
 		}
 		dc.Token = tok
 	}
-	cc, err := transport.Dial(addr, dc, a.dialOptions...)
+	cc, err := transport.Dial(addr, dc)
 	if err != nil {
 		return nil, err
 	}

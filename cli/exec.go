@@ -98,9 +98,16 @@ func buildCommand(argv []string, shell bool, env, secretEnv []string, secretEnvF
 	}
 	sm, err := ParseEnv(secretEnv)
 	if err != nil {
-		// Do not echo a secret back: name the key only.
-		k, _, _ := strings.Cut(err.Error(), "=")
-		return nil, usageErrorf("invalid --secret-env entry (%s)", clip(k))
+		// Never echo a secret back: name the key only, when there is one.
+		for _, e := range secretEnv {
+			if _, _, err := ParseEnvEntry(e); err != nil {
+				if k, _, ok := strings.Cut(e, "="); ok && k != "" && utf8.ValidString(k) && !strings.ContainsRune(k, 0) {
+					return nil, usageErrorf("--secret-env %s: the value must be valid UTF-8 without NUL", clip(k))
+				}
+				return nil, usageErrorf("--secret-env: want KEY=VALUE with a non-empty KEY (entry not shown)")
+			}
+		}
+		return nil, usageErrorf("--secret-env: invalid entry")
 	}
 	if secretEnvFile != "" {
 		fm, err := ParseEnvFile(secretEnvFile)

@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestWsLs(t *testing.T) {
+	addr, _ := startFake(t)
+	r := dtmux(t, addr, "", "ws", "ls")
+	want := "NAME   STATE    AGENT         LABELS\n" +
+		"ws     started  connected v1  a=1,team=web\n" +
+		"other  stopped  -             -\n"
+	if r.code != 0 || r.stdout != want {
+		t.Errorf("ws ls:\n%s\nwant:\n%s(code %d, stderr %q)", r.stdout, want, r.code, r.stderr)
+	}
+	r = dtmux(t, addr, "", "ws", "ls", "-o", "json")
+	var got struct {
+		Workspaces []struct {
+			Name   string            `json:"name"`
+			State  string            `json:"state"`
+			Labels map[string]string `json:"labels"`
+		} `json:"workspaces"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("ws ls -o json: %v\n%s", err, r.stdout)
+	}
+	if len(got.Workspaces) != 2 || got.Workspaces[0].Name != "ws" || got.Workspaces[0].State != "WORKSPACE_STATE_STARTED" || got.Workspaces[0].Labels["team"] != "web" {
+		t.Errorf("json = %+v", got)
+	}
+	if r := dtmux(t, addr, "", "ws", "ls", "-o", "yaml"); r.code != ExitUsage {
+		t.Errorf("-o yaml: %+v", r)
+	}
+	if r := dtmux(t, addr, "", "ws", "ls", "--label", "nolabel"); r.code != ExitUsage {
+		t.Errorf("--label nolabel: %+v", r)
+	}
+}
+
+func TestRunsLogsFromOffset(t *testing.T) {
+	addr, _ := startFake(t)
+	r := dtmux(t, addr, "", "runs", "logs", "ws", "r1", "--from", "4", "-f")
+	if r.stdout != "456789" || r.code != 7 {
+		t.Errorf("got %+v, want the rest from offset 4 and the run's exit code 7", r)
+	}
+	r = dtmux(t, addr, "", "runs", "logs", "ws", "r1")
+	if r.stdout != "0123456789" || r.code != 0 {
+		t.Errorf("without -f: %+v", r)
+	}
+	r = dtmux(t, addr, "", "runs", "logs", "ws", "nope")
+	if r.code != ExitFailure || r.stderr != "dtmux: run \"nope\" not found\n" {
+		t.Errorf("unknown run: %+v", r)
+	}
+	if r := dtmux(t, addr, "", "runs", "kill", "ws", "r1", "--signal", "BOGUS"); r.code != ExitUsage || !strings.Contains(r.stderr, "unknown signal") {
+		t.Errorf("bad signal: %+v", r)
+	}
+}
+
+func TestRunScript(t *testing.T) {
+	addr, f := startFake(t)
+	script := filepath.Join(t.TempDir(), "build.sh")
+	body := "#!/bin/sh\necho hi\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	r := dtmux(t, addr, "", "run", "ws", script, "3")
+	if r.code != 3 || !strings.Contains(r.stdout, "READY") {
+		t.Errorf("run: %+v, want exit 3 and the output", r)
+	}
+	if len(f.files) != 1 {
+		t.Fatalf("files = %v", f.files)
+	}
+	for p, data := range f.files {
+		if !strings.HasPrefix(p, ".dtmux/scripts/") || !strings.HasSuffix(p, "-build.sh") || string(data) != body {
+			t.Errorf("uploaded %q = %q", p, data)
+		}
+	}
+	req := f.rins[0]
+	if req.GetSession() != DefaultRunSession || !req.GetCreateSession() || req.GetWindowName() != "build" ||
+		!strings.HasPrefix(req.GetCommand().GetArgv()[0], "/ws/.dtmux/scripts/") || req.GetCommand().GetArgv()[1] != "3" {
+		t.Errorf("RunInSession request = %v", req)
+	}
+
+	// --wait-for matches across chunk boundaries ("RE" + "ADY") and returns
+	// before the trailer's exit code 3.
+	r = dtmux(t, addr, "", "run", "ws", "--wait-for", "^READY$", script, "3")
+	if r.code != 0 || strings.Contains(r.stdout, "step 100%") || !strings.Contains(r.stderr, "keeps running") {
+		t.Errorf("--wait-for: %+v", r)
+	}
+
+	// --progress without a terminal prints plain lines, split across chunks.
+	r = dtmux(t, addr, "", "run", "ws", "--progress", `(\d+)%`, script, "0")
+	if r.code != 0 || r.stderr != "progress: 10%\nprogress: 50%\nprogress: 100%\n" {
+		t.Errorf("--progress: %+v", r)
+	}
+
+	for name, args := range map[string][]string{
+		"no group":       {"run", "ws", "--progress", `\d+%`, script},
+		"bad regex":      {"run", "ws", "--wait-for", `(`, script},
+		"missing script": {"run", "ws", filepath.Join(t.TempDir(), "none.sh")},
+	} {
+		if r := dtmux(t, addr, "", args...); r.code != ExitUsage {
+			t.Errorf("%s: %+v", name, r)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	addr, _ := startFake(t)
+	r := dtmux(t, addr, "", "version")
+	if r.code != 0 || r.stdout != "dtmux dev\ncontroller v9.9.9 at "+addr+"\n" {
+		t.Errorf("version: %+v", r)
+	}
+	r = dtmux(t, "unix:///nonexistent/c.sock", "", "version")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "dtmux dev\ncontroller: not reachable (no controller at") {
+		t.Errorf("version without controller: %+v", r)
+	}
+}
+
+func TestUnimplementedIsOneLine(t *testing.T) {
+	addr, _ := startFake(t)
+	r := dtmux(t, addr, "", "session", "ls", "ws")
+	if r.code != ExitFailure || !strings.HasPrefix(r.stderr, "dtmux: not implemented by the server: ") || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("got %+v", r)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		r := dtmux(t, "unix:///nonexistent", "", "completion", sh)
+		if r.code != 0 || !strings.Contains(r.stdout, "dtmux") {
+			t.Errorf("completion %s: code %d, %d bytes", sh, r.code, len(r.stdout))
+		}
+	}
+}

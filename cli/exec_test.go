@@ -1,0 +1,159 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestExecStreamsAndExitCodes(t *testing.T) {
+	addr, _ := startFake(t)
+	tests := []struct {
+		name           string
+		args           []string
+		stdout, stderr string
+		code           int
+	}{
+		{"streams kept apart", []string{"exec", "ws", "--", "both"}, "out", "err", 0},
+		{"exit code", []string{"exec", "ws", "--", "exit", "3"}, "", "", 3},
+		{"signal is 128+N", []string{"exec", "ws", "--", "signal", "9"}, "", "", 137},
+		{"without --", []string{"exec", "ws", "exit", "5"}, "", "", 5},
+		{"timeout", []string{"exec", "ws", "--timeout", "1s", "--", "timeout"}, "", "dtmux: run r1 timed out: wall-clock timeout 1s; its process group was killed\n", ExitTimedOut},
+		{"gap note", []string{"exec", "ws", "--", "gap"}, "tail", "10 bytes of stdout at offset 0 were evicted", 0},
+		{"stdin piped", []string{"exec", "ws", "--", "cat"}, "hello\n", "", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := dtmux(t, addr, "hello\n", tt.args...)
+			if r.code != tt.code || r.stdout != tt.stdout || !strings.Contains(r.stderr, tt.stderr) || (tt.stderr == "" && r.stderr != "") {
+				t.Errorf("got code %d stdout %q stderr %q; want %d %q %q", r.code, r.stdout, r.stderr, tt.code, tt.stdout, tt.stderr)
+			}
+		})
+	}
+}
+
+func TestExecStdinLarge(t *testing.T) {
+	addr, _ := startFake(t)
+	in := strings.Repeat("x", 3*stdinChunk+17)
+	r := dtmux(t, addr, in, "exec", "ws", "--", "count")
+	if r.code != 0 || r.stdout != "98321" {
+		t.Errorf("count = %q (code %d, stderr %q), want %d", r.stdout, r.code, r.stderr, len(in))
+	}
+	r = dtmux(t, addr, "", "exec", "ws", "--", "count")
+	if r.stdout != "0" {
+		t.Errorf("empty stdin: count = %q, want 0 (EOF must close stdin)", r.stdout)
+	}
+}
+
+func TestExecStartRequest(t *testing.T) {
+	addr, f := startFake(t)
+	secrets := filepath.Join(t.TempDir(), "secrets")
+	if err := os.WriteFile(secrets, []byte("TOKEN=abc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := dtmux(t, addr, "", "exec", "ws", "-e", "A=1", "-e", "B=x=y", "--secret-env", "S=2", "--secret-env-file", secrets,
+		"-w", "/tmp", "--timeout", "90s", "--idle-timeout", "5s", "--shell", "--run-id", "job-1", "-t", "--", "exit", "0")
+	if r.code != 0 {
+		t.Fatalf("code %d: %s", r.code, r.stderr)
+	}
+	s := f.starts[0]
+	c := s.GetCommand()
+	if c.GetEnv()["A"] != "1" || c.GetEnv()["B"] != "x=y" || c.GetSecretEnv()["S"] != "2" || c.GetSecretEnv()["TOKEN"] != "abc" ||
+		c.GetCwd() != "/tmp" || !c.GetShell() || s.GetRunId() != "job-1" || s.GetDetach() ||
+		s.GetTimeout().AsDuration() != 90*time.Second || s.GetIdleTimeout().AsDuration() != 5*time.Second ||
+		s.GetPty().GetRows() != 24 || s.GetPty().GetCols() != 80 {
+		t.Errorf("start = %v", s)
+	}
+}
+
+func TestExecDetachPrintsRunID(t *testing.T) {
+	addr, f := startFake(t)
+	r := dtmux(t, addr, "", "exec", "-d", "ws", "--run-id", "bg-7", "--", "both")
+	if r.code != 0 || r.stdout != "bg-7\n" || r.stderr != "" {
+		t.Errorf("got %+v, want the run id alone", r)
+	}
+	if !f.starts[0].GetDetach() {
+		t.Error("detach not requested")
+	}
+}
+
+func TestExecUsageErrorsMakeNoCall(t *testing.T) {
+	addr, f := startFake(t)
+	tests := map[string][]string{
+		"empty argv":          {"exec", "ws"},
+		"env without =":       {"exec", "ws", "-e", "NOPE", "--", "exit", "0"},
+		"empty env name":      {"exec", "ws", "-e", "=v", "--", "exit", "0"},
+		"bad secret":          {"exec", "ws", "--secret-env", "hunter2", "--", "exit", "0"},
+		"empty command":       {"exec", "ws", "--", ""},
+		"negative timeout":    {"exec", "ws", "--timeout", "-1s", "--", "exit", "0"},
+		"words before --":     {"exec", "ws", "stray", "--", "exit", "0"},
+		"bad flag":            {"exec", "ws", "--nope", "--", "exit", "0"},
+		"bad duration":        {"exec", "ws", "--timeout", "soon", "--", "exit", "0"},
+		"missing secret file": {"exec", "ws", "--secret-env-file", "/nonexistent/x", "--", "exit", "0"},
+	}
+	for name, args := range tests {
+		r := dtmux(t, addr, "", args...)
+		if r.code != ExitUsage || strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, "dtmux: ") {
+			t.Errorf("%s: code %d stderr %q, want %d and one line", name, r.code, r.stderr, ExitUsage)
+		}
+		if strings.Contains(r.stderr, "hunter2") {
+			t.Errorf("%s: the secret is echoed: %q", name, r.stderr)
+		}
+	}
+	if n := f.callCount(); n != 0 {
+		t.Errorf("%d calls reached the server", n)
+	}
+}
+
+func TestUnknownWorkspace(t *testing.T) {
+	addr, _ := startFake(t)
+	r := dtmux(t, addr, "", "exec", "nope", "--", "exit", "0")
+	if r.code != ExitFailure || r.stderr != "dtmux: workspace \"nope\" not found\n" {
+		t.Errorf("got %+v", r)
+	}
+}
+
+func TestNoController(t *testing.T) {
+	dir := t.TempDir()
+	r := dtmux(t, "unix://"+dir+"/controller.sock", "", "ws", "ls")
+	want := "dtmux: no controller at unix://" + dir + "/controller.sock: start one with `dtmux-controller`\n"
+	if r.code != ExitFailure || r.stderr != want {
+		t.Errorf("got %+v, want %q", r, want)
+	}
+	// A socket file with nobody listening is a connection failure.
+	sock := filepath.Join(dir, "stale.sock")
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = dtmux(t, "unix://"+sock, "", "ws", "ls")
+	if r.code != ExitFailure || !strings.HasPrefix(r.stderr, "dtmux: cannot reach controller at unix://"+sock) || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("got %+v", r)
+	}
+}
+
+func TestControllerAddress(t *testing.T) {
+	tests := []struct {
+		flag string
+		env  map[string]string
+		want string
+	}{
+		{"tcp://127.0.0.1:7000", map[string]string{"DTMUX_CONTROLLER": "unix:///x.sock"}, "tcp://127.0.0.1:7000"},
+		{"", map[string]string{"DTMUX_CONTROLLER": "unix:///x.sock", "DTMUX_STATE_DIR": "/s"}, "unix:///x.sock"},
+		{"", map[string]string{"DTMUX_STATE_DIR": "/s", "XDG_STATE_HOME": "/x"}, "unix:///s/controller.sock"},
+		{"", map[string]string{"XDG_STATE_HOME": "/x", "HOME": "/h"}, "unix:///x/dtmux/controller.sock"},
+		{"", map[string]string{"HOME": "/h"}, "unix:///h/.local/state/dtmux/controller.sock"},
+	}
+	for _, tt := range tests {
+		a := &App{controller: tt.flag, Getenv: func(k string) string { return tt.env[k] }}
+		got, err := a.ControllerAddress()
+		if err != nil || got.String() != tt.want {
+			t.Errorf("flag %q env %v: %v, %v; want %s", tt.flag, tt.env, got, err, tt.want)
+		}
+	}
+	a := &App{controller: "http://x", Getenv: func(string) string { return "" }}
+	if _, err := a.ControllerAddress(); ErrorCode(err) != ExitUsage {
+		t.Errorf("bad address: %v", err)
+	}
+}

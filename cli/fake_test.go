@@ -1,0 +1,284 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+	controllerv1 "github.com/dtmux/dtmux/proto/dtmux/controller/v1"
+)
+
+// fakeController serves the controller's WorkspaceService and a scripted
+// AgentService on a real unix socket, for testing the CLI's streaming,
+// rendering and exit codes without the real agent. Its "workspace" is
+// "ws"; any other name is NotFound, as the real router answers.
+type fakeController struct {
+	agentv1.UnimplementedAgentServiceServer
+	controllerv1.UnimplementedWorkspaceServiceServer
+
+	mu     sync.Mutex // guards the fields below
+	calls  int
+	starts []*agentv1.ExecStart
+	files  map[string][]byte
+	rins   []*agentv1.RunInSessionRequest
+}
+
+// startFake serves a fakeController and returns its address.
+func startFake(t *testing.T) (string, *fakeController) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "c.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeController{files: map[string][]byte{}}
+	s := grpc.NewServer()
+	agentv1.RegisterAgentServiceServer(s, f)
+	controllerv1.RegisterWorkspaceServiceServer(s, f)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Serve(l)
+	}()
+	t.Cleanup(func() {
+		s.Stop()
+		<-done
+	})
+	return "unix://" + sock, f
+}
+
+// workspace checks the routing metadata like the controller does.
+func (f *fakeController) workspace(ctx context.Context) error {
+	f.mu.Lock()
+	f.calls++
+	f.mu.Unlock()
+	md, _ := metadata.FromIncomingContext(ctx)
+	ws := md.Get(WorkspaceMetadataKey)
+	if len(ws) != 1 || ws[0] != "ws" {
+		return status.Errorf(codes.NotFound, "workspace %q not found", strings.Join(ws, ","))
+	}
+	return nil
+}
+
+func (f *fakeController) callCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+func (f *fakeController) ListWorkspaces(ctx context.Context, req *controllerv1.ListWorkspacesRequest) (*controllerv1.ListWorkspacesResponse, error) {
+	_ = grpc.SetHeader(ctx, metadata.Pairs(VersionHeader, "v9.9.9"))
+	return &controllerv1.ListWorkspacesResponse{Workspaces: []*controllerv1.Workspace{
+		{Name: "ws", Provider: "local", State: controllerv1.WorkspaceState_WORKSPACE_STATE_STARTED,
+			Labels: map[string]string{"team": "web", "a": "1"}, Agent: &controllerv1.AgentStatus{Connected: true, Version: "v1"}},
+		{Name: "other", Provider: "local", State: controllerv1.WorkspaceState_WORKSPACE_STATE_STOPPED},
+	}}, nil
+}
+
+// Exec plays a script chosen by argv[0]:
+//
+//	both        "out" on stdout, "err" on stderr, exit 0
+//	exit N      exit N
+//	signal N    killed by signal N
+//	cat         echo stdin to stdout until EOF, exit 0
+//	count       print the stdin byte count at EOF
+//	timeout     trailer TIMED_OUT
+//	gap         a gap of 10 stdout bytes, then "tail"
+//	waitsig     wait for a signal message, die from it
+func (f *fakeController) Exec(stream agentv1.AgentService_ExecServer) error {
+	if err := f.workspace(stream.Context()); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	start := first.GetStart()
+	if start == nil {
+		return status.Error(codes.InvalidArgument, "first message must be start")
+	}
+	f.mu.Lock()
+	f.starts = append(f.starts, start)
+	f.mu.Unlock()
+	argv := start.GetCommand().GetArgv()
+	runID := start.GetRunId()
+	if runID == "" {
+		runID = "r1"
+	}
+	send := func(r *agentv1.ExecResponse) error { return stream.Send(r) }
+	if err := send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Started{Started: &agentv1.RunStarted{RunId: runID, Pid: 42}}}); err != nil {
+		return err
+	}
+	if start.GetDetach() {
+		return nil
+	}
+	out := func(s agentv1.Stream, off uint64, data string) error {
+		return send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Output{Output: &agentv1.RunOutput{Stream: s, Offset: off, Data: []byte(data)}}})
+	}
+	exited := func(code int32) error {
+		return send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Trailer{Trailer: &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_EXITED, ExitCode: code}}})
+	}
+	arg := func(i int) int32 {
+		n, _ := strconv.Atoi(argv[i])
+		return int32(n)
+	}
+	switch argv[0] {
+	case "both":
+		if err := out(agentv1.Stream_STREAM_STDOUT, 0, "out"); err != nil {
+			return err
+		}
+		if err := out(agentv1.Stream_STREAM_STDERR, 0, "err"); err != nil {
+			return err
+		}
+		return exited(0)
+	case "exit":
+		return exited(arg(1))
+	case "signal":
+		return send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Trailer{Trailer: &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_SIGNALED, ExitCode: -1, Signal: arg(1)}}})
+	case "timeout":
+		return send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Trailer{Trailer: &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_TIMED_OUT, ExitCode: -1, Signal: 15, Detail: "wall-clock timeout 1s"}}})
+	case "gap":
+		if err := send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Gap{Gap: &agentv1.RunGap{Stream: agentv1.Stream_STREAM_STDOUT, Offset: 0, Bytes: 10}}}); err != nil {
+			return err
+		}
+		if err := out(agentv1.Stream_STREAM_STDOUT, 10, "tail"); err != nil {
+			return err
+		}
+		return exited(0)
+	case "cat", "count":
+		var got bytes.Buffer
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			if m.GetCloseStdin() != nil {
+				break
+			}
+			got.Write(m.GetStdin())
+		}
+		if argv[0] == "count" {
+			if err := out(agentv1.Stream_STREAM_STDOUT, 0, strconv.Itoa(got.Len())); err != nil {
+				return err
+			}
+		} else if got.Len() > 0 {
+			if err := out(agentv1.Stream_STREAM_STDOUT, 0, got.String()); err != nil {
+				return err
+			}
+		}
+		return exited(0)
+	default:
+		return status.Errorf(codes.InvalidArgument, "fake: unknown command %q", argv[0])
+	}
+}
+
+func (f *fakeController) AttachRun(req *agentv1.AttachRunRequest, stream agentv1.AgentService_AttachRunServer) error {
+	if err := f.workspace(stream.Context()); err != nil {
+		return err
+	}
+	if req.GetRunId() != "r1" {
+		return status.Errorf(codes.NotFound, "run %q not found", req.GetRunId())
+	}
+	const all = "0123456789"
+	if err := stream.Send(&agentv1.AttachRunResponse{Event: &agentv1.AttachRunResponse_Started{Started: &agentv1.RunStarted{RunId: "r1"}}}); err != nil {
+		return err
+	}
+	if off := req.GetStdoutOffset(); off < uint64(len(all)) {
+		if err := stream.Send(&agentv1.AttachRunResponse{Event: &agentv1.AttachRunResponse_Output{Output: &agentv1.RunOutput{
+			Stream: agentv1.Stream_STREAM_STDOUT, Offset: off, Data: []byte(all[off:])}}}); err != nil {
+			return err
+		}
+	}
+	return stream.Send(&agentv1.AttachRunResponse{Event: &agentv1.AttachRunResponse_Trailer{Trailer: &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_EXITED, ExitCode: 7}}})
+}
+
+func (f *fakeController) PutFile(stream agentv1.AgentService_PutFileServer) error {
+	if err := f.workspace(stream.Context()); err != nil {
+		return err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hdr := first.GetHeader()
+	var data bytes.Buffer
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		data.Write(m.GetData())
+	}
+	if uint64(data.Len()) != hdr.GetSize() || hdr.GetMode() != 0o755 {
+		return status.Errorf(codes.InvalidArgument, "size %d != %d or mode %o", data.Len(), hdr.GetSize(), hdr.GetMode())
+	}
+	f.mu.Lock()
+	f.files[hdr.GetPath()] = data.Bytes()
+	f.mu.Unlock()
+	return stream.SendAndClose(&agentv1.PutFileResponse{Path: "/ws/" + hdr.GetPath(), Size: uint64(data.Len())})
+}
+
+// RunInSession prints the script's path, then the lines "step 10%",
+// "step 50%", "READY", "step 100%", and exits with the first argument.
+func (f *fakeController) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.AgentService_RunInSessionServer) error {
+	if err := f.workspace(stream.Context()); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.rins = append(f.rins, req)
+	f.mu.Unlock()
+	argv := req.GetCommand().GetArgv()
+	if err := stream.Send(&agentv1.RunInSessionResponse{Event: &agentv1.RunInSessionResponse_Started{Started: &agentv1.WindowStarted{Session: req.GetSession(), Window: req.GetWindowName()}}}); err != nil {
+		return err
+	}
+	var off uint64
+	for _, chunk := range []string{"step 10%\r\n", "step 5", "0%\r\nRE", "ADY\r\n", "step 100%\r\n"} {
+		if err := stream.Send(&agentv1.RunInSessionResponse{Event: &agentv1.RunInSessionResponse_Output{Output: &agentv1.RunOutput{Stream: agentv1.Stream_STREAM_STDOUT, Offset: off, Data: []byte(chunk)}}}); err != nil {
+			return err
+		}
+		off += uint64(len(chunk))
+	}
+	code := 0
+	if len(argv) > 1 {
+		code, _ = strconv.Atoi(argv[1])
+	}
+	return stream.Send(&agentv1.RunInSessionResponse{Event: &agentv1.RunInSessionResponse_Trailer{Trailer: &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_EXITED, ExitCode: int32(code)}}})
+}
+
+// result is what one dtmux invocation printed and returned.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// dtmux runs the CLI in-process against addr with stdin.
+func dtmux(t *testing.T, addr, stdin string, args ...string) result {
+	t.Helper()
+	var out, errb bytes.Buffer
+	env := map[string]string{"DTMUX_CONTROLLER": addr, "HOME": t.TempDir()}
+	app := &App{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
+	code := Main(context.Background(), app, args)
+	return result{out.String(), errb.String(), code}
+}
