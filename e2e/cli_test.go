@@ -1,0 +1,360 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/dtmux/dtmux/internal/testbin"
+)
+
+// cliResult is what one run of the dtmux binary printed and returned.
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// dtmuxCLI runs the real dtmux binary against c with stdin (nil: empty).
+func dtmuxCLI(t *testing.T, c *Controller, stdin io.Reader, args ...string) cliResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), args...)
+	cmd.Env = c.Env()
+	cmd.Stdin = stdin
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("dtmux %s: %v", strings.Join(args, " "), err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("dtmux %s: did not finish\nstdout: %s\nstderr: %s", strings.Join(args, " "), clipOut(out.String()), errb.String())
+	}
+	return cliResult{out.String(), errb.String(), code}
+}
+
+func clipOut(s string) string {
+	if len(s) > 2000 {
+		return s[:2000] + "..."
+	}
+	return s
+}
+
+// mustCLI runs dtmux and fails the test unless it exits 0.
+func mustCLI(t *testing.T, c *Controller, args ...string) cliResult {
+	t.Helper()
+	r := dtmuxCLI(t, c, nil, args...)
+	if r.code != 0 {
+		t.Fatalf("dtmux %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, clipOut(r.stdout), r.stderr)
+	}
+	return r
+}
+
+// oneLineError checks that stderr is a single "dtmux: ..." line.
+func oneLineError(t *testing.T, r cliResult, contains string) {
+	t.Helper()
+	if !strings.HasPrefix(r.stderr, "dtmux: ") || strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, contains) {
+		t.Errorf("stderr %q: want one \"dtmux: \" line containing %q", r.stderr, contains)
+	}
+}
+
+func TestCLIExec(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+
+	t.Run("exit codes", func(t *testing.T) {
+		for _, tt := range []struct {
+			argv []string
+			code int
+		}{
+			{[]string{"true"}, 0},
+			{[]string{"sh", "-c", "exit 3"}, 3},
+			{[]string{"sh", "-c", "kill -TERM $$"}, 128 + int(syscall.SIGTERM)},
+		} {
+			r := dtmuxCLI(t, c, nil, append([]string{"exec", "w1", "--"}, tt.argv...)...)
+			if r.code != tt.code {
+				t.Errorf("%q: exit %d, want %d (stderr %q)", tt.argv, r.code, tt.code, r.stderr)
+			}
+		}
+	})
+
+	t.Run("stdout and stderr apart", func(t *testing.T) {
+		r := mustCLI(t, c, "exec", "w1", "--", "sh", "-c", "echo out; echo err >&2; echo out2")
+		if r.stdout != "out\nout2\n" || r.stderr != "err\n" {
+			t.Errorf("stdout %q stderr %q", r.stdout, r.stderr)
+		}
+	})
+
+	t.Run("stdin piped to EOF", func(t *testing.T) {
+		in := "hello\nworld without newline"
+		r := dtmuxCLI(t, c, strings.NewReader(in), "exec", "w1", "--", "cat")
+		if r.code != 0 || r.stdout != in {
+			t.Errorf("cat: exit %d stdout %q, want %q (stderr %q)", r.code, r.stdout, in, r.stderr)
+		}
+		big := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+		r = dtmuxCLI(t, c, bytes.NewReader(big), "exec", "w1", "--", "wc", "-c")
+		if r.code != 0 || strings.TrimSpace(r.stdout) != strconv.Itoa(len(big)) {
+			t.Errorf("wc -c: exit %d stdout %q, want %d", r.code, r.stdout, len(big))
+		}
+		r = dtmuxCLI(t, c, strings.NewReader(""), "exec", "w1", "--", "wc", "-c")
+		if r.code != 0 || strings.TrimSpace(r.stdout) != "0" {
+			t.Errorf("empty stdin: wc -c = %q", r.stdout)
+		}
+	})
+
+	t.Run("100 MB byte-exact", func(t *testing.T) {
+		r := mustCLI(t, c, "exec", "w1", "--", "sh", "-c", "head -c 100000000 /dev/urandom > big.bin && sha256sum big.bin")
+		remote, _, _ := strings.Cut(r.stdout, " ")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", "w1", "--", "cat", "big.bin")
+		cmd.Env = c.Env()
+		h := sha256.New()
+		n := &countingWriter{w: h}
+		var errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = n, &errb
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("cat big.bin: %v: %s", err, errb.String())
+		}
+		if got := hex.EncodeToString(h.Sum(nil)); got != remote || n.n != 100000000 {
+			t.Errorf("received %d bytes with sha256 %s; remote sha256 %q", n.n, got, remote)
+		}
+		mustCLI(t, c, "exec", "w1", "--", "rm", "big.bin")
+	})
+
+	t.Run("timeout kills a grandchild", func(t *testing.T) {
+		r := dtmuxCLI(t, c, nil, "exec", "w1", "--timeout", "1s", "--",
+			"sh", "-c", `sh -c 'sleep 300 & echo $! > gc.pid; wait'; echo never`)
+		if r.code != 124 || strings.Contains(r.stdout, "never") {
+			t.Errorf("exit %d stdout %q, want 124", r.code, r.stdout)
+		}
+		oneLineError(t, r, "timed out")
+		pid, err := strconv.Atoi(strings.TrimSpace(mustCLI(t, c, "exec", "w1", "--", "cat", "gc.pid").stdout))
+		if err != nil || pid <= 0 {
+			t.Fatalf("grandchild pid: %v", err)
+		}
+		// The agent kills the group before it sends the trailer; allow a
+		// bounded wait for the kernel to finish tearing it down.
+		deadline := time.Now().Add(15 * time.Second)
+		for processAlive(pid) {
+			if time.Now().After(deadline) {
+				t.Fatalf("grandchild %d still alive after the timeout", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	t.Run("detached run reattached from an offset", func(t *testing.T) {
+		r := mustCLI(t, c, "exec", "-d", "w1", "--", "sh", "-c", "printf 0123456789; sleep 1; printf abcdef")
+		id := strings.TrimSpace(r.stdout)
+		if id == "" || strings.Contains(id, "\n") || r.stdout != id+"\n" {
+			t.Fatalf("exec -d printed %q, want the run id alone", r.stdout)
+		}
+		r = dtmuxCLI(t, c, nil, "runs", "logs", "w1", id, "--from", "4", "-f")
+		if r.code != 0 || r.stdout != "456789abcdef" {
+			t.Errorf("runs logs --from 4 -f: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		r = mustCLI(t, c, "runs", "ls", "w1")
+		if !strings.Contains(r.stdout, id) {
+			t.Errorf("runs ls does not list %s:\n%s", id, r.stdout)
+		}
+		r = mustCLI(t, c, "runs", "ls", "w1", "-o", "json")
+		var runs struct {
+			Runs []struct {
+				RunID string `json:"run_id"`
+			} `json:"runs"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &runs); err != nil || len(runs.Runs) == 0 {
+			t.Errorf("runs ls -o json: %v\n%s", err, r.stdout)
+		}
+	})
+
+	t.Run("same run id runs once", func(t *testing.T) {
+		args := []string{"exec", "w1", "--run-id", "once-1", "--", "sh", "-c", "echo x >> once.txt; echo done"}
+		first := mustCLI(t, c, args...)
+		second := mustCLI(t, c, args...)
+		if first.stdout != "done\n" || second.stdout != "done\n" {
+			t.Errorf("outputs %q and %q, want the run's output both times", first.stdout, second.stdout)
+		}
+		if got := mustCLI(t, c, "exec", "w1", "--", "cat", "once.txt").stdout; got != "x\n" {
+			t.Errorf("once.txt = %q: the command ran more than once", got)
+		}
+	})
+
+	t.Run("env and cwd", func(t *testing.T) {
+		dir := t.TempDir()
+		r := mustCLI(t, c, "exec", "w1", "-e", "A=1 2", "--secret-env", "S=hidden", "-w", dir, "--", "sh", "-c", `printf '%s|%s|%s|%s' "$A" "$S" "$PWD" "$DTMUX_WORKSPACE"`)
+		if want := "1 2|hidden|" + dir + "|w1"; r.stdout != want {
+			t.Errorf("got %q, want %q", r.stdout, want)
+		}
+		r = mustCLI(t, c, "runs", "ls", "w1", "-o", "json")
+		if strings.Contains(r.stdout, "hidden") {
+			t.Error("runs ls shows a secret value")
+		}
+	})
+
+	t.Run("Ctrl-C is forwarded", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", "w1", "--", "sh", "-c", "echo ready; exec sleep 300")
+		cmd.Env = c.Env()
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil || line != "ready\n" {
+			t.Fatalf("first line %q, %v", line, err)
+		}
+		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		err = cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 128+int(syscall.SIGINT) {
+			t.Errorf("exit %v, want %d (the remote sleep died from SIGINT)", err, 128+int(syscall.SIGINT))
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		r := dtmuxCLI(t, c, nil, "exec", "nope", "--", "true")
+		if r.code != 255 {
+			t.Errorf("unknown workspace: exit %d", r.code)
+		}
+		oneLineError(t, r, "nope")
+
+		for name, args := range map[string][]string{
+			"empty argv":     {"exec", "w1"},
+			"empty argv --":  {"exec", "w1", "--"},
+			"env without =":  {"exec", "w1", "-e", "JUSTKEY", "--", "true"},
+			"env empty name": {"exec", "w1", "-e", "=x", "--", "true"},
+		} {
+			r := dtmuxCLI(t, c, nil, args...)
+			if r.code != 254 {
+				t.Errorf("%s: exit %d, want 254", name, r.code)
+			}
+			oneLineError(t, r, "")
+		}
+
+		secrets := filepath.Join(t.TempDir(), "big.env")
+		if err := os.WriteFile(secrets, []byte("BIG="+strings.Repeat("v", 5<<20)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r = dtmuxCLI(t, c, nil, "exec", "w1", "--secret-env-file", secrets, "--", "true")
+		if r.code != 255 {
+			t.Errorf("oversized message: exit %d", r.code)
+		}
+		oneLineError(t, r, "too large")
+
+		r = dtmuxCLI(t, c, nil, "runs", "logs", "w1", "no-such-run")
+		if r.code != 255 {
+			t.Errorf("unknown run: exit %d", r.code)
+		}
+		oneLineError(t, r, "no-such-run")
+	})
+}
+
+func TestCLIWorkspaces(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	mustCLI(t, c, "ws", "create", "wa", "--label", "team=web")
+	mustCLI(t, c, "ws", "create", "wb", "--label", "team=api")
+
+	r := mustCLI(t, c, "ws", "ls")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NAME") || !strings.Contains(r.stdout, "team=web") {
+		t.Errorf("ws ls:\n%s", r.stdout)
+	}
+	r = mustCLI(t, c, "ws", "ls", "--label", "team=web", "-o", "json")
+	var got struct {
+		Workspaces []struct {
+			Name string `json:"name"`
+		} `json:"workspaces"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got.Workspaces) != 1 || got.Workspaces[0].Name != "wa" {
+		t.Errorf("ws ls --label team=web -o json: %v %s", err, r.stdout)
+	}
+
+	r = dtmuxCLI(t, c, nil, "ws", "create", "wa")
+	if r.code != 255 {
+		t.Errorf("duplicate create: exit %d", r.code)
+	}
+	oneLineError(t, r, "wa")
+
+	mustCLI(t, c, "ws", "stop", "wb")
+	r = dtmuxCLI(t, c, nil, "exec", "wb", "--", "true")
+	if r.code != 255 {
+		t.Errorf("exec in a stopped workspace: exit %d", r.code)
+	}
+	oneLineError(t, r, "")
+	mustCLI(t, c, "ws", "start", "wb")
+	mustCLI(t, c, "exec", "wb", "--", "true")
+
+	mustCLI(t, c, "ws", "rm", "--force", "wb")
+	if r := mustCLI(t, c, "ws", "ls"); strings.Contains(r.stdout, "wb") {
+		t.Errorf("wb still listed after rm:\n%s", r.stdout)
+	}
+	r = mustCLI(t, c, "version")
+	if !strings.HasPrefix(r.stdout, "dtmux ") || !strings.Contains(r.stdout, "controller") {
+		t.Errorf("version: %q", r.stdout)
+	}
+}
+
+func TestCLINoController(t *testing.T) {
+	dir := shortTempDir(t)
+	cmd := exec.Command(testbin.Path(t, testbin.CLI), "ws", "ls")
+	cmd.Env = append(os.Environ(), "DTMUX_CONTROLLER=", "DTMUX_STATE_DIR="+dir)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	want := fmt.Sprintf("dtmux: no controller at unix://%s/controller.sock: start one with `dtmux-controller`\n", dir)
+	if !errors.As(err, &ee) || ee.ExitCode() != 255 || string(out) != want {
+		t.Errorf("got %v %q, want 255 and %q", err, out, want)
+	}
+}
+
+// processAlive reports whether pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
