@@ -104,13 +104,12 @@ func (r *Run) broadcast() {
 	r.mu.Unlock()
 }
 
+// finished reports whether the trailer is final (all output is spooled by
+// then). Done closes a moment later, once the trailer is persisted.
 func (r *Run) finished() bool {
-	select {
-	case <-r.done:
-		return true
-	default:
-		return false
-	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.trailer != nil
 }
 
 // AddClient registers a reader of the run for listings. exec says the
