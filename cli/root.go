@@ -24,6 +24,7 @@ var commands = []func(*App) *cobra.Command{
 	newLogsCmd,
 	newRestartCmd,
 	newDownCmd,
+	newFleetCmd,
 	newVersionCmd,
 }
 
