@@ -192,6 +192,7 @@ func run(args []string) error {
 	srv := rpcserver.New(cfg)
 	controllerv1.RegisterWorkspaceServiceServer(srv.Server, controller.NewWorkspaceService(prov, pl, log))
 	controller.NewRouter(pl, log).Register(srv.Server)
+	controllerv1.RegisterFleetServiceServer(srv.Server, controller.NewFleetService(controller.NewFleetEngine(prov, pl, log), log))
 	srv.MarkServing()
 
 	served := make(chan error, 1)
