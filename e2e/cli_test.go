@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -357,4 +358,260 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// eventually polls f until it returns "" (success) or the bound passes,
+// then fails with f's last complaint. The bound is a safety net, not a
+// timing assertion.
+func eventually(t *testing.T, what string, f func() string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		msg := f()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s", what, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestCLISessions(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+
+	if r := mustCLI(t, c, "session", "new", "w1", "s1", "--", "cat"); r.stdout != "s1\n" {
+		t.Errorf("session new printed %q", r.stdout)
+	}
+	r := mustCLI(t, c, "session", "ls", "w1")
+	if !strings.Contains(r.stdout, "s1") {
+		t.Errorf("session ls:\n%s", r.stdout)
+	}
+	r = mustCLI(t, c, "session", "ls", "w1", "-o", "json")
+	if !strings.Contains(r.stdout, `"name": "s1"`) {
+		t.Errorf("session ls -o json:\n%s", r.stdout)
+	}
+
+	// Text arrives exactly as typed: nothing is a tmux command or a shell
+	// word. cat (and the tty echo) show it back.
+	text := "a;b \"q\" 'r' $(echo no) `echo no` tab\there é ünï 😀 end;"
+	mustCLI(t, c, "session", "send", "w1", "s1", "--enter", text)
+	eventually(t, "typed text in capture", func() string {
+		got := mustCLI(t, c, "session", "capture", "w1", "s1").stdout
+		// The terminal renders the tab as spaces: check either side of it.
+		before, after, _ := strings.Cut(text, "\t")
+		if !strings.Contains(got, before) || !strings.Contains(got, after) {
+			return fmt.Sprintf("capture:\n%s", got)
+		}
+		return ""
+	})
+	// Named keys: C-c ends cat, so the window's command exits.
+	mustCLI(t, c, "session", "send", "w1", "s1", "--keys", "C-c")
+
+	r = dtmuxCLI(t, c, nil, "session", "new", "w1", "bad name")
+	if r.code == 0 {
+		t.Error("invalid session name accepted")
+	}
+	oneLineError(t, r, "")
+	r = dtmuxCLI(t, c, nil, "session", "capture", "w1", "nosuch")
+	if r.code != 255 {
+		t.Errorf("capture of an unknown session: exit %d", r.code)
+	}
+	oneLineError(t, r, "nosuch")
+
+	mustCLI(t, c, "session", "kill", "w1", "s1")
+	r = dtmuxCLI(t, c, nil, "session", "kill", "w1", "s1")
+	if r.code != 255 {
+		t.Errorf("second kill: exit %d", r.code)
+	}
+	oneLineError(t, r, "s1")
+
+	t.Run("logs -f follows live output", func(t *testing.T) {
+		mustCLI(t, c, "session", "new", "w1", "s2", "--", "sh", "-c", "echo first; read x; echo second-$x; exit 4")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "session", "logs", "w1", "s2", "-f")
+		cmd.Env = c.Env()
+		var out syncBuffer
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "snapshot", func() string {
+			if !strings.Contains(out.String(), "first") {
+				return out.String()
+			}
+			return ""
+		})
+		mustCLI(t, c, "session", "send", "w1", "s2", "--enter", "42")
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 4 || !strings.Contains(out.String(), "second-42") {
+			t.Errorf("logs -f: %v, output %q; want exit 4 after second-42", err, out.String())
+		}
+		mustCLI(t, c, "session", "kill", "w1", "s2")
+	})
+}
+
+func TestCLIRunScript(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "build.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"start $1\"\nfor p in 10 50 100; do echo \"building $p%\"; done\nexit $2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	r := dtmuxCLI(t, c, nil, "run", "w1", script, "arg1", "3")
+	if r.code != 3 || !strings.Contains(r.stdout, "start arg1") || !strings.Contains(r.stdout, "building 100%") {
+		t.Errorf("run: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = dtmuxCLI(t, c, nil, "run", "w1", "--progress", `(\d+)%`, script, "x", "0")
+	if r.code != 0 || !strings.Contains(r.stderr, "progress: 10%\nprogress: 50%\nprogress: 100%\n") {
+		t.Errorf("--progress: exit %d stderr %q", r.code, r.stderr)
+	}
+
+	waiter := filepath.Join(dir, "server.sh")
+	if err := os.WriteFile(waiter, []byte("#!/bin/sh\necho booting\necho 'Build complete'\nexec sleep 300\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = dtmuxCLI(t, c, nil, "run", "w1", "--session", "srv", "--wait-for", "Build complete", waiter)
+	if r.code != 0 || !strings.Contains(r.stderr, "keeps running") {
+		t.Errorf("--wait-for: exit %d stderr %q", r.code, r.stderr)
+	}
+	// The script is still running in its window.
+	r = mustCLI(t, c, "session", "ls", "w1", "-o", "json")
+	if !strings.Contains(r.stdout, `"srv"`) || !strings.Contains(r.stdout, "sleep") {
+		t.Errorf("the waited-for script is not running:\n%s", r.stdout)
+	}
+	mustCLI(t, c, "session", "kill", "w1", "srv")
+
+	r = dtmuxCLI(t, c, nil, "run", "w1", "--timeout", "1s", waiter)
+	if r.code != 124 {
+		t.Errorf("run --timeout: exit %d stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestCLIServices(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	file := filepath.Join(t.TempDir(), "services.yaml")
+	if err := os.WriteFile(file, []byte(`services:
+  - name: api
+    command: [sh, -c, 'echo "api up on $PORT"; exec sleep 300']
+    env: {PORT: "8080"}
+  - name: web
+    command: echo web up && exec sleep 300
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := mustCLI(t, c, "up", "w1", "-f", file)
+	if strings.Count(r.stdout, "started") != 2 {
+		t.Errorf("first up:\n%s", r.stdout)
+	}
+	r = mustCLI(t, c, "up", "w1", "-f", file)
+	if strings.Count(r.stdout, "unchanged") != 2 {
+		t.Errorf("second up is not idempotent:\n%s", r.stdout)
+	}
+	r = mustCLI(t, c, "ps", "w1")
+	if strings.Count(r.stdout, "running") != 2 {
+		t.Errorf("ps:\n%s", r.stdout)
+	}
+	eventually(t, "api logs", func() string {
+		if out := mustCLI(t, c, "logs", "w1", "api").stdout; !strings.Contains(out, "api up on 8080") {
+			return out
+		}
+		return ""
+	})
+	mustCLI(t, c, "restart", "w1", "web")
+	mustCLI(t, c, "down", "w1")
+	mustCLI(t, c, "down", "w1")
+	if r := dtmuxCLI(t, c, nil, "ps", "w1"); strings.Contains(r.stdout, "running") {
+		t.Errorf("services still running after down:\n%s", r.stdout)
+	}
+	r = dtmuxCLI(t, c, nil, "up", "w1", "-f", filepath.Join(t.TempDir(), "missing.yaml"))
+	if r.code != 254 {
+		t.Errorf("missing file: exit %d", r.code)
+	}
+	oneLineError(t, r, "missing.yaml")
+}
+
+// TestCLIAttach drives `dtmux attach` through a real terminal: an outer
+// tmux server on a private socket runs it in a pane, types into it, reads
+// the screen, and detaches with tmux's own key.
+func TestCLIAttach(t *testing.T) {
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Skip("tmux not installed")
+	}
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	mustCLI(t, c, "session", "new", "w1", "dbg", "--", "sh")
+
+	sock := filepath.Join(shortTempDir(t), "outer")
+	outer := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("tmux", append([]string{"-S", sock, "-f", "/dev/null"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("outer tmux %q: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	t.Cleanup(func() { _ = exec.Command("tmux", "-S", sock, "kill-server").Run() })
+	envArgs := []string{}
+	for _, e := range c.Env() {
+		if strings.HasPrefix(e, "DTMUX_") {
+			envArgs = append(envArgs, "-e", e)
+		}
+	}
+	outer(append(append([]string{"new-session", "-d", "-x", "120", "-y", "40"}, envArgs...),
+		testbin.Path(t, testbin.CLI)+" attach w1 dbg; echo attach-exit-$?; sleep 300")...)
+	outer("set-option", "-g", "prefix", "C-a")
+	screen := func() string { return outer("capture-pane", "-p", "-t", "=0") }
+
+	eventually(t, "the inner session on screen", func() string {
+		if s := screen(); strings.TrimSpace(s) == "" {
+			return "blank screen"
+		}
+		return ""
+	})
+	outer("send-keys", "-t", "=0", "-l", "echo hello-$((6*7))")
+	outer("send-keys", "-t", "=0", "Enter")
+	eventually(t, "typed command's output", func() string {
+		if s := screen(); !strings.Contains(s, "hello-42") {
+			return s
+		}
+		return ""
+	})
+	// tmux's detach key (C-b d) reaches the inner tmux untouched.
+	outer("send-keys", "-t", "=0", "C-b", "d")
+	eventually(t, "dtmux attach exits 0 on detach", func() string {
+		if s := screen(); !strings.Contains(s, "attach-exit-0") {
+			return s
+		}
+		return ""
+	})
+	r := mustCLI(t, c, "session", "capture", "w1", "dbg")
+	if !strings.Contains(r.stdout, "hello-42") {
+		t.Errorf("the session did not keep its state after detach:\n%s", r.stdout)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writer and a reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
