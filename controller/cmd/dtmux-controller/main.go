@@ -38,6 +38,13 @@ import (
 const drainGrace = 5 * time.Second
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "certs" {
+		if err := runCerts(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "dtmux-controller: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintf(os.Stderr, "dtmux-controller: %v\n", err)
 		os.Exit(1)
