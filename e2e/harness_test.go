@@ -5,7 +5,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -312,16 +314,28 @@ func Exec(ctx context.Context, c agentv1.AgentServiceClient, stdin []byte, argv 
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: argv}}}}); err != nil {
-		return nil, nil, nil, fmt.Errorf("send start: %w", err)
+	// A failed Send returns io.EOF; the call's real status comes from Recv.
+	send := func(what string, m *agentv1.ExecRequest) error {
+		if err := st.Send(m); err != nil {
+			if errors.Is(err, io.EOF) {
+				if _, rerr := st.Recv(); rerr != nil {
+					return rerr
+				}
+			}
+			return fmt.Errorf("send %s: %w", what, err)
+		}
+		return nil
+	}
+	if err := send("start", &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: argv}}}}); err != nil {
+		return nil, nil, nil, err
 	}
 	if len(stdin) > 0 {
-		if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Stdin{Stdin: stdin}}); err != nil {
-			return nil, nil, nil, fmt.Errorf("send stdin: %w", err)
+		if err := send("stdin", &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Stdin{Stdin: stdin}}); err != nil {
+			return nil, nil, nil, err
 		}
 	}
-	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}}); err != nil {
-		return nil, nil, nil, fmt.Errorf("send close stdin: %w", err)
+	if err := send("close stdin", &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}}); err != nil {
+		return nil, nil, nil, err
 	}
 	var out, errb bytes.Buffer
 	for {
