@@ -316,10 +316,12 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 func TestSecurityMutualTLS(t *testing.T) {
 	dir := shortTempDir(t)
-	f, err := tlsconfig.Init(filepath.Join(dir, "certs"), nil)
-	if err != nil {
-		t.Fatal(err)
+	// The deployment path: the real controller's certs init.
+	certDir := filepath.Join(dir, "certs")
+	if out, err := exec.Command(testbin.Path(t, testbin.Controller), "certs", "init", certDir, "--host", "agent.test").CombinedOutput(); err != nil {
+		t.Fatalf("certs init: %v\n%s", err, out)
 	}
+	f := tlsconfig.FilesIn(certDir)
 	token := randomHex(t, 16)
 	tokFile := writeSecret(t, dir, "token", token)
 	good, err := tlsconfig.Client(tlsconfig.ClientOptions{CAFile: f.CACert, CertFile: f.ClientCert, KeyFile: f.ClientKey})
