@@ -1,0 +1,253 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/dtmux/dtmux/internal/testbin"
+	controllerv1 "github.com/dtmux/dtmux/proto/dtmux/controller/v1"
+)
+
+// fleetWorkspaces creates n local workspaces ws00.. with labels
+// team=web (even) or team=api (odd), a few at a time.
+func fleetWorkspaces(t *testing.T, c *Controller, n int) []string {
+	t.Helper()
+	names := make([]string, n)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i := range n {
+		names[i] = fmt.Sprintf("ws%02d", i)
+		team := "web"
+		if i%2 == 1 {
+			team = "api"
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			c.CreateWorkspace(t, names[i], map[string]string{"team": team})
+		}()
+	}
+	wg.Wait()
+	return names
+}
+
+// prefixedLines groups "name | line" output by name.
+func prefixedLines(t *testing.T, out string) map[string][]string {
+	t.Helper()
+	got := map[string][]string{}
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		if l == "" {
+			continue
+		}
+		name, text, ok := strings.Cut(l, " | ")
+		if !ok {
+			t.Errorf("line without a prefix: %q", l)
+			continue
+		}
+		name = strings.TrimSpace(name)
+		got[name] = append(got[name], text)
+	}
+	return got
+}
+
+func TestFleet(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	names := fleetWorkspaces(t, c, 50)
+
+	t.Run("output attributed, failures summarised", func(t *testing.T) {
+		script := `echo "hello from $DTMUX_WORKSPACE"; printf 'no newline %s' "$DTMUX_WORKSPACE"; echo "warn $DTMUX_WORKSPACE" >&2
+case $DTMUX_WORKSPACE in ws07|ws13) exit 3;; ws21) exit 9;; esac`
+		r := dtmuxCLI(t, c, nil, "fleet", "exec", "--all", "--max-parallel", "50", "--", "sh", "-c", script)
+		if r.code != 9 {
+			t.Errorf("exit %d, want the worst exit code 9\nstderr: %s", r.code, r.stderr)
+		}
+		out := prefixedLines(t, r.stdout)
+		for _, n := range names {
+			want := []string{"hello from " + n, "no newline " + n}
+			if !slices.Equal(out[n], want) {
+				t.Errorf("%s stdout lines %q, want %q", n, out[n], want)
+			}
+			if !strings.Contains(r.stderr, n+" | warn "+n+"\n") {
+				t.Errorf("%s: stderr line missing", n)
+			}
+		}
+		if len(out) != 50 {
+			t.Errorf("%d workspaces in the output, want 50", len(out))
+		}
+		for _, want := range []string{"ws07 | dtmux: exit 3", "ws21 | dtmux: exit 9", "47/50 succeeded, 3 failed", "worst exit code 9", "not ok: ws07 ws13 ws21"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+			}
+		}
+	})
+
+	t.Run("json is NDJSON with a matching summary", func(t *testing.T) {
+		r := dtmuxCLI(t, c, nil, "fleet", "exec", "--label", "team=web", "--json", "--", "sh", "-c", `echo "$DTMUX_WORKSPACE"; [ "$DTMUX_WORKSPACE" != ws04 ]`)
+		if r.code != 1 {
+			t.Errorf("exit %d, want 1\nstderr: %s", r.code, r.stderr)
+		}
+		lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+		exited := map[string]int32{}
+		var sum *controllerv1.FleetSummary
+		for i, l := range lines {
+			var ev controllerv1.FleetEvent
+			if err := protojson.Unmarshal([]byte(l), &ev); err != nil {
+				t.Fatalf("line %d is not a JSON event: %v\n%s", i, err, l)
+			}
+			if e := ev.GetExited(); e != nil {
+				exited[ev.GetWorkspace()] = e.GetExitCode()
+			}
+			if s := ev.GetSummary(); s != nil {
+				if i != len(lines)-1 {
+					t.Errorf("summary on line %d of %d", i, len(lines))
+				}
+				sum = s
+			}
+		}
+		if sum == nil {
+			t.Fatal("no summary")
+		}
+		if sum.GetTotal() != 25 || sum.GetSucceeded() != 24 || sum.GetFailed() != 1 || len(exited) != 25 || exited["ws04"] != 1 || !slices.Equal(sum.GetFailedWorkspaces(), []string{"ws04"}) {
+			t.Errorf("summary %v, exited %v", sum, exited)
+		}
+	})
+
+	t.Run("fail-fast stops new starts", func(t *testing.T) {
+		r := dtmuxCLI(t, c, nil, "fleet", "exec", "--label", "team=api", "--max-parallel", "1", "--fail-fast", "--run-id", "ff-1", "--json", "--", "sh", "-c", "exit 4")
+		if r.code != 4 {
+			t.Errorf("exit %d, want 4\nstderr: %s", r.code, r.stderr)
+		}
+		if !strings.Contains(r.stdout, `"skipped":24`) || !strings.Contains(r.stdout, `"failed":1`) {
+			t.Errorf("summary: %s", r.stdout[strings.LastIndex(r.stdout[:len(r.stdout)-1], "\n")+1:])
+		}
+		// Only one agent ever got the run.
+		resp, err := c.Fleet().ListFleetRuns(context.Background(), &controllerv1.ListFleetRunsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, run := range resp.GetRuns() {
+			if run.GetRunId() == "ff-1" && run.GetTargets() != 1 {
+				t.Errorf("fleet run ff-1 reached %d agents, want 1", run.GetTargets())
+			}
+		}
+		ls := mustCLI(t, c, "fleet", "ls")
+		if !strings.Contains(ls.stdout, "ff-1") {
+			t.Errorf("fleet ls lacks ff-1:\n%s", ls.stdout)
+		}
+	})
+
+	t.Run("attach after the CLI was killed", func(t *testing.T) {
+		cmd := exec.Command(testbin.Path(t, testbin.CLI), "fleet", "exec", "--all", "--max-parallel", "50", "--run-id", "fa-1", "--",
+			"sh", "-c", `echo "a $DTMUX_WORKSPACE"; sleep 3; echo "b $DTMUX_WORKSPACE"`)
+		cmd.Env = c.Env()
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		// Kill the CLI once every target started (each printed "a"), while
+		// all of them are still running.
+		sc := bufio.NewScanner(stdout)
+		for seen := 0; seen < len(names); seen++ {
+			if !sc.Scan() || !strings.Contains(sc.Text(), "| a ws") {
+				t.Fatalf("line %d: %q", seen, sc.Text())
+			}
+		}
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+
+		r := dtmuxCLI(t, c, nil, "fleet", "attach", "fa-1")
+		if r.code != 0 {
+			t.Errorf("attach exit %d\nstderr: %s", r.code, r.stderr)
+		}
+		out := prefixedLines(t, r.stdout)
+		for _, n := range names {
+			if want := []string{"a " + n, "b " + n}; !slices.Equal(out[n], want) {
+				t.Errorf("%s: %q, want %q", n, out[n], want)
+			}
+		}
+		if !strings.Contains(r.stderr, "50/50 succeeded") {
+			t.Errorf("stderr: %s", r.stderr)
+		}
+	})
+}
+
+// startAgent starts a real dtmux-agent on a unix socket.
+func startAgent(t *testing.T, dir, name string) string {
+	t.Helper()
+	sock := filepath.Join(dir, name+".sock")
+	cmd := exec.Command(testbin.Path(t, testbin.Agent), "--listen", "unix://"+sock, "--workspace", name,
+		"--state-dir", filepath.Join(dir, name+".state"), "--log-file", filepath.Join(dir, name+".log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for range 500 {
+		if _, err := os.Stat(sock); err == nil {
+			return sock
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("agent %s did not listen", name)
+	return ""
+}
+
+func TestFleetUnreachable(t *testing.T) {
+	dir := shortTempDir(t)
+	var agents bytes.Buffer
+	for _, n := range []string{"a1", "a2", "a3"} {
+		fmt.Fprintf(&agents, "%s=unix://%s\n", n, startAgent(t, dir, n))
+	}
+	// "a0" comes first and never answers: nothing listens on its socket.
+	fmt.Fprintf(&agents, "a0=unix://%s\n", filepath.Join(dir, "dead.sock"))
+	file := filepath.Join(dir, "agents")
+	if err := os.WriteFile(file, agents.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := StartController(t, ControllerOptions{Provider: "static", Args: []string{"--agents-file", file}})
+
+	r := dtmuxCLI(t, c, nil, "fleet", "exec", "--all", "--max-parallel", "1", "--retries", "2", "--retry-backoff", "300ms", "--json", "--", "echo", "hi")
+	if r.code != 253 {
+		t.Errorf("exit %d, want 253 (unreachable, none failed)\nstderr: %s", r.code, r.stderr)
+	}
+	var order []string
+	var sum *controllerv1.FleetSummary
+	var attempts uint32
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var ev controllerv1.FleetEvent
+		if err := protojson.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		switch {
+		case ev.GetExited() != nil, ev.GetUnreachable() != nil:
+			order = append(order, ev.GetWorkspace())
+			attempts = max(attempts, ev.GetUnreachable().GetAttempts())
+		case ev.GetSummary() != nil:
+			sum = ev.GetSummary()
+		}
+	}
+	if sum.GetSucceeded() != 3 || sum.GetUnreachable() != 1 || attempts != 3 {
+		t.Errorf("summary %v, attempts %d", sum, attempts)
+	}
+	// With one slot and a0 first, the others ran while a0 backed off.
+	if !slices.Equal(order, []string{"a1", "a2", "a3", "a0"}) {
+		t.Errorf("targets ended in order %v, want a0 last", order)
+	}
+}
