@@ -65,12 +65,15 @@ func alive(pid int, ours bool) bool {
 	if ours {
 		var ws syscall.WaitStatus
 		got, err := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
-		if got == pid {
-			return false
-		}
-		if err != nil && !errors.Is(err, syscall.ECHILD) {
+		switch {
+		case got == pid:
+			return false // exited, now reaped
+		case err == nil:
+			return true // our child, still running: one syscall per check
+		case !errors.Is(err, syscall.ECHILD):
 			return true
 		}
+		// ECHILD: reaped elsewhere or not ours after all; look it up.
 	}
 	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
 		return false
