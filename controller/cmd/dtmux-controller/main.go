@@ -69,6 +69,9 @@ type flags struct {
 	agents                             listFlag
 	agentsFile, agentTokenFile         string
 	agentTLSCA, agentTLSCert, agentKey string
+
+	// ssh and daytona providers (remote.go)
+	remote remoteFlags
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -77,7 +80,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&f.stateDir, "state-dir", "", "state directory (default $DTMUX_STATE_DIR, else $XDG_STATE_HOME/dtmux, else ~/.local/state/dtmux)")
 	fs.StringVar(&f.listen, "listen", "", "serve on unix:///path.sock or tcp://host:port (default unix://STATE/controller.sock)")
-	fs.StringVar(&f.providerName, "provider", "local", "where workspaces come from: local or static")
+	fs.StringVar(&f.providerName, "provider", "local", "where workspaces come from: local, static, ssh or daytona")
 	fs.StringVar(&f.agentBinary, "agent-binary", "", "dtmux-agent to start for local workspaces (default: next to this binary, else PATH)")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", pool.DefaultIdleTimeout, "close agent connections idle this long (negative: never)")
 	fs.IntVar(&f.maxDials, "max-dials", pool.DefaultMaxConcurrentDials, "most agent connections being opened at once")
@@ -97,6 +100,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.agentTLSCA, "agent-tls-ca", "", "CA bundle that signs tcp agents' certificates")
 	fs.StringVar(&f.agentTLSCert, "agent-tls-cert", "", "client certificate for tcp agents (mTLS)")
 	fs.StringVar(&f.agentKey, "agent-tls-key", "", "client key for tcp agents (mTLS)")
+	f.remote.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -238,8 +242,12 @@ func newProvider(f *flags, log hclog.Logger) (provider.Provider, error) {
 		})
 	case "static":
 		return newStatic(f)
+	case "ssh":
+		return newSSH(f, log)
+	case "daytona":
+		return newDaytona(f, log)
 	default:
-		return nil, fmt.Errorf("unknown --provider %q (want local or static)", f.providerName)
+		return nil, fmt.Errorf("unknown --provider %q (want local, static, ssh or daytona)", f.providerName)
 	}
 }
 
