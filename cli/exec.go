@@ -36,6 +36,7 @@ type execOptions struct {
 	timeout       time.Duration
 	idleTimeout   time.Duration
 	runID         string
+	maxOutput     string
 }
 
 func newExecCmd(app *App) *cobra.Command {
@@ -75,6 +76,7 @@ given, which joins the words with spaces and runs them with /bin/sh -c.`,
 	f.DurationVar(&o.timeout, "timeout", 0, "kill the process group after this long (exit 124)")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 0, "kill the process group after this long without output (exit 124)")
 	f.StringVar(&o.runID, "run-id", "", "run id; starting the same id again attaches to the run instead of running twice")
+	f.StringVar(&o.maxOutput, "max-output", "", "output kept in the run's spool per stream, such as 256M (default: the agent's, 64M); a reader further behind loses bytes")
 	return cmd
 }
 
@@ -142,6 +144,13 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	if o.idleTimeout > 0 {
 		start.IdleTimeout = durationpb.New(o.idleTimeout)
 	}
+	if o.maxOutput != "" {
+		n, err := ParseSize(o.maxOutput)
+		if err != nil || n == 0 {
+			return usageErrorf("--max-output: want a positive size such as 256M")
+		}
+		start.Limits = &agentv1.RunLimits{MaxOutputBytes: n}
+	}
 	inFD, inTTY := a.stdinTerminal()
 	outFD := fdOf(a.Stdout)
 	if o.tty {
@@ -182,7 +191,9 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	}
 
 	restore := func() {}
+	eol := "\n" // a raw terminal needs "\r\n"
 	if o.tty && inTTY {
+		eol = "\r\n"
 		r, err := rawMode(inFD)
 		if err != nil {
 			return fmt.Errorf("terminal raw mode: %w", err)
@@ -229,7 +240,7 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		t, err := a.copyRunOutput(func() (runEvent, error) { return stream.Recv() })
+		t, err := a.copyRunOutput(func() (runEvent, error) { return stream.Recv() }, eol)
 		res <- result{t, err}
 	}()
 	var r result
@@ -335,7 +346,7 @@ type runEvent interface {
 // trailer, and returns it. A stream that ends without a trailer returns
 // nil (AttachRun without follow on a running run); a status error is
 // returned as is.
-func (a *App) copyRunOutput(recv func() (runEvent, error)) (*agentv1.RunTrailer, error) {
+func (a *App) copyRunOutput(recv func() (runEvent, error), eol string) (*agentv1.RunTrailer, error) {
 	for {
 		ev, err := recv()
 		if errors.Is(err, io.EOF) {
@@ -356,8 +367,8 @@ func (a *App) copyRunOutput(recv func() (runEvent, error)) (*agentv1.RunTrailer,
 			}
 		case ev.GetGap() != nil:
 			g := ev.GetGap()
-			fmt.Fprintf(a.Stderr, "\r\ndtmux: %d bytes of %s at offset %d were evicted from the run's spool and are lost\r\n",
-				g.GetBytes(), streamName(g.GetStream()), g.GetOffset())
+			fmt.Fprintf(a.Stderr, "%sdtmux: %d bytes of %s at offset %d were evicted from the run's spool and are lost (a larger --max-output keeps more)%s",
+				eol, g.GetBytes(), streamName(g.GetStream()), g.GetOffset(), eol)
 		case ev.GetTrailer() != nil:
 			return ev.GetTrailer(), nil
 		}

@@ -54,7 +54,7 @@ func TestExecStartRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := dtmux(t, addr, "", "exec", "ws", "-e", "A=1", "-e", "B=x=y", "--secret-env", "S=2", "--secret-env-file", secrets,
-		"-w", "/tmp", "--timeout", "90s", "--idle-timeout", "5s", "--shell", "--run-id", "job-1", "-t", "--", "exit", "0")
+		"-w", "/tmp", "--timeout", "90s", "--idle-timeout", "5s", "--shell", "--run-id", "job-1", "--max-output", "1M", "-t", "--", "exit", "0")
 	if r.code != 0 {
 		t.Fatalf("code %d: %s", r.code, r.stderr)
 	}
@@ -63,7 +63,7 @@ func TestExecStartRequest(t *testing.T) {
 	if c.GetEnv()["A"] != "1" || c.GetEnv()["B"] != "x=y" || c.GetSecretEnv()["S"] != "2" || c.GetSecretEnv()["TOKEN"] != "abc" ||
 		c.GetCwd() != "/tmp" || !c.GetShell() || s.GetRunId() != "job-1" || s.GetDetach() ||
 		s.GetTimeout().AsDuration() != 90*time.Second || s.GetIdleTimeout().AsDuration() != 5*time.Second ||
-		s.GetPty().GetRows() != 24 || s.GetPty().GetCols() != 80 {
+		s.GetPty().GetRows() != 24 || s.GetPty().GetCols() != 80 || s.GetLimits().GetMaxOutputBytes() != 1<<20 {
 		t.Errorf("start = %v", s)
 	}
 }

@@ -168,3 +168,31 @@ func clip(s string) string {
 	}
 	return s[:max] + "..."
 }
+
+// ParseSize reads a byte count: "1048576", "64K", "100M", "2G" (powers of
+// 1024; an optional trailing "B" or "iB" is allowed).
+func ParseSize(s string) (uint64, error) {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "I")
+	mult := uint64(1)
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'K':
+			mult = 1 << 10
+		case 'M':
+			mult = 1 << 20
+		case 'G':
+			mult = 1 << 30
+		case 'T':
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:n-1]
+		}
+	}
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || n > (1<<64-1)/mult {
+		return 0, fmt.Errorf("size %q: want a byte count such as 1048576, 64K, 100M or 2G", clip(s))
+	}
+	return n * mult, nil
+}

@@ -173,3 +173,16 @@ func FuzzParseLabel(f *testing.F) {
 		}
 	})
 }
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"0": 0, "1048576": 1 << 20, "64K": 64 << 10, "100M": 100 << 20, "2g": 2 << 30, "256MiB": 256 << 20, "1KB": 1024, " 3 ": 3} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "M", "-1", "1.5G", "lots", "99999999999999T"} {
+		if got, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", in, got)
+		}
+	}
+}

@@ -127,7 +127,7 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 	if err != nil {
 		return err
 	}
-	trailer, err := a.copyRunOutput(func() (runEvent, error) { return stream.Recv() })
+	trailer, err := a.copyRunOutput(func() (runEvent, error) { return stream.Recv() }, "\n")
 	if err != nil {
 		return err
 	}
