@@ -338,3 +338,22 @@ func ctlCopy(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// The static provider routes to agents it is given, and manages none.
+func TestControllerStaticProvider(t *testing.T) {
+	local := StartController(t, ControllerOptions{})
+	local.CreateWorkspace(t, "w", nil)
+	sock := filepath.Join(local.StateDir, "workspaces", "w", "agent.sock")
+	c := StartController(t, ControllerOptions{Provider: "static", Args: []string{"--agent", "x=unix://" + sock + " team=t"}})
+	ctx := ctlCtx(t)
+	out, _, tr, err := Exec(ctx, c.Agent("x"), nil, "sh", "-c", "echo $DTMUX_WORKSPACE")
+	if err != nil || string(out) != "w\n" || tr.GetExitCode() != 0 {
+		t.Errorf("exec via static: %q, %v, %v", out, tr, err)
+	}
+	if got := ctlNames(t, c, "team=t"); !slices.Equal(got, []string{"x"}) {
+		t.Errorf("ls team=t = %v", got)
+	}
+	if _, err := c.Workspaces().CreateWorkspace(ctx, &controllerv1.CreateWorkspaceRequest{Name: "y"}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("create on static: %v", err)
+	}
+}
