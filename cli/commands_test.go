@@ -136,3 +136,15 @@ func TestCompletion(t *testing.T) {
 		}
 	}
 }
+
+func TestCompleteWorkspaces(t *testing.T) {
+	addr, _ := startFake(t)
+	r := dtmux(t, addr, "", "__complete", "exec", "")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "ws\nother\n:4\n") {
+		t.Errorf("exec WS completion: %+v", r)
+	}
+	r = dtmux(t, addr, "", "__complete", "session", "ls", "o")
+	if !strings.Contains(r.stdout, "other") {
+		t.Errorf("session ls WS completion: %+v", r)
+	}
+}

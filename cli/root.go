@@ -55,6 +55,7 @@ and a run killed by --timeout/--idle-timeout exits 124.`,
 	for _, c := range commands {
 		root.AddCommand(c(app))
 	}
+	addWorkspaceCompletion(app, root)
 	return root
 }
 

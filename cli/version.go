@@ -50,11 +50,11 @@ func (a *App) runVersion(ctx context.Context, ws string) error {
 		fmt.Fprintf(a.Stdout, "controller: not reachable (%s)\n", errorLine(err, addr.String())[len("dtmux: "):])
 		return nil
 	}
-	v := "unknown version"
 	if h := header.Get(VersionHeader); len(h) > 0 {
-		v = h[0]
+		fmt.Fprintf(a.Stdout, "controller %s at %s\n", h[0], addr)
+	} else {
+		fmt.Fprintf(a.Stdout, "controller at %s (version not reported)\n", addr)
 	}
-	fmt.Fprintf(a.Stdout, "controller %s at %s\n", v, addr)
 	if ws != "" {
 		agent, actx, err := a.Agent(ctx, ws)
 		if err != nil {
