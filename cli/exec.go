@@ -256,6 +256,9 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	if r.err != nil {
 		return r.err
 	}
+	if r.trailer == nil {
+		return fmt.Errorf("run %s: the stream ended without the run's exit status", started.GetRunId())
+	}
 	return a.trailerExit(started.GetRunId(), r.trailer)
 }
 

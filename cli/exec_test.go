@@ -23,6 +23,7 @@ func TestExecStreamsAndExitCodes(t *testing.T) {
 		{"timeout", []string{"exec", "ws", "--timeout", "1s", "--", "timeout"}, "", "dtmux: run r1 timed out: wall-clock timeout 1s; its process group was killed\n", ExitTimedOut},
 		{"gap note", []string{"exec", "ws", "--", "gap"}, "tail", "10 bytes of stdout at offset 0 were evicted", 0},
 		{"stdin piped", []string{"exec", "ws", "--", "cat"}, "hello\n", "", 0},
+		{"no trailer is a failure", []string{"exec", "ws", "--", "notrailer"}, "partial", "dtmux: run r1: the stream ended without the run's exit status\n", ExitFailure},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -152,6 +152,8 @@ func (f *fakeController) Exec(stream agentv1.AgentService_ExecServer) error {
 		return exited(0)
 	case "exit":
 		return exited(arg(1))
+	case "notrailer":
+		return out(agentv1.Stream_STREAM_STDOUT, 0, "partial")
 	case "signal":
 		return send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Trailer{Trailer: &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_SIGNALED, ExitCode: -1, Signal: arg(1)}}})
 	case "timeout":

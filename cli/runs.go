@@ -131,8 +131,11 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 	if err != nil {
 		return err
 	}
-	if trailer == nil || !req.GetFollow() {
+	if !req.GetFollow() {
 		return nil
+	}
+	if trailer == nil {
+		return fmt.Errorf("run %s: the stream ended without the run's exit status", req.GetRunId())
 	}
 	return a.trailerExit(req.GetRunId(), trailer)
 }
