@@ -148,3 +148,24 @@ func TestCompleteWorkspaces(t *testing.T) {
 		t.Errorf("session ls WS completion: %+v", r)
 	}
 }
+
+func TestSessionSend(t *testing.T) {
+	addr, f := startFake(t)
+	text := "a;b $(x) `y` ;"
+	if r := dtmux(t, addr, "", "session", "send", "ws", "s1:build", "--enter", text, "two"); r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	if r := dtmux(t, addr, "raw\x00bytes", "session", "send", "ws", "s1", "--stdin", "--keys", "C-c", "Up"); r.code != 0 {
+		t.Fatalf("%+v", r)
+	}
+	a, b := f.sent[0], f.sent[1]
+	if a.GetTarget().GetSession() != "s1" || a.GetTarget().GetWindow() != "build" || a.GetText() != text+" two" || !a.GetEnter() || len(a.GetKeys()) != 0 {
+		t.Errorf("text send = %v", a)
+	}
+	if string(b.GetData()) != "raw\x00bytes" || strings.Join(b.GetKeys(), ",") != "C-c,Up" || b.GetText() != "" || b.GetEnter() {
+		t.Errorf("keys send = %v", b)
+	}
+	if r := dtmux(t, addr, "", "session", "send", "ws", "s1"); r.code != ExitUsage {
+		t.Errorf("nothing to send: %+v", r)
+	}
+}

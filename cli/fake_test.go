@@ -35,6 +35,7 @@ type fakeController struct {
 	starts []*agentv1.ExecStart
 	files  map[string][]byte
 	rins   []*agentv1.RunInSessionRequest
+	sent   []*agentv1.SendInputRequest
 }
 
 // startFake serves a fakeController and returns its address.
@@ -283,4 +284,15 @@ func dtmux(t *testing.T, addr, stdin string, args ...string) result {
 	app := &App{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(k string) string { return env[k] }}
 	code := Main(context.Background(), app, args)
 	return result{out.String(), errb.String(), code}
+}
+
+// SendInput records the request for the test to check.
+func (f *fakeController) SendInput(ctx context.Context, req *agentv1.SendInputRequest) (*agentv1.SendInputResponse, error) {
+	if err := f.workspace(ctx); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	f.sent = append(f.sent, req)
+	f.mu.Unlock()
+	return &agentv1.SendInputResponse{}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -159,14 +160,15 @@ func splitTarget(s, window string) *agentv1.PaneTarget {
 
 func newSessionSendCmd(app *App) *cobra.Command {
 	var (
-		keys, enter bool
-		window      string
+		keys, enter, stdin bool
+		window             string
 	)
 	cmd := &cobra.Command{
 		Use:   "send WS NAME [flags] TEXT...",
 		Short: "Type text (or, with --keys, named keys) into a session",
 		Long: `Type TEXT into the session's pane literally: the words are joined with single
-spaces and nothing is interpreted by tmux or a shell. With --keys, each word
+spaces and nothing is interpreted by tmux or a shell. --stdin sends stdin's
+bytes as well (large input goes through a paste buffer). With --keys, each word
 is a key name instead (Enter, C-c, Up, Escape, F1...). --enter presses Enter
 afterwards.`,
 		Args: minArgs(2, "WS NAME TEXT..."),
@@ -177,7 +179,17 @@ afterwards.`,
 			} else {
 				req.Text = strings.Join(args[2:], " ")
 			}
-			if req.Text == "" && len(req.Keys) == 0 && !enter {
+			if req.Text != "" && !utf8.ValidString(req.Text) {
+				return usageErrorf("session send: TEXT is not valid UTF-8 (use --stdin for raw bytes)")
+			}
+			if stdin {
+				data, err := io.ReadAll(app.Stdin)
+				if err != nil {
+					return fmt.Errorf("read stdin: %w", err)
+				}
+				req.Data = data
+			}
+			if req.Text == "" && len(req.Data) == 0 && len(req.Keys) == 0 && !enter {
 				return usageErrorf("session send: nothing to send (give TEXT, --keys KEY..., or --enter)")
 			}
 			agent, ctx, err := app.Agent(cmd.Context(), args[0])
@@ -191,6 +203,7 @@ afterwards.`,
 	f := cmd.Flags()
 	f.BoolVar(&keys, "keys", false, "the words are key names (Enter, C-c, Up...)")
 	f.BoolVar(&enter, "enter", false, "press Enter after the text")
+	f.BoolVar(&stdin, "stdin", false, "also send stdin's bytes, literally (after TEXT, before keys)")
 	f.StringVar(&window, "window", "", "window name or index (default the first; or NAME:WINDOW)")
 	return cmd
 }
