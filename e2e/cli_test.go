@@ -123,27 +123,37 @@ func TestCLIExec(t *testing.T) {
 		}
 	})
 
-	t.Run("100 MB byte-exact", func(t *testing.T) {
-		r := mustCLI(t, c, "exec", "w1", "--", "sh", "-c", "head -c 100000000 /dev/urandom > big.bin && sha256sum big.bin")
-		remote, _, _ := strings.Cut(r.stdout, " ")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", "w1", "--", "cat", "big.bin")
-		cmd.Env = c.Env()
-		h := sha256.New()
-		n := &countingWriter{w: h}
-		var errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = n, &errb
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("cat big.bin: %v: %s", err, errb.String())
+	// 100 MB through the default spool (64 MiB) checks that a live reader
+	// is never outrun; with --max-output 128M the spool holds it all, which
+	// isolates the CLI-controller-agent path itself.
+	for _, extra := range [][]string{nil, {"--max-output", "128M"}} {
+		name := "100 MB byte-exact, default spool"
+		if extra != nil {
+			name = "100 MB byte-exact, " + strings.Join(extra, " ")
 		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != remote || n.n != 100000000 {
-			// Evicted bytes mean the agent's spool let a live reader fall
-			// behind by more than its limit while the process kept writing.
-			t.Errorf("received %d of 100000000 bytes with sha256 %s; remote sha256 %q; stderr %q", n.n, got, remote, clipOut(errb.String()))
-		}
-		mustCLI(t, c, "exec", "w1", "--", "rm", "big.bin")
-	})
+		t.Run(name, func(t *testing.T) {
+			r := mustCLI(t, c, "exec", "w1", "--", "sh", "-c", "head -c 100000000 /dev/urandom > big.bin && sha256sum big.bin")
+			t.Cleanup(func() { mustCLI(t, c, "exec", "w1", "--", "rm", "-f", "big.bin") })
+			remote, _, _ := strings.Cut(r.stdout, " ")
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			args := append(append([]string{"exec", "w1"}, extra...), "--", "cat", "big.bin")
+			cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), args...)
+			cmd.Env = c.Env()
+			h := sha256.New()
+			n := &countingWriter{w: h}
+			var errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = n, &errb
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("cat big.bin: %v: %s", err, errb.String())
+			}
+			if got := hex.EncodeToString(h.Sum(nil)); got != remote || n.n != 100000000 {
+				// Evicted bytes mean the agent's spool let a live reader
+				// fall behind by more than its limit.
+				t.Errorf("received %d of 100000000 bytes with sha256 %s; remote sha256 %q; stderr %q", n.n, got, remote, clipOut(errb.String()))
+			}
+		})
+	}
 
 	t.Run("timeout kills a grandchild", func(t *testing.T) {
 		r := dtmuxCLI(t, c, nil, "exec", "w1", "--timeout", "1s", "--",
