@@ -15,7 +15,6 @@ import (
 func newRunsCmd(app *App) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "runs",
-		Aliases: []string{"run-ls"},
 		Short:   "List, follow and kill a workspace's runs",
 	}
 	cmd.AddCommand(newRunsLsCmd(app), newRunsLogsCmd(app), newRunsKillCmd(app))
