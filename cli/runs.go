@@ -14,8 +14,8 @@ import (
 
 func newRunsCmd(app *App) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:     "runs",
-		Short:   "List, follow and kill a workspace's runs",
+		Use:   "runs",
+		Short: "List, follow and kill a workspace's runs",
 	}
 	cmd.AddCommand(newRunsLsCmd(app), newRunsLogsCmd(app), newRunsKillCmd(app))
 	return cmd
