@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/dtmux/dtmux/internal/transport"
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+var agentBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "dtmux-agent-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin = filepath.Join(dir, "dtmux-agent")
+	if out, err := exec.Command("go", "build", "-o", agentBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build agent: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func TestVersionAndBadFlags(t *testing.T) {
+	out, err := exec.Command(agentBin, "--version").Output()
+	if err != nil || string(out) != "dtmux-agent dev\n" {
+		t.Errorf("--version: %q %v", out, err)
+	}
+	tok := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tok, []byte("t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{nil, "exactly one of --listen"},
+		{[]string{"--listen", "unix:///x.sock", "--stdio"}, "exactly one of --listen"},
+		{[]string{"--nope"}, "flag provided but not defined"},
+		{[]string{"--listen", "tcp://127.0.0.1:0"}, "needs --token-file"},
+		{[]string{"--listen", "tcp://0.0.0.0:0", "--token-file", tok}, "without TLS on a non-loopback address"},
+		{[]string{"--listen", "ftp://x"}, "unknown scheme"},
+		{[]string{"--stdio", "--log-level", "loud"}, "unknown log level"},
+		{[]string{"--stdio", "--max-runs", "0"}, "must be positive"},
+	}
+	for _, tt := range tests {
+		cmd := exec.Command(agentBin, append(tt.args, "--state-dir", t.TempDir())...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+			t.Errorf("%v: err %v, want a non-zero exit", tt.args, err)
+		}
+		msg := stderr.String()
+		if !strings.Contains(msg, tt.want) || strings.Count(msg, "\n") != 1 {
+			t.Errorf("%v: stderr %q, want one line with %q", tt.args, msg, tt.want)
+		}
+	}
+}
+
+// agentProc is a running dtmux-agent.
+type agentProc struct {
+	cmd     *exec.Cmd
+	sock    string
+	state   string
+	client  agentv1.AgentServiceClient
+	exited  chan struct{} // closed when the process has been waited for
+	waitErr error         // set before exited is closed
+}
+
+func startAgent(t *testing.T, state string) *agentProc {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	a := &agentProc{sock: filepath.Join(dir, "s", "agent.sock"), state: state, exited: make(chan struct{})}
+	a.cmd = exec.Command(agentBin, "--listen", "unix://"+a.sock, "--state-dir", state, "--workspace", "e2e", "--workdir", t.TempDir(), "--log-level", "debug")
+	a.cmd.Stderr = os.Stderr
+	if err := a.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { a.waitErr = a.cmd.Wait(); close(a.exited) }()
+	t.Cleanup(func() {
+		a.cmd.Process.Kill()
+		<-a.exited
+	})
+	for i := 0; ; i++ {
+		if _, err := os.Stat(a.sock); err == nil {
+			break
+		}
+		if i == 1000 {
+			t.Fatal("agent socket never appeared")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	addr, _ := transport.ParseAddress("unix://" + a.sock)
+	cc, err := transport.Dial(addr, transport.DialConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	a.client = agentv1.NewAgentServiceClient(cc)
+	return a
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func execStart(t *testing.T, c agentv1.AgentServiceClient, ctx context.Context, st *agentv1.ExecStart) (agentv1.AgentService_ExecClient, *agentv1.RunStarted) {
+	t.Helper()
+	stream, err := c.Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: st}}); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream, ev.GetStarted()
+}
+
+// rest reads a stream to its trailer.
+func rest(t *testing.T, stream agentv1.AgentService_ExecClient) (string, *agentv1.RunTrailer) {
+	t.Helper()
+	var out strings.Builder
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("stream ended without a trailer: %v", err)
+		}
+		if o := ev.GetOutput(); o != nil {
+			out.Write(o.GetData())
+		}
+		if tr := ev.GetTrailer(); tr != nil {
+			return out.String(), tr
+		}
+	}
+}
+
+func cmdSpec(argv ...string) *agentv1.CommandSpec { return &agentv1.CommandSpec{Argv: argv} }
+
+func TestUnixSocketRlimitsAndSecrets(t *testing.T) {
+	a := startAgent(t, t.TempDir())
+	fi, err := os.Stat(a.sock)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v %v", fi.Mode(), err)
+	}
+	const secret = "e2e-secret-31337"
+	st := &agentv1.ExecStart{
+		Command: &agentv1.CommandSpec{
+			Argv:      []string{"sh", "-c", `ulimit -n; echo "$DTMUX_WORKSPACE ${#TOKEN}"; tr '\0' ' ' < /proc/$$/cmdline`},
+			SecretEnv: map[string]string{"TOKEN": secret},
+		},
+		Limits: &agentv1.RunLimits{OpenFiles: 64},
+	}
+	stream, _ := execStart(t, a.client, ctxT(t), st)
+	out, tr := rest(t, stream)
+	if !strings.HasPrefix(out, "64\ne2e 16\n") || tr.GetExitCode() != 0 {
+		t.Errorf("output %q trailer %v", out, tr)
+	}
+	if strings.Contains(out, secret) {
+		t.Errorf("secret on a command line: %q", out)
+	}
+}
+
+func TestStdio(t *testing.T) {
+	cmd := exec.Command(agentBin, "--stdio", "--state-dir", t.TempDir(), "--workdir", t.TempDir())
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	conn := transport.NewPipeConn(stdout, stdin, "agent", nil)
+	used := false
+	cc, err := grpc.NewClient("passthrough:///stdio",
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
+			if used {
+				return nil, errors.New("the stdio connection is gone")
+			}
+			used = true
+			return conn, nil
+		}),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := agentv1.NewAgentServiceClient(cc)
+	stream, _ := execStart(t, client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("echo", "over stdio")})
+	if out, tr := rest(t, stream); out != "over stdio\n" || tr.GetExitCode() != 0 {
+		t.Errorf("output %q trailer %v", out, tr)
+	}
+	cc.Close() // closes both pipes: the agent must exit
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Errorf("agent exit: %v", waitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not exit when its stdio connection closed")
+	}
+}
+
+func TestCrashLeavesAgentLostAndShutdownKillsAttached(t *testing.T) {
+	state := t.TempDir()
+	a := startAgent(t, state)
+	// A detached run in flight when the agent is SIGKILLed.
+	_, started := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{
+		Command: cmdSpec("sh", "-c", "echo before; exec sleep 1000"), RunId: "lost-1", Detach: true,
+	})
+	t.Cleanup(func() { syscall.Kill(int(started.GetPid()), syscall.SIGKILL) })
+	for {
+		r, err := a.client.GetRun(ctxT(t), &agentv1.GetRunRequest{RunId: "lost-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetRun().GetStdoutBytes() > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	<-a.exited
+
+	b := startAgent(t, state)
+	att, err := b.client.AttachRun(ctxT(t), &agentv1.AttachRunRequest{RunId: "lost-1", Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	var tr *agentv1.RunTrailer
+	for tr == nil {
+		ev, err := att.Recv()
+		if err != nil {
+			t.Fatalf("attach after restart: %v", err)
+		}
+		out += string(ev.GetOutput().GetData())
+		tr = ev.GetTrailer()
+	}
+	if out != "before\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST {
+		t.Errorf("after restart: %q %v", out, tr)
+	}
+
+	// SIGTERM: an attached run is killed and its stream ends with a trailer.
+	stream, _ := execStart(t, b.client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("sleep", "1000")})
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	_, tr = rest(t, stream)
+	if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_KILLED {
+		t.Errorf("attached run at shutdown: %v", tr)
+	}
+	select {
+	case <-b.exited:
+		if b.waitErr != nil {
+			t.Errorf("agent exit after SIGTERM: %v", b.waitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not exit after SIGTERM")
+	}
+}
