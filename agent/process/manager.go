@@ -549,10 +549,13 @@ func (m *Manager) Close() error {
 	var waitFor []*Run
 	for _, r := range kill {
 		<-r.ready
-		if r.startErr != nil || r.finished() || r.info.Detached {
+		if r.startErr != nil || (r.info.Detached && !r.finished()) {
 			continue
 		}
-		r.Kill("agent shutting down")
+		// Finished runs may still be persisting their trailer: wait.
+		if !r.finished() {
+			r.Kill("agent shutting down")
+		}
 		waitFor = append(waitFor, r)
 	}
 	deadline := time.NewTimer(m.cfg.KillGrace + m.cfg.DrainGrace + time.Second)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 )
 
 // EventKind tells output from gaps.
@@ -43,9 +44,21 @@ type Reader struct {
 	buf  []byte
 }
 
+// chunkPool holds read buffers. A reader gives its buffer back whenever
+// it waits, so a thousand idle followers hold no output memory.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, outputChunk); return &b }}
+
 // NewReader reads from the given offsets.
 func (r *Run) NewReader(stdoutOffset, stderrOffset uint64) *Reader {
-	return &Reader{r: r, off: [2]uint64{stdoutOffset, stderrOffset}, buf: make([]byte, outputChunk)}
+	return &Reader{r: r, off: [2]uint64{stdoutOffset, stderrOffset}}
+}
+
+func (rd *Reader) release() {
+	if rd.buf != nil {
+		b := rd.buf[:cap(rd.buf)]
+		chunkPool.Put(&b)
+		rd.buf = nil
+	}
 }
 
 // ErrCaughtUp is what Next returns without follow when everything spooled
@@ -58,6 +71,9 @@ var ErrCaughtUp = errors.New("caught up with a running run")
 // follow it waits for output until ctx ends.
 func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 	for {
+		if rd.buf == nil {
+			rd.buf = *chunkPool.Get().(*[]byte)
+		}
 		ch := rd.r.wait()
 		finished := rd.r.finished()
 		for i := range 2 {
@@ -82,6 +98,7 @@ func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 				return ev, nil
 			}
 		}
+		rd.release()
 		if finished {
 			return Event{}, io.EOF
 		}

@@ -381,9 +381,9 @@ func (r *Run) finish(t Trailer) {
 	if err := r.m.store.save(r.dir, r.Info()); err != nil {
 		r.log.Warn("persist run", "error", err)
 	}
+	r.m.runEnded(r) // before Done, so that a waiter may start the next run
 	close(r.done)
 	r.broadcast()
-	r.m.runEnded(r)
 	r.log.Debug("run finished", "reason", int(t.Reason), "exit_code", t.ExitCode, "signal", t.Signal)
 }
 
