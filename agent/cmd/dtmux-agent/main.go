@@ -40,7 +40,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "dtmux-agent: %v\n", err)
 		os.Exit(127)
 	}
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:]); err != nil && !errors.Is(err, errHelp) {
 		fmt.Fprintf(os.Stderr, "dtmux-agent: %v\n", err)
 		os.Exit(1)
 	}
@@ -78,6 +78,12 @@ func parseFlags(args []string) (*flags, error) {
 	fs.DurationVar(&f.retention, "retention", process.DefaultRetention, "how long finished runs stay queryable")
 	fs.IntVar(&f.maxRuns, "max-runs", process.DefaultMaxRuns, "most runs running at once")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stderr)
+			fmt.Fprintln(os.Stderr, "usage: dtmux-agent (--listen ADDR | --stdio) [flags]")
+			fs.PrintDefaults()
+			return nil, errHelp
+		}
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -94,6 +100,9 @@ func parseFlags(args []string) (*flags, error) {
 	}
 	return f, nil
 }
+
+// errHelp ends the program successfully after the usage was printed.
+var errHelp = errors.New("help requested")
 
 func defaultStateDir() (string, error) {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
