@@ -201,9 +201,11 @@ func run(args []string) error {
 	defer pl.Close()
 
 	srv := rpcserver.New(cfg)
-	controllerv1.RegisterWorkspaceServiceServer(srv.Server, controller.NewWorkspaceService(prov, pl, log))
-	controller.NewRouter(pl, log).Register(srv.Server)
-	controllerv1.RegisterFleetServiceServer(srv.Server, controller.NewFleetService(controller.NewFleetEngine(prov, pl, log), log))
+	// Every call's response headers carry the controller's version.
+	reg := controller.WithVersionHeader(srv.Server, version.Version)
+	controllerv1.RegisterWorkspaceServiceServer(reg, controller.NewWorkspaceService(prov, pl, log))
+	controller.NewRouter(pl, log).Register(reg)
+	controllerv1.RegisterFleetServiceServer(reg, controller.NewFleetService(controller.NewFleetEngine(prov, pl, log), log))
 	srv.MarkServing()
 
 	served := make(chan error, 1)
