@@ -46,6 +46,9 @@ func main() {
 		return
 	}
 	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
 		fmt.Fprintf(os.Stderr, "dtmux-controller: %v\n", err)
 		os.Exit(1)
 	}
@@ -102,6 +105,11 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.agentKey, "agent-tls-key", "", "client key for tcp agents (mTLS)")
 	f.remote.register(fs)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(os.Stdout)
+			fmt.Fprintln(os.Stdout, "usage: dtmux-controller [flags]\n       dtmux-controller certs init DIR [--host NAME]...")
+			fs.PrintDefaults()
+		}
 		return nil, err
 	}
 	if fs.NArg() > 0 {
