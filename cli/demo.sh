@@ -19,7 +19,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold= plain=; fi
+say() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; }
 run() { say "$*"; "$@"; }
 
 dtmux-controller --state-dir "$state" --log-file "$state/controller.log" --stop-agents-on-exit &
@@ -48,5 +49,7 @@ run dtmux runs ls demo-a
 say "dtmux runs logs demo-a $run -f   # reattach: everything from the start, then live to the end"
 dtmux runs logs demo-a "$run" -f
 
-run dtmux exec demo-a -- sh -c 'echo "I am in $DTMUX_WORKSPACE, run $DTMUX_RUN_ID"'
+say "dtmux exec demo-a -- sh -c 'echo \"I am in \$DTMUX_WORKSPACE, run \$DTMUX_RUN_ID\"'"
+dtmux exec demo-a -- sh -c 'echo "I am in $DTMUX_WORKSPACE, run $DTMUX_RUN_ID"'
+run dtmux ws ls
 printf '\nDone: the controller, its agents and %s are removed on exit.\n' "$state"
