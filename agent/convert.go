@@ -47,15 +47,15 @@ func specFromStart(st *agentv1.ExecStart) (process.Spec, error) {
 		spec.PTY = &process.PTY{Rows: uint16(p.GetRows()), Cols: uint16(p.GetCols()), Term: p.GetTerm()}
 	}
 	if l := st.GetLimits(); l != nil {
-		if l.GetMemoryBytes() > 0 || l.GetPids() > 0 || l.GetCpuMillis() > 0 {
-			return process.Spec{}, fmt.Errorf("limits: memory_bytes, pids and cpu_millis need cgroups, which this agent does not offer (see GetAgentInfo.isolation): %w", errInvalid)
-		}
 		spec.Limits = process.Limits{
 			MaxOutputBytes:    l.GetMaxOutputBytes(),
 			CPUSeconds:        l.GetCpuSeconds(),
 			AddressSpaceBytes: l.GetAddressSpaceBytes(),
 			OpenFiles:         l.GetOpenFiles(),
 			Processes:         l.GetProcesses(),
+			MemoryBytes:       l.GetMemoryBytes(),
+			Pids:              l.GetPids(),
+			CPUMillis:         l.GetCpuMillis(),
 		}
 	}
 	return spec, nil

@@ -30,6 +30,10 @@ func (s *Server) Exec(stream agentv1.AgentService_ExecServer) error {
 	if err != nil {
 		return toStatus(s.log, err)
 	}
+	// The stream that starts an attached run owns it: like ssh, the
+	// process waits for this client rather than lose output it has not
+	// read. Other viewers get gaps instead.
+	spec.Owner = !spec.Detach
 	run, existing, err := s.runs.Start(spec)
 	if err != nil {
 		return toStatus(s.log, err)
@@ -39,10 +43,21 @@ func (s *Server) Exec(stream agentv1.AgentService_ExecServer) error {
 	release := run.AddClient(true)
 	defer release()
 
-	var stdoutFrom, stderrFrom uint64
-	if existing {
-		stdoutFrom, stderrFrom = start.GetStdoutOffset(), start.GetStderrOffset()
+	var rd *process.Reader
+	if !existing {
+		rd = run.OwnerReader() // nil for a detached run
 	}
+	if rd == nil {
+		var stdoutFrom, stderrFrom uint64
+		if existing {
+			stdoutFrom, stderrFrom = start.GetStdoutOffset(), start.GetStderrOffset()
+		}
+		rd = run.NewReader(stdoutFrom, stderrFrom)
+	}
+	// Deferred after release, so it runs first: the process stops waiting
+	// for this stream before the hang-up.
+	defer rd.Close()
+
 	if err := stream.Send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Started{Started: startedToProto(run.Info(), existing)}}); err != nil {
 		return err
 	}
@@ -54,7 +69,7 @@ func (s *Server) Exec(stream agentv1.AgentService_ExecServer) error {
 	// handler returns (gRPC then fails its Recv).
 	go in.loop()
 
-	err = pump(ctx, run, run.NewReader(stdoutFrom, stderrFrom), true, execEvents{stream})
+	err = pump(ctx, run, rd, true, execEvents{stream})
 	if ierr := in.failure(); ierr != nil {
 		return toStatus(s.log, ierr)
 	}

@@ -19,6 +19,7 @@ func (s *Server) AttachRun(req *agentv1.AttachRunRequest, stream agentv1.AgentSe
 		return err
 	}
 	rd := run.NewReader(req.GetStdoutOffset(), req.GetStderrOffset())
+	defer rd.Close()
 	return toStatus(s.log, pump(stream.Context(), run, rd, req.GetFollow(), attachEvents{stream}))
 }
 

@@ -1,6 +1,9 @@
 package process
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. They are wrapped with context; test with errors.Is.
 var (
@@ -19,6 +22,10 @@ var (
 	ErrTooManyRuns = errors.New("too many concurrent runs")
 	// ErrRunFinished: the run has ended, so it takes no input or signals.
 	ErrRunFinished = errors.New("run has finished")
+	// ErrLimitUnavailable: a requested limit needs something the host
+	// does not offer (cgroups, or one of their controllers). It wraps
+	// ErrInvalidSpec, so that callers that map that keep working.
+	ErrLimitUnavailable = fmt.Errorf("limit unavailable on this host: %w", ErrInvalidSpec)
 	// ErrClosed: the manager is shutting down.
 	ErrClosed = errors.New("agent is shutting down")
 )

@@ -10,17 +10,23 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dtmux/dtmux/agent/cgroup"
 )
 
 // ExecLimitedCommand is the hidden subcommand of the agent binary that
-// applies rlimits to itself and then becomes the user's program. Only the
-// limits and the program's argv are on its command line; the environment
-// (secrets included) passes through untouched.
+// joins the run's cgroups, applies rlimits to itself and then becomes the
+// user's program. Only the limits, cgroup directories and the program's
+// argv are on its command line; the environment (secrets included) passes
+// through untouched.
 const ExecLimitedCommand = "__exec-limited"
 
 // limitArgs builds the helper's arguments after the subcommand name.
-func limitArgs(l Limits, path string, argv []string) []string {
+func limitArgs(l Limits, cgroupDirs []string, path string, argv []string) []string {
 	args := []string{}
+	for _, d := range cgroupDirs {
+		args = append(args, "--cgroup", d)
+	}
 	add := func(name string, v uint64) {
 		if v > 0 {
 			args = append(args, "--"+name, strconv.FormatUint(v, 10))
@@ -43,12 +49,22 @@ func ExecLimited(args []string) error {
 	as := fs.Uint64("as", 0, "RLIMIT_AS bytes")
 	nofile := fs.Uint64("nofile", 0, "RLIMIT_NOFILE")
 	nproc := fs.Uint64("nproc", 0, "RLIMIT_NPROC")
+	var dirs []string
+	fs.Func("cgroup", "cgroup directory to join (repeatable)", func(d string) error {
+		dirs = append(dirs, d)
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%s: %w", ExecLimitedCommand, err)
 	}
 	rest := fs.Args()
 	if len(rest) < 2 {
 		return errors.New(ExecLimitedCommand + ": want -- PATH ARGV0 [ARGS...]")
+	}
+	// Join before exec, so that the program and all it forks start inside
+	// the groups and can never escape them.
+	if err := cgroup.Join(os.Getpid(), dirs...); err != nil {
+		return fmt.Errorf("%s: %w", ExecLimitedCommand, err)
 	}
 	set := func(name string, res int, soft, hard uint64) error {
 		if soft == 0 {

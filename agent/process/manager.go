@@ -19,6 +19,8 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/agent/cgroup"
 )
 
 // Defaults for Config's zero fields.
@@ -59,6 +61,9 @@ type Config struct {
 	// LimitHelper is the command prefix that applies rlimits and then
 	// execs the program (default: this executable and ExecLimitedCommand).
 	LimitHelper []string
+	// Cgroups puts runs with memory, pids or CPU limits in control groups.
+	// Nil (or a Manager without cgroups) refuses such limits.
+	Cgroups *cgroup.Manager
 	// Logger is named "runs" by the manager.
 	Logger hclog.Logger
 }
@@ -227,15 +232,7 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 	for id == "" || m.runs[id] != nil {
 		id = newRunID()
 	}
-	r := &Run{
-		m:        m,
-		log:      m.log.With("run_id", id),
-		dir:      filepath.Join(m.runsDir, id),
-		ready:    make(chan struct{}),
-		escalate: make(chan struct{}, 1),
-		done:     make(chan struct{}),
-		notify:   make(chan struct{}),
-	}
+	r := m.newRun(id, filepath.Join(m.runsDir, id))
 	r.info.ID = id
 	m.runs[id] = r
 	m.running++
@@ -253,6 +250,19 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 	}
 	close(r.ready)
 	return r, false, nil
+}
+
+func (m *Manager) newRun(id, dir string) *Run {
+	return &Run{
+		m:        m,
+		log:      m.log.With("run_id", id),
+		dir:      dir,
+		ready:    make(chan struct{}),
+		escalate: make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		notify:   make(chan struct{}),
+		own:      newOwner(),
+	}
 }
 
 func newRunID() string {
@@ -303,6 +313,9 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	r.info.Labels = maps.Clone(spec.Labels)
 	r.info.Limits = limits
 	r.timeout, r.idleTimeout = spec.Timeout, spec.IdleTimeout
+	if spec.Owner && !spec.Detach {
+		r.own.active.Store(true)
+	}
 
 	os.RemoveAll(r.dir) // a leftover of a run that was never recorded
 	if err := os.MkdirAll(r.dir, 0o700); err != nil {
@@ -333,12 +346,23 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 		env = append(env, "TERM="+term)
 	}
 
+	var cgroupDirs []string
+	if limits.hasCgroupLimits() {
+		g, err := m.createGroup(r.info.ID, limits)
+		if err != nil {
+			r.closeSpools()
+			return err
+		}
+		r.group = g
+		cgroupDirs = g.Dirs()
+	}
+
 	var cmd *exec.Cmd
-	if limits.hasRlimits() {
+	if limits.hasRlimits() || len(cgroupDirs) > 0 {
 		// Secrets stay in the environment; only limits and argv are
 		// on the helper's command line.
 		helper := m.cfg.LimitHelper
-		cmd = exec.Command(helper[0], append(slices.Clone(helper[1:]), limitArgs(limits, prog, argv)...)...)
+		cmd = exec.Command(helper[0], append(slices.Clone(helper[1:]), limitArgs(limits, cgroupDirs, prog, argv)...)...)
 	} else {
 		cmd = exec.Command(prog)
 		cmd.Args = argv
@@ -348,6 +372,9 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 
 	if err := m.startProcess(r, cmd, spec.PTY); err != nil {
 		r.closeSpools()
+		if r.group != nil {
+			_ = r.group.Close()
+		}
 		return err
 	}
 	r.cmd = cmd
@@ -362,7 +389,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	copiers := &sync.WaitGroup{}
 	for i, f := range r.outputs {
 		copiers.Add(1)
-		go r.copyOutput(f, r.out[i], copiers)
+		go r.copyOutput(i, f, r.out[i], copiers)
 	}
 	go r.supervise(copiers)
 	return nil
@@ -460,12 +487,31 @@ func lookPath(name, cwd, pathEnv string) (string, error) {
 	return "", fmt.Errorf("%q: %w in PATH", name, ErrProgramNotFound)
 }
 
+// closeSpools forgets the run's output: readers get ErrRunNotFound.
 func (r *Run) closeSpools() {
 	for _, s := range r.out {
 		if s != nil {
-			s.close()
+			s.remove()
 		}
 	}
+}
+
+// createGroup puts a run with memory, pids or CPU limits in a cgroup.
+func (m *Manager) createGroup(id string, l Limits) (*cgroup.Group, error) {
+	cg := m.cfg.Cgroups
+	if cg == nil {
+		return nil, fmt.Errorf("limits memory_bytes, pids and cpu_millis need cgroups, which this agent was not given: %w", ErrLimitUnavailable)
+	}
+	g, err := cg.Create(id, cgroup.Limits{MemoryBytes: l.MemoryBytes, Pids: l.Pids, CPUMillis: l.CPUMillis})
+	switch {
+	case errors.Is(err, cgroup.ErrUnavailable):
+		return nil, fmt.Errorf("limits memory_bytes, pids and cpu_millis need cgroups, which this host does not offer (%s): %w", cg.Reason(), ErrLimitUnavailable)
+	case errors.Is(err, cgroup.ErrUnsupportedLimit):
+		return nil, fmt.Errorf("%v (usable controllers: %s): %w", err, strings.Join(cg.Controllers(), ", "), ErrLimitUnavailable)
+	case err != nil:
+		return nil, fmt.Errorf("start run: %w", err)
+	}
+	return g, nil
 }
 
 // runEnded is called once by each run's supervisor.
@@ -642,15 +688,7 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 		return nil, fmt.Errorf("metadata names run %q", info.ID)
 	}
 	inFlight := info.State != StateFinished || info.Trailer == nil
-	r := &Run{
-		m:        m,
-		log:      m.log.With("run_id", id),
-		dir:      dir,
-		ready:    make(chan struct{}),
-		escalate: make(chan struct{}, 1),
-		done:     make(chan struct{}),
-		notify:   make(chan struct{}),
-	}
+	r := m.newRun(id, dir)
 	close(r.ready)
 	close(r.done)
 	limit := info.Limits.MaxOutputBytes

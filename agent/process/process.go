@@ -64,10 +64,22 @@ type Limits struct {
 	OpenFiles uint64 `json:"open_files,omitempty"`
 	// Processes is RLIMIT_NPROC.
 	Processes uint64 `json:"processes,omitempty"`
+	// MemoryBytes is the cgroup memory limit: the kernel's OOM killer
+	// stops the run (LIMIT_EXCEEDED) when it is exceeded.
+	MemoryBytes uint64 `json:"memory_bytes,omitempty"`
+	// Pids is the cgroup pids limit: the first fork it refuses ends the
+	// run (LIMIT_EXCEEDED), since a fork bomb would retry forever.
+	Pids uint64 `json:"pids,omitempty"`
+	// CPUMillis is the cgroup CPU quota in thousandths of a CPU.
+	CPUMillis uint64 `json:"cpu_millis,omitempty"`
 }
 
 func (l Limits) hasRlimits() bool {
 	return l.CPUSeconds > 0 || l.AddressSpaceBytes > 0 || l.OpenFiles > 0 || l.Processes > 0
+}
+
+func (l Limits) hasCgroupLimits() bool {
+	return l.MemoryBytes > 0 || l.Pids > 0 || l.CPUMillis > 0
 }
 
 // PTY asks for a pseudo-terminal.
@@ -97,6 +109,14 @@ type Spec struct {
 	PTY *PTY
 	// Detach keeps the run going when its last Exec client goes away.
 	Detach bool
+	// Owner says the caller will read the output from the start through
+	// Run.OwnerReader and that the output must reach it byte-exact, as
+	// ssh's does: when the owner falls a whole spool behind, the process
+	// waits (blocked on its write) instead of losing bytes. Only for
+	// attached runs: ignored with Detach, and when the start attaches to
+	// an existing run. A caller that sets it must take the OwnerReader
+	// and Close it.
+	Owner bool
 	// Timeout is the wall-clock deadline; IdleTimeout the deadline for
 	// silence. Zero means none.
 	Timeout     time.Duration

@@ -36,12 +36,16 @@ type Event struct {
 const outputChunk = 512 << 10
 
 // Reader follows a run's output from chosen offsets. Each reader pulls at
-// its own pace; none can slow the process or another reader.
+// its own pace; none can slow the process or another reader, except the
+// run's owner (see Spec.Owner), whose unread output the process waits for.
+// Close a Reader when done with it.
 type Reader struct {
-	r    *Run
-	off  [2]uint64
-	turn int
-	buf  []byte
+	r     *Run
+	off   [2]uint64
+	turn  int
+	buf   []byte
+	files [2]*os.File // spool files held while reading, nil while waiting
+	owner bool
 }
 
 // chunkPool holds read buffers. A reader gives its buffer back whenever
@@ -53,11 +57,30 @@ func (r *Run) NewReader(stdoutOffset, stderrOffset uint64) *Reader {
 	return &Reader{r: r, off: [2]uint64{stdoutOffset, stderrOffset}}
 }
 
+// release gives back what the reader holds only while reading: its buffer
+// and its spool files.
 func (rd *Reader) release() {
 	if rd.buf != nil {
 		b := rd.buf[:cap(rd.buf)]
 		chunkPool.Put(&b)
 		rd.buf = nil
+	}
+	for k, f := range rd.files {
+		if f != nil {
+			rd.r.out[k].unref()
+			rd.files[k] = nil
+		}
+	}
+}
+
+// Close releases the reader. When it is the run's owner, the process no
+// longer waits for it: later output may be evicted unread. Close is
+// idempotent; the last event's Data is invalid afterwards.
+func (rd *Reader) Close() {
+	rd.release()
+	if rd.owner {
+		rd.owner = false
+		rd.r.disown()
 	}
 }
 
@@ -78,9 +101,10 @@ func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 		finished := rd.r.finished()
 		for i := range 2 {
 			k := (rd.turn + i) % 2
-			n, gap, err := rd.r.out[k].read(rd.off[k], rd.buf)
+			n, gap, err := rd.read(k)
 			if err != nil {
-				if errors.Is(err, os.ErrClosed) {
+				rd.release()
+				if errors.Is(err, os.ErrClosed) || errors.Is(err, os.ErrNotExist) {
 					return Event{}, fmt.Errorf("read run %s: %w", rd.r.info.ID, ErrRunNotFound)
 				}
 				return Event{}, err
@@ -89,11 +113,13 @@ func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 			if gap > 0 {
 				ev := Event{Kind: EventGap, Stream: st, Offset: rd.off[k], Bytes: gap}
 				rd.off[k] += gap
+				rd.advanced(k)
 				return ev, nil
 			}
 			if n > 0 {
 				ev := Event{Kind: EventOutput, Stream: st, Offset: rd.off[k], Data: rd.buf[:n]}
 				rd.off[k] += uint64(n)
+				rd.advanced(k)
 				rd.turn = (k + 1) % 2 // take turns so neither stream starves
 				return ev, nil
 			}
@@ -110,5 +136,27 @@ func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 		case <-ctx.Done():
 			return Event{}, ctx.Err()
 		}
+	}
+}
+
+// read reads stream k at the reader's offset into its buffer, holding the
+// spool's file until release.
+func (rd *Reader) read(k int) (int, uint64, error) {
+	s := rd.r.out[k]
+	if rd.files[k] == nil {
+		f, err := s.acquire()
+		if err != nil {
+			return 0, 0, err
+		}
+		rd.files[k] = f
+	}
+	return s.read(rd.files[k], rd.off[k], rd.buf)
+}
+
+// advanced tells the producer how far the owner has read (the bytes are in
+// the reader's buffer now, so the spool may overwrite them).
+func (rd *Reader) advanced(k int) {
+	if rd.owner {
+		rd.r.ownerRead(k, rd.off[k])
 	}
 }

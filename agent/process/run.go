@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/agent/cgroup"
 )
 
 // Run is one process group started by the Manager (or remembered from an
@@ -38,6 +41,11 @@ type Run struct {
 	outputs     []*os.File
 	timeout     time.Duration
 	idleTimeout time.Duration
+	// group is the run's cgroup when it has cgroup limits; the supervisor
+	// closes it.
+	group *cgroup.Group
+
+	own owner // back-pressure for the owning client
 
 	stdinMu sync.Mutex // serialises writes and close of stdin
 
@@ -228,6 +236,9 @@ func (r *Run) terminate(reason Reason, detail string, sig syscall.Signal, grace 
 		return
 	}
 	r.setKill(reason, detail, grace)
+	// The agent is ending the run: its output no longer waits for the
+	// owner, or a stalled owner would keep the run alive forever.
+	r.disown()
 	r.log.Debug("terminating run", "reason", detail, "signal", sig.String())
 	_ = syscall.Kill(-r.info.PID, sig)
 	select {
@@ -256,6 +267,15 @@ func (r *Run) supervise(copiers *sync.WaitGroup) {
 		defer idle.Stop()
 		idleC = idle.C
 	}
+	// A refused fork ends a run with a pids limit at once: a fork bomb
+	// would retry forever. The kernel offers no event for it on v1, so
+	// look a few times a second.
+	var pidsC <-chan time.Time
+	if r.group != nil && r.info.Limits.Pids > 0 {
+		t := time.NewTicker(pidsPoll)
+		defer t.Stop()
+		pidsC = t.C
+	}
 	var waitErr error
 loop:
 	for {
@@ -265,8 +285,16 @@ loop:
 		case <-timeoutC:
 			timeoutC = nil
 			r.terminate(ReasonTimedOut, "timeout "+r.timeout.String(), syscall.SIGTERM, cfg.KillGrace)
+		case <-pidsC:
+			if slices.Contains(r.group.Exceeded(), cgroup.LimitPids) {
+				pidsC = nil
+				r.terminate(ReasonLimitExceeded, r.pidsDetail(), syscall.SIGKILL, cfg.KillGrace)
+			}
 		case <-idleC:
 			silent := time.Since(time.Unix(0, r.lastOutput.Load()))
+			if r.own.waiting.Load() > 0 {
+				silent = 0 // the process waits for its owner: not idle
+			}
 			if silent >= r.idleTimeout {
 				idleC = nil
 				r.terminate(ReasonTimedOut, "idle timeout "+r.idleTimeout.String(), syscall.SIGTERM, cfg.KillGrace)
@@ -298,17 +326,35 @@ loop:
 	}
 
 	// Wait for the output to reach EOF so no tail is lost, but not forever:
-	// a grandchild may hold the pipe open after the leader has gone.
+	// a grandchild may hold the pipe open after the leader has gone. Time
+	// spent waiting for the owner to read does not count.
 	drained := make(chan struct{})
 	go func() { copiers.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(cfg.DrainGrace):
-		r.log.Debug("output still open after the leader exited; closing it")
-		r.closeOutputs()
-		<-drained
+	drainT := time.NewTimer(cfg.DrainGrace)
+	_, waits := r.heldBack(0)
+drain:
+	for {
+		select {
+		case <-drained:
+			break drain
+		case <-drainT.C:
+			var held bool
+			if held, waits = r.heldBack(waits); held {
+				drainT.Reset(cfg.DrainGrace)
+				continue
+			}
+			r.log.Debug("output still open after the leader exited; closing it")
+			r.closeOutputs()
+			<-drained
+			break drain
+		}
 	}
+	drainT.Stop()
 	r.closeOutputs()
+	// Readers reopen the spools read-only when they want them.
+	for _, s := range r.out {
+		s.seal()
+	}
 	r.stdinMu.Lock()
 	if r.stdin != nil && r.stdin != r.ptmx {
 		r.stdin.Close()
@@ -319,8 +365,24 @@ loop:
 		r.ptmx.Close()
 	}
 
-	t := r.classify(waitErr)
+	var exceeded []string
+	if r.group != nil {
+		exceeded = r.group.Exceeded()
+		// Kills what the run left behind, even outside its process group.
+		if err := r.group.Close(); err != nil {
+			r.log.Warn("close cgroup", "error", err)
+		}
+	}
+	t := r.classify(waitErr, exceeded)
 	r.finish(t)
+}
+
+// pidsPoll is how often a run with a pids limit is checked for refused
+// forks.
+const pidsPoll = 100 * time.Millisecond
+
+func (r *Run) pidsDetail() string {
+	return fmt.Sprintf("pids limit %d exceeded", r.info.Limits.Pids)
 }
 
 // closeOutputs closes the read ends of the output pipes, which ends the
@@ -331,9 +393,9 @@ func (r *Run) closeOutputs() {
 	}
 }
 
-// classify turns the leader's wait status and the agent's own kill reason
-// into a trailer.
-func (r *Run) classify(waitErr error) Trailer {
+// classify turns the leader's wait status, the agent's own kill reason and
+// the cgroup limits the run ran into into a trailer.
+func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 	t := Trailer{ExitCode: -1, EndedAt: time.Now()}
 	t.Duration = t.EndedAt.Sub(r.info.StartedAt)
 	_, t.StdoutBytes = r.out[0].bounds()
@@ -352,7 +414,12 @@ func (r *Run) classify(waitErr error) Trailer {
 	reason, detail := r.killReason, r.killDetail
 	r.mu.Unlock()
 	lim := r.info.Limits
+	oom := slices.Contains(exceeded, cgroup.LimitMemory)
 	switch {
+	case ws.Signaled() && oom:
+		// The OOM killer's SIGKILL, also when it races a kill of our own.
+		t.Reason = ReasonLimitExceeded
+		t.Detail = fmt.Sprintf("memory_bytes limit %d exceeded", lim.MemoryBytes)
 	case reason != ReasonUnknown:
 		t.Reason, t.Detail = reason, detail
 		if ws.Exited() && reason == ReasonKilled {
@@ -369,6 +436,12 @@ func (r *Run) classify(waitErr error) Trailer {
 	default:
 		t.Reason = ReasonExited
 		t.ExitCode = ws.ExitStatus()
+		switch {
+		case oom:
+			t.Detail = fmt.Sprintf("a process of the run was killed by the memory_bytes limit %d", lim.MemoryBytes)
+		case slices.Contains(exceeded, cgroup.LimitPids):
+			t.Detail = fmt.Sprintf("the pids limit %d refused a fork", lim.Pids)
+		}
 	}
 	return t
 }
@@ -387,17 +460,25 @@ func (r *Run) finish(t Trailer) {
 	r.log.Debug("run finished", "reason", int(t.Reason), "exit_code", t.ExitCode, "signal", t.Signal)
 }
 
-// copyOutput moves one pipe into its spool in large chunks until EOF.
-func (r *Run) copyOutput(f *os.File, s *spool, wg *sync.WaitGroup) {
+// copyOutput moves one pipe (stream k) into its spool in large chunks
+// until EOF, waiting for the run's owner when it would evict what the
+// owner has not read.
+func (r *Run) copyOutput(k int, f *os.File, s *spool, wg *sync.WaitGroup) {
 	defer wg.Done()
 	buf := make([]byte, readChunk)
+	_, end := s.bounds() // only this goroutine writes
 	for {
 		n, err := f.Read(buf)
 		if n > 0 {
 			r.lastOutput.Store(time.Now().UnixNano())
-			if werr := s.write(buf[:n]); werr != nil {
-				r.log.Error("spool output", "error", werr)
-				// Keep draining so the process is not blocked on a full pipe.
+			for p := buf[:n]; len(p) > 0; {
+				w := r.room(k, end, s.limit, len(p))
+				if werr := s.write(p[:w]); werr != nil {
+					r.log.Error("spool output", "error", werr)
+					// Keep draining so the process is not blocked on a full pipe.
+				}
+				p = p[w:]
+				_, end = s.bounds()
 			}
 		}
 		if err != nil {

@@ -21,25 +21,37 @@ const readChunk = 64 << 10
 // cache is the memory half of the spool) and advances the counters; readers
 // pull any offset they like with ReadAt and learn about evicted bytes as a
 // gap. Memory use does not depend on how much output there is.
+//
+// The file is open only while someone uses it: the producer until the run
+// ends (seal), then readers, each holding a reference (acquire/unref) while
+// it reads. A finished run with no reader holds no descriptor, so that
+// thousands of retained runs cost no fds.
 type spool struct {
-	f     *os.File
+	path  string
 	limit uint64
 	// onWrite runs after each write, outside mu (it wakes readers).
 	onWrite func()
+	// w is the producer's file; only the producer uses it.
+	w   *os.File
+	hdr [spoolHeader]byte
 
-	mu    sync.Mutex
-	start uint64 // guarded by mu; oldest offset still readable
-	end   uint64 // guarded by mu; total bytes written
-	hdr   [spoolHeader]byte
+	mu     sync.Mutex
+	start  uint64   // guarded by mu; oldest offset still readable
+	end    uint64   // guarded by mu; total bytes written
+	f      *os.File // guarded by mu; open while refs > 0
+	refs   int      // guarded by mu; the producer (until sealed) and readers
+	sealed bool     // guarded by mu; no more writes
+	gone   bool     // guarded by mu; removed: no more reads
 }
 
-// newSpool creates (truncating) the spool file at path.
+// newSpool creates (truncating) the spool file at path. The producer holds
+// the first reference until seal.
 func newSpool(path string, limit uint64, onWrite func()) (*spool, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
-	s := &spool{f: f, limit: limit, onWrite: onWrite}
+	s := &spool{path: path, limit: limit, onWrite: onWrite, w: f, f: f, refs: 1}
 	if _, err := f.WriteAt(s.hdr[:], 0); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("create spool: %w", err)
@@ -47,18 +59,19 @@ func newSpool(path string, limit uint64, onWrite func()) (*spool, error) {
 	return s, nil
 }
 
-// loadSpool opens the spool of a run from an earlier agent. inFlight says
-// the run was still writing when that agent died: then the chunk after the
-// recorded end may have overwritten the oldest bytes of the ring, so those
-// count as evicted.
+// loadSpool reads the spool header of a run from an earlier agent; the
+// file stays closed until a reader wants it. inFlight says the run was
+// still writing when that agent died: then the chunk after the recorded end
+// may have overwritten the oldest bytes of the ring, so those count as
+// evicted.
 func loadSpool(path string, limit uint64, inFlight bool) (*spool, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY, 0)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
-	s := &spool{f: f, limit: limit}
+	defer f.Close()
+	s := &spool{path: path, limit: limit, sealed: true}
 	if _, err := f.ReadAt(s.hdr[:], 0); err != nil {
-		f.Close()
 		return nil, fmt.Errorf("read spool header: %w", err)
 	}
 	s.end = binary.LittleEndian.Uint64(s.hdr[:])
@@ -72,7 +85,62 @@ func loadSpool(path string, limit uint64, inFlight bool) (*spool, error) {
 	return s, nil
 }
 
-// write appends p. Only the producer calls it.
+// acquire returns the spool's file for reading, opening it read-only when
+// nobody holds it. Call unref when done with it.
+func (s *spool) acquire() (*os.File, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gone {
+		return nil, fmt.Errorf("read spool: %w", os.ErrClosed)
+	}
+	if s.f == nil {
+		f, err := os.Open(s.path)
+		if err != nil {
+			return nil, fmt.Errorf("open spool: %w", err)
+		}
+		s.f = f
+	}
+	s.refs++
+	return s.f, nil
+}
+
+// unref drops a reference taken by acquire (or the producer's, via seal).
+func (s *spool) unref() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refs--
+	if s.refs == 0 && s.f != nil && (s.sealed || s.gone) {
+		s.f.Close()
+		s.f = nil
+	}
+}
+
+// seal ends writing: the producer's file is closed as soon as no reader
+// holds it. Call once, after the last write.
+func (s *spool) seal() {
+	s.mu.Lock()
+	already := s.sealed
+	s.sealed = true
+	s.mu.Unlock()
+	if !already && s.w != nil {
+		s.unref()
+	}
+}
+
+// remove forbids further reads (the run was forgotten). Readers that hold
+// the file finish their current read.
+func (s *spool) remove() {
+	s.seal()
+	s.mu.Lock()
+	s.gone = true
+	if s.refs == 0 && s.f != nil {
+		s.f.Close()
+		s.f = nil
+	}
+	s.mu.Unlock()
+}
+
+// write appends p. Only the producer calls it, before seal.
 func (s *spool) write(p []byte) error {
 	s.mu.Lock()
 	off := s.end
@@ -91,13 +159,13 @@ func (s *spool) write(p []byte) error {
 	for len(p) > 0 {
 		pos := off % s.limit
 		n := min(uint64(len(p)), s.limit-pos)
-		if _, err := s.f.WriteAt(p[:n], spoolHeader+int64(pos)); err != nil {
+		if _, err := s.w.WriteAt(p[:n], spoolHeader+int64(pos)); err != nil {
 			return fmt.Errorf("write spool: %w", err)
 		}
 		p, off = p[n:], off+n
 	}
 	binary.LittleEndian.PutUint64(s.hdr[:], newEnd)
-	if _, err := s.f.WriteAt(s.hdr[:], 0); err != nil {
+	if _, err := s.w.WriteAt(s.hdr[:], 0); err != nil {
 		return fmt.Errorf("write spool: %w", err)
 	}
 
@@ -117,9 +185,10 @@ func (s *spool) bounds() (start, end uint64) {
 	return s.start, s.end
 }
 
-// read copies spooled bytes from off into buf. It returns n > 0 bytes, or
-// gap > 0 bytes evicted from off, or neither when off is at the end.
-func (s *spool) read(off uint64, buf []byte) (n int, gap uint64, err error) {
+// read copies spooled bytes from off into buf, using f from acquire. It
+// returns n > 0 bytes, or gap > 0 bytes evicted from off, or neither when
+// off is at the end.
+func (s *spool) read(f *os.File, off uint64, buf []byte) (n int, gap uint64, err error) {
 	start, end := s.bounds()
 	if off < start {
 		return 0, start - off, nil
@@ -130,11 +199,11 @@ func (s *spool) read(off uint64, buf []byte) (n int, gap uint64, err error) {
 	want := min(uint64(len(buf)), end-off)
 	pos := off % s.limit
 	first := min(want, s.limit-pos)
-	if _, err := s.f.ReadAt(buf[:first], spoolHeader+int64(pos)); err != nil {
+	if _, err := f.ReadAt(buf[:first], spoolHeader+int64(pos)); err != nil {
 		return 0, 0, fmt.Errorf("read spool: %w", err)
 	}
 	if first < want {
-		if _, err := s.f.ReadAt(buf[first:want], spoolHeader); err != nil {
+		if _, err := f.ReadAt(buf[first:want], spoolHeader); err != nil {
 			return 0, 0, fmt.Errorf("read spool: %w", err)
 		}
 	}
@@ -144,5 +213,3 @@ func (s *spool) read(off uint64, buf []byte) (n int, gap uint64, err error) {
 	}
 	return int(want), 0, nil
 }
-
-func (s *spool) close() error { return s.f.Close() }
