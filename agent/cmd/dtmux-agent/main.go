@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dtmux/dtmux/agent"
+	"github.com/dtmux/dtmux/agent/cgroup"
 	"github.com/dtmux/dtmux/agent/process"
 	"github.com/dtmux/dtmux/internal/auth"
 	"github.com/dtmux/dtmux/internal/logging"
@@ -181,6 +182,14 @@ func run(args []string) error {
 		defer lis.Close()
 	}
 
+	// Runs with memory, pids or CPU limits go in cgroups where the host
+	// allows; GetAgentInfo says what it allows, and why not.
+	cgroups := cgroup.Detect(cgroup.Options{Logger: log})
+	defer func() {
+		if err := cgroups.Close(); err != nil {
+			log.Debug("remove the agent's cgroups (detached runs may still use them)", "error", err)
+		}
+	}()
 	runs, err := process.NewManager(process.Config{
 		StateDir:   f.stateDir,
 		Workspace:  f.workspace,
@@ -188,6 +197,7 @@ func run(args []string) error {
 		SpoolLimit: f.spoolLimit,
 		Retention:  f.retention,
 		MaxRuns:    f.maxRuns,
+		Cgroups:    cgroups,
 		Logger:     log,
 	})
 	if err != nil {
@@ -200,6 +210,7 @@ func run(args []string) error {
 		Runs:      runs,
 		Workspace: f.workspace,
 		Workdir:   f.workdir,
+		Isolation: cgroups.Isolation(),
 	}))
 	srv.MarkServing()
 
