@@ -1,6 +1,7 @@
 // Command dtmux-agent serves dtmux.agent.v1.AgentService inside a
 // workspace: on a unix socket, on TCP (token, optional TLS), or on one
-// connection over stdin/stdout (--stdio, for ssh and daytona ssh hops).
+// connection over stdin/stdout (--stdio, for ssh and daytona ssh hops: a
+// pump to a long-lived agent of the same state dir, see stdio.go).
 package main
 
 import (
@@ -62,7 +63,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs := flag.NewFlagSet("dtmux-agent", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&f.listen, "listen", "", "serve on unix:///path.sock or tcp://host:port")
-	fs.BoolVar(&f.stdio, "stdio", false, "serve exactly one connection on stdin/stdout, then exit")
+	fs.BoolVar(&f.stdio, "stdio", false, "carry one connection on stdin/stdout to the agent daemon of --state-dir (started when none runs), then exit")
 	fs.StringVar(&f.stateDir, "state-dir", "", "where runs are kept (default $XDG_STATE_HOME/dtmux-agent or ~/.local/state/dtmux-agent)")
 	fs.StringVar(&f.workspace, "workspace", "", "workspace name, DTMUX_WORKSPACE in runs (default: host name)")
 	fs.StringVar(&f.workdir, "workdir", "", "default working directory of runs (default: home)")
@@ -156,31 +157,26 @@ func run(args []string) error {
 	if fi, err := os.Stat(f.workdir); err != nil || !fi.IsDir() {
 		return fmt.Errorf("--workdir %s is not a directory", f.workdir)
 	}
+	if f.stdio {
+		return runStdio(log, f, args)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
 	cfg := rpcserver.Config{Logger: log}
-	var lis net.Listener
-	var stdio *transport.StdioListener
-	if f.stdio {
-		// The hop (ssh, daytona ssh) has authenticated the caller already,
-		// and nothing else can reach stdin.
-		stdio = transport.NewStdioListener()
-		lis = stdio
-	} else {
-		addr, err := transport.ParseAddress(f.listen)
-		if err != nil {
-			return err
-		}
-		if err := tcpSecurity(ctx, log, addr, f, &cfg); err != nil {
-			return err
-		}
-		if lis, err = transport.Listen(addr); err != nil {
-			return err
-		}
-		defer lis.Close()
+	addr, err := transport.ParseAddress(f.listen)
+	if err != nil {
+		return err
 	}
+	if err := tcpSecurity(ctx, log, addr, f, &cfg); err != nil {
+		return err
+	}
+	lis, err := transport.Listen(addr)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
 
 	// Runs with memory, pids or CPU limits go in cgroups where the host
 	// allows; GetAgentInfo says what it allows, and why not.
@@ -218,16 +214,10 @@ func run(args []string) error {
 	go func() { served <- srv.Serve(lis) }()
 	log.Info("serving", "listen", lis.Addr().String(), "workspace", f.workspace, "state_dir", f.stateDir, "version", version.Version)
 
-	var connDone <-chan struct{}
-	if stdio != nil {
-		connDone = stdio.Done()
-	}
 	var serveErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case <-connDone:
-		log.Debug("stdio connection closed")
 	case serveErr = <-served:
 	}
 	// Kill attached runs first so that their Exec streams end with a

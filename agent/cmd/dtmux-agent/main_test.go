@@ -192,7 +192,8 @@ func TestUnixSocketRlimitsAndSecrets(t *testing.T) {
 }
 
 func TestStdio(t *testing.T) {
-	cmd := exec.Command(agentBin, "--stdio", "--state-dir", t.TempDir(), "--workdir", t.TempDir())
+	state := stateDir(t)
+	cmd := exec.Command(agentBin, "--stdio", "--state-dir", state, "--workdir", t.TempDir())
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -231,14 +232,14 @@ func TestStdio(t *testing.T) {
 	if out, tr := rest(t, stream); out != "over stdio\n" || tr.GetExitCode() != 0 {
 		t.Errorf("output %q trailer %v", out, tr)
 	}
-	cc.Close() // closes both pipes: the agent must exit
+	cc.Close() // closes both pipes: the pump must exit
 	select {
 	case <-exited:
 		if waitErr != nil {
-			t.Errorf("agent exit: %v", waitErr)
+			t.Errorf("pump exit: %v", waitErr)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("agent did not exit when its stdio connection closed")
+		t.Fatal("the --stdio pump did not exit when its connection closed")
 	}
 }
 

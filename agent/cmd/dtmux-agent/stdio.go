@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/agent/daemon"
+)
+
+// connectTimeout bounds finding, replacing or starting the daemon.
+const connectTimeout = time.Minute
+
+// A daemon started by a pump takes over its lock and watch before anything
+// else runs (see daemon.Adopt); in any other agent process this is a no-op.
+func init() { daemon.Adopt() }
+
+// runStdio is --stdio: a byte pump between the hop (stdin/stdout) and the
+// long-lived agent daemon of the same state dir, which it starts when none
+// runs, or replaces when it is another build or has other flags.
+//
+// Why not serve gRPC here: a workspace is reached through one hop, and
+// hops die. An agent that lived on the hop's pipes took its runs (even
+// detached ones) with it. Now only this pump dies with the hop; the daemon
+// (and its runs and tmux sessions) lives on, and the pump of the next hop
+// joins it, so clients reattach and get the whole output.
+//
+// The daemon is `dtmux-agent` with this process's flags, --stdio replaced
+// by --listen unix://STATE/agent.sock and --state-dir made absolute; its
+// stderr goes to STATE/agent.log. The unix socket checks that the peer
+// (this pump) runs as the same user.
+func runStdio(log hclog.Logger, f *flags, args []string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this executable: %w", err)
+	}
+	state, err := filepath.Abs(f.stateDir)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	defer cancel()
+	conn, err := daemon.Connect(ctx, daemon.Config{
+		StateDir: state,
+		Path:     exe,
+		Args:     daemonArgs(args, state),
+		Logger:   log.Named("stdio"),
+	})
+	if err != nil {
+		return err
+	}
+	cancel()
+	return daemon.Pump(os.Stdin, os.Stdout, conn)
+}
+
+// daemonArgs are the pump's arguments with --stdio replaced by the
+// daemon's socket. Flags keep their order; the later --state-dir wins.
+func daemonArgs(args []string, state string) []string {
+	var out []string
+	for _, a := range args {
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && name == "stdio" {
+			continue
+		}
+		out = append(out, a)
+	}
+	return append(out, "--state-dir", state, "--listen", "unix://"+daemon.SocketPath(state))
+}

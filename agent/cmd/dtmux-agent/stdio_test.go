@@ -1,0 +1,326 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/dtmux/dtmux/agent/daemon"
+	"github.com/dtmux/dtmux/internal/transport"
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// stateDir is a short state dir (it holds the daemon's socket) whose daemon
+// is stopped, and checked to stop, before the dir is removed.
+func stateDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := daemon.Stop(dir, 10*time.Second); err != nil {
+			t.Errorf("stop the agent daemon: %v", err)
+		}
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(dir, daemon.LogName)); err == nil {
+				t.Logf("daemon log:\n%s", b)
+			}
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// pump is one `dtmux-agent --stdio` process, as at the end of a hop, with
+// a gRPC client on its pipes.
+type pump struct {
+	cmd     *exec.Cmd
+	client  agentv1.AgentServiceClient
+	exited  chan struct{}
+	waitErr error // set before exited is closed
+}
+
+func startPump(t *testing.T, bin, state, workdir string, extra ...string) *pump {
+	t.Helper()
+	args := append([]string{"--stdio", "--state-dir", state, "--workdir", workdir, "--log-level", "debug"}, extra...)
+	p := &pump{cmd: exec.Command(bin, args...), exited: make(chan struct{})}
+	stdin, err := p.cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Stderr = os.Stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
+	conn := transport.NewPipeConn(stdout, stdin, "pump", nil)
+	var once sync.Once
+	cc, err := grpc.NewClient("passthrough:///stdio",
+		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
+			var c net.Conn
+			once.Do(func() { c = conn })
+			if c == nil {
+				return nil, errors.New("the pump is gone")
+			}
+			return c, nil
+		}),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cc.Close()
+		p.cmd.Process.Kill()
+		<-p.exited
+	})
+	p.client = agentv1.NewAgentServiceClient(cc)
+	return p
+}
+
+func (p *pump) info(t *testing.T) *agentv1.GetAgentInfoResponse {
+	t.Helper()
+	info, err := p.client.GetAgentInfo(ctxT(t), &agentv1.GetAgentInfoRequest{})
+	if err != nil {
+		t.Fatalf("GetAgentInfo through a pump: %v", err)
+	}
+	return info
+}
+
+func (p *pump) waitExit(t *testing.T, why string) {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the pump did not exit after %s", why)
+	}
+}
+
+// TestStdioRunsOutliveThePump is issue 4's defect: the hop (here the pump
+// at its end) dies while a detached run is going; the call in flight fails
+// with Unavailable, and through a new pump the run is reattached with all
+// its output.
+func TestStdioRunsOutliveThePump(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	p1 := startPump(t, agentBin, state, work)
+	daemonPID := p1.info(t).GetPid()
+	if daemonPID == int32(p1.cmd.Process.Pid) {
+		t.Fatal("the --stdio process serves the API itself")
+	}
+	script := `for i in $(seq 1 40); do echo line$i; sleep 0.05; done; exit 7`
+	stream, started := execStart(t, p1.client, ctxT(t), &agentv1.ExecStart{
+		Command: cmdSpec("sh", "-c", script), RunId: "hop-1", Detach: true,
+	})
+	t.Cleanup(func() { syscall.Kill(-int(started.GetPid()), syscall.SIGKILL) })
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("before the kill: %v", err)
+		}
+		if ev.GetOutput() != nil {
+			break
+		}
+	}
+	p1.cmd.Process.Signal(syscall.SIGKILL)
+	p1.waitExit(t, "SIGKILL")
+	for {
+		_, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("stream through a dead pump: want Unavailable, got %v", err)
+			}
+			break
+		}
+	}
+
+	p2 := startPump(t, agentBin, state, work)
+	if got := p2.info(t).GetPid(); got != daemonPID {
+		t.Fatalf("second pump reached agent pid %d, want the same daemon %d", got, daemonPID)
+	}
+	att, err := p2.client.AttachRun(ctxT(t), &agentv1.AttachRunRequest{RunId: "hop-1", Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	var tr *agentv1.RunTrailer
+	for tr == nil {
+		ev, err := att.Recv()
+		if err != nil {
+			t.Fatalf("reattach: %v", err)
+		}
+		out.Write(ev.GetOutput().GetData())
+		tr = ev.GetTrailer()
+	}
+	var want strings.Builder
+	for i := 1; i <= 40; i++ {
+		fmt.Fprintf(&want, "line%d\n", i)
+	}
+	if out.String() != want.String() || tr.GetExitCode() != 7 || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_EXITED {
+		t.Fatalf("reattached output %q, trailer %v", out.String(), tr)
+	}
+}
+
+// TestStdioPumpEndsWithTheDaemon: a daemon that dies ends the pump (and so
+// the hop), so the controller redials instead of waiting on a dead pipe;
+// the next pump starts a new daemon.
+func TestStdioPumpEndsWithTheDaemon(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	p1 := startPump(t, agentBin, state, work)
+	pid := p1.info(t).GetPid()
+	syscall.Kill(int(pid), syscall.SIGKILL)
+	p1.waitExit(t, "its daemon was killed")
+	p2 := startPump(t, agentBin, state, work)
+	if got := p2.info(t).GetPid(); got == pid || got <= 0 {
+		t.Fatalf("after the daemon died: pid %d (old %d)", got, pid)
+	}
+}
+
+// TestStdioConcurrentStartsOneDaemon: hops opening at once on a fresh
+// state dir share one daemon.
+func TestStdioConcurrentStartsOneDaemon(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	const n = 4
+	pumps := make([]*pump, n)
+	for i := range pumps {
+		pumps[i] = startPump(t, agentBin, state, work)
+	}
+	pids := make([]int32, n)
+	var wg sync.WaitGroup
+	for i, p := range pumps {
+		wg.Go(func() {
+			info, err := p.client.GetAgentInfo(ctxT(t), &agentv1.GetAgentInfoRequest{})
+			if err != nil {
+				t.Errorf("pump %d: %v", i, err)
+				return
+			}
+			pids[i] = info.GetPid()
+		})
+	}
+	wg.Wait()
+	for i := 1; i < n; i++ {
+		if pids[i] != pids[0] {
+			t.Fatalf("concurrent pumps reached different agents: %v", pids)
+		}
+	}
+}
+
+// TestStdioNewBuildTakesOver: a re-bootstrapped agent (another build, even
+// with the same version string) or other flags replace the running daemon
+// gracefully; the old hop's pump ends with it.
+func TestStdioNewBuildTakesOver(t *testing.T) {
+	newBin := filepath.Join(t.TempDir(), "dtmux-agent")
+	build := exec.Command("go", "build", "-ldflags", "-X github.com/dtmux/dtmux/internal/version.Version=v2-test", "-o", newBin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build a second agent: %v\n%s", err, out)
+	}
+	state, work := stateDir(t), t.TempDir()
+	p1 := startPump(t, agentBin, state, work)
+	old := p1.info(t)
+	if old.GetVersion() != "dev" {
+		t.Fatalf("first agent version %q", old.GetVersion())
+	}
+	// An attached run on the old daemon ends with a trailer, not silently.
+	stream, _ := execStart(t, p1.client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("sleep", "1000")})
+
+	p2 := startPump(t, newBin, state, work)
+	cur := p2.info(t)
+	if cur.GetVersion() != "v2-test" || cur.GetPid() == old.GetPid() {
+		t.Fatalf("after a new build: version %q pid %d (old pid %d)", cur.GetVersion(), cur.GetPid(), old.GetPid())
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("attached run on the replaced daemon: %v", err)
+			}
+			break
+		}
+		if tr := ev.GetTrailer(); tr != nil {
+			if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_KILLED {
+				t.Fatalf("attached run on the replaced daemon: %v", tr)
+			}
+			break
+		}
+	}
+	p1.waitExit(t, "its daemon was replaced")
+
+	// Same build, same flags: joined. Other flags: replaced.
+	if got := startPump(t, newBin, state, work).info(t).GetPid(); got != cur.GetPid() {
+		t.Fatalf("same build and flags: pid %d, want %d", got, cur.GetPid())
+	}
+	if got := startPump(t, newBin, state, work, "--max-runs", "7").info(t).GetPid(); got == cur.GetPid() {
+		t.Fatal("other flags did not replace the daemon")
+	}
+}
+
+// TestStdioDaemonDetached: the daemon holds none of the hop's pipes (sshd
+// waits for those), has its own session, and logs into the state dir.
+func TestStdioDaemonDetached(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	p := startPump(t, agentBin, state, work)
+	pid := int(p.info(t).GetPid())
+	sid, err := sessionOf(pid)
+	if err != nil || sid != pid {
+		t.Errorf("daemon session %d %v, want its own (%d)", sid, err, pid)
+	}
+	pumpFDs := map[string]bool{}
+	for _, fd := range []int{0, 1} {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", p.cmd.Process.Pid, fd)); err == nil {
+			pumpFDs[l] = true
+		}
+	}
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && pumpFDs[l] {
+			t.Errorf("daemon fd %s is the pump's pipe %s", fd, l)
+		}
+	}
+	if len(pumpFDs) != 2 {
+		t.Fatalf("pump pipes: %v", pumpFDs)
+	}
+	st, err := os.Stat(filepath.Join(state, daemon.SocketName))
+	if err != nil || st.Mode().Perm() != 0o600 || st.Mode().Type() != os.ModeSocket {
+		t.Errorf("daemon socket: %v %v", st, err)
+	}
+	b, err := os.ReadFile(filepath.Join(state, daemon.LogName))
+	if err != nil || !strings.Contains(string(b), "serving") {
+		t.Errorf("daemon log %q %v", b, err)
+	}
+	// The pump's stdout carries only the connection: closing stdin ends it.
+	p.cmd.Stdin.(io.Closer).Close()
+}
+
+// sessionOf reads a process's session id from /proc/PID/stat.
+func sessionOf(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 4 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	var sid int
+	_, err = fmt.Sscan(f[3], &sid)
+	return sid, err
+}
