@@ -1,0 +1,161 @@
+package tmux
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type runOut struct {
+	started RunStarted
+	data    bytes.Buffer
+}
+
+func runIn(t *testing.T, m *Manager, spec RunSpec) (*runOut, RunResult, error) {
+	t.Helper()
+	o := &runOut{}
+	res, err := m.RunInSession(ctx(t), spec, func(s RunStarted) error { o.started = s; return nil },
+		func(off uint64, d []byte) error {
+			if off != uint64(o.data.Len()) {
+				t.Errorf("output at offset %d, have %d bytes", off, o.data.Len())
+			}
+			o.data.Write(d)
+			return nil
+		})
+	return o, res, err
+}
+
+func TestRunInSessionExitStatus(t *testing.T) {
+	m := newManager(t)
+	mustCreate(t, m, "runs", "sleep", "600")
+	cases := []struct {
+		name   string
+		argv   []string
+		shell  bool
+		code   int
+		signal int
+		out    string
+	}{
+		{"exit0", []string{"true"}, false, 0, 0, ""},
+		{"exit3", []string{"sh", "-c", "echo working; exit 3"}, false, 3, 0, "working\r\n"},
+		{"signal", []string{"sh", "-c", "kill -KILL $$"}, false, -1, 9, ""},
+		{"shell", []string{"echo a;", "exit 7"}, true, 7, 0, "a\r\n"},
+		{"one word with spaces", []string{"echo"}, false, 0, 0, "\r\n"},
+		{"argv words", []string{"printf", "%s|", "x;", "it's", "*", "", "#{pane_id}", "$HOME"}, false, 0, 0, "x;|it's|*||#{pane_id}|$HOME|"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o, res, err := runIn(t, m, RunSpec{Session: "runs", Command: Command{Argv: tc.argv, Shell: tc.shell}, CloseWindow: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Exit.Code != tc.code || res.Exit.Signal != tc.signal {
+				t.Errorf("exit = %+v, want code %d signal %d", res.Exit, tc.code, tc.signal)
+			}
+			if got := o.data.String(); got != tc.out {
+				t.Errorf("output = %q, want %q", got, tc.out)
+			}
+			if o.started.Pane == "" || o.started.PID == 0 {
+				t.Errorf("started = %+v", o.started)
+			}
+		})
+	}
+}
+
+// Many short-lived panes: tmux 3.3a loses SIGCHLD for some of them and
+// leaves them dead without a status (#311, #4559). Every run must still
+// end with its own status.
+func TestRunInSessionLostSIGCHLD(t *testing.T) {
+	m := newManager(t)
+	mustCreate(t, m, "chld", "sleep", "600")
+	for i := range 20 {
+		_, res, err := runIn(t, m, RunSpec{Session: "chld", Command: Command{Argv: []string{"sh", "-c", fmt.Sprintf("exit %d", i)}}, CloseWindow: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Exit.Code != i {
+			t.Errorf("run %d: exit %+v", i, res.Exit)
+		}
+	}
+}
+
+// Fast output loses its tail in 3.3a unless pipe-pane is active (#4807):
+// every byte must arrive, in order.
+func TestRunInSessionEveryByteArrives(t *testing.T) {
+	m := newManager(t)
+	mustCreate(t, m, "tail", "sleep", "600")
+	dir := t.TempDir()
+	var src bytes.Buffer
+	for i := range 60000 {
+		fmt.Fprintf(&src, "line %06d %s\n", i, strings.Repeat("x", i%50))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data"), src.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// stty raw: no LF->CRLF, so the output is the file, byte for byte.
+	o, res, err := runIn(t, m, RunSpec{Session: "tail", Command: Command{Argv: []string{"sh", "-c", "stty raw -echo; cat data", "x"}, Cwd: dir}, CloseWindow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Exit.Code != 0 {
+		t.Errorf("exit %+v", res.Exit)
+	}
+	if got := o.data.Bytes(); !bytes.Equal(got, src.Bytes()) {
+		t.Fatalf("got %d bytes (sha %x), want %d (sha %x)", len(got), sha256.Sum256(got), src.Len(), sha256.Sum256(src.Bytes()))
+	}
+	if res.Bytes != uint64(src.Len()) {
+		t.Errorf("bytes = %d", res.Bytes)
+	}
+}
+
+func TestRunInSessionTimeoutAndErrors(t *testing.T) {
+	m := newManager(t)
+	_, res, err := runIn(t, m, RunSpec{Session: "to", CreateSession: true, Command: Command{Argv: []string{"sleep", "300"}}, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.TimedOut || res.Exit.Signal != int(syscall.SIGTERM) {
+		t.Errorf("timeout result %+v", res)
+	}
+	// The window stays, dead, for inspection.
+	s, err := m.Session(ctx(t), "to")
+	if err != nil || len(s.Windows) != 2 || !s.Windows[1].Panes[0].Dead {
+		t.Errorf("session after run: %+v %v", s, err)
+	}
+	if _, _, err := runIn(t, m, RunSpec{Session: "to", Command: Command{Argv: []string{"no-such-cmd-xyz"}}}); !errors.Is(err, ErrCommandNotFound) {
+		t.Errorf("missing command: %v", err)
+	}
+	if _, _, err := runIn(t, m, RunSpec{Session: "absent", Command: Command{Argv: []string{"true"}}}); !errors.Is(err, ErrSessionNotFound) {
+		t.Errorf("absent session: %v", err)
+	}
+	if _, _, err := runIn(t, m, RunSpec{Session: "to", WindowName: "bad;name", Command: Command{Argv: []string{"true"}}}); !errors.Is(err, ErrInvalidName) {
+		t.Errorf("bad window name: %v", err)
+	}
+}
+
+func TestRunInSessionEnvAndCwd(t *testing.T) {
+	m := newManager(t)
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "a#{b}")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o, _, err := runIn(t, m, RunSpec{Session: "env", CreateSession: true, Command: Command{
+		Argv: []string{"sh", "-c", `printf '%s|%s' "$FOO" "$PWD"`},
+		Env:  map[string]string{"FOO": "a b;$HOME \"q\" #{x}"},
+		Cwd:  sub,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "a b;$HOME \"q\" #{x}|" + sub; o.data.String() != want {
+		t.Errorf("got %q, want %q", o.data.String(), want)
+	}
+}
