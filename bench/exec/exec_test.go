@@ -1,0 +1,476 @@
+// Package execbench measures running commands through dtmux beside the
+// floors and the ssh baselines, in one run: Exec(`true`) through the
+// controller and straight to the agent, the local fork/exec floor, the
+// whole `dtmux exec WS -- true` CLI process, first-output-byte and
+// stdin-to-output latency, and 1 GiB of output; and, when /usr/sbin/sshd
+// is installed, `ssh host true` over a new connection and over a
+// ControlMaster, and `ssh host head -c 1G /dev/zero`, against a private
+// sshd on loopback that the benchmark starts itself (internal/sshtest).
+//
+// Run with `make bench`, or after `make build`:
+//
+//	DTMUX_BIN=$PWD/bin go test -run '^$' -bench . -benchtime 1x ./bench/exec/
+//
+// Without DTMUX_BIN the binaries are built from this tree. The table at
+// the end compares the figures with the targets in DESIGN.md.
+package execbench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dtmux/dtmux/internal/sshtest"
+	"github.com/dtmux/dtmux/internal/testbin"
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
+}
+
+// Sample sizes.
+const (
+	apiIters = 200 // API calls, local fork/exec
+	cliIters = 50  // whole CLI processes, ssh over a ControlMaster
+	sshIters = 20  // ssh over a new connection (~0.2 s each)
+	warmup   = 10
+	gib      = 1 << 30
+)
+
+// results collects the figures of one run for the table.
+type results struct {
+	floor, unaryCtl, execCtl, execAgent, cli latencies
+	execCtlStarted, execCtlProc              latencies // parts of execCtl
+	firstByte, echoCtl, echoAgent            latencies
+	sshNew, sshMaster                        latencies
+	tputCtl, tputAgent, tputLocal, tputSSH   float64 // bytes/s
+	keptDefault                              float64 // share received with the default spool
+}
+
+func BenchmarkExec(b *testing.B) {
+	c := startController(b)
+	var r results
+	ctx := context.Background()
+
+	b.Run("local-fork-exec-true", func(b *testing.B) {
+		for range b.N {
+			r.floor = sample(b, apiIters, func() {
+				if err := exec.Command("true").Run(); err != nil {
+					b.Fatal(err)
+				}
+			})
+		}
+		r.floor.report(b)
+	})
+	b.Run("grpc-unary-via-controller", func(b *testing.B) {
+		ag := c.viaController()
+		for range b.N {
+			r.unaryCtl = sample(b, apiIters, func() {
+				if _, err := ag.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{}); err != nil {
+					b.Fatal(err)
+				}
+			})
+		}
+		r.unaryCtl.report(b)
+	})
+	b.Run("exec-true-via-controller", func(b *testing.B) {
+		ag := c.viaController()
+		for range b.N {
+			r.execCtl, r.execCtlStarted, r.execCtlProc = execTrue(ctx, b, ag)
+		}
+		r.execCtl.report(b)
+	})
+	b.Run("exec-true-direct-to-agent", func(b *testing.B) {
+		ag := c.direct()
+		for range b.N {
+			r.execAgent, _, _ = execTrue(ctx, b, ag)
+		}
+		r.execAgent.report(b)
+	})
+	b.Run("cli-dtmux-exec-true", func(b *testing.B) {
+		cli := binPath(b, testbin.CLI)
+		env := c.cliEnv()
+		for range b.N {
+			r.cli = sampleN(b, cliIters, 3, func() {
+				cmd := exec.Command(cli, "exec", c.ws, "--", "true")
+				cmd.Env = env
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("dtmux exec: %v\n%s", err, out)
+				}
+			})
+		}
+		r.cli.report(b)
+	})
+	b.Run("first-output-byte-via-controller", func(b *testing.B) {
+		ag := c.viaController()
+		for range b.N {
+			r.firstByte = firstByte(ctx, b, ag)
+		}
+		r.firstByte.report(b)
+	})
+	b.Run("stdin-to-output-via-controller", func(b *testing.B) {
+		for range b.N {
+			r.echoCtl = echo(ctx, b, c.viaController())
+		}
+		r.echoCtl.report(b)
+	})
+	b.Run("stdin-to-output-direct-to-agent", func(b *testing.B) {
+		for range b.N {
+			r.echoAgent = echo(ctx, b, c.direct())
+		}
+		r.echoAgent.report(b)
+	})
+	b.Run("1GiB-via-controller", func(b *testing.B) {
+		for range b.N {
+			r.tputCtl = throughput(ctx, b, c.viaController())
+		}
+		b.ReportMetric(r.tputCtl/1e9, "GB/s")
+	})
+	b.Run("1GiB-via-controller-default-spool", func(b *testing.B) {
+		for range b.N {
+			r.keptDefault = defaultSpool(ctx, b, c.viaController())
+		}
+		b.ReportMetric(100*r.keptDefault, "%received")
+	})
+	b.Run("1GiB-direct-to-agent", func(b *testing.B) {
+		for range b.N {
+			r.tputAgent = throughput(ctx, b, c.direct())
+		}
+		b.ReportMetric(r.tputAgent/1e9, "GB/s")
+	})
+	b.Run("1GiB-local-pipe", func(b *testing.B) {
+		for range b.N {
+			r.tputLocal = pipeThroughput(b, exec.Command("head", "-c", "1G", "/dev/zero"))
+		}
+		b.ReportMetric(r.tputLocal/1e9, "GB/s")
+	})
+	sshBaselines(b, &r)
+
+	table(b, &r)
+}
+
+// sample times f n times after a warm-up.
+func sample(b *testing.B, n int, f func()) latencies { return sampleN(b, n, warmup, f) }
+
+func sampleN(b *testing.B, n, warm int, f func()) latencies {
+	b.Helper()
+	for range warm {
+		f()
+	}
+	out := make(latencies, 0, n)
+	for range n {
+		start := time.Now()
+		f()
+		out = append(out, time.Since(start))
+	}
+	return out
+}
+
+// firstByte runs `date +%s%N`, which prints the wall clock just before it
+// writes, and takes the time until that output reaches the client: the
+// latency from a process's write to the API client (same host, same
+// clock).
+func firstByte(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) latencies {
+	b.Helper()
+	var out latencies
+	for i := range apiIters + warmup {
+		var seen time.Time
+		r := execRun(ctx, b, ag, execOpts{keep: true, onOutput: func([]byte) {
+			if seen.IsZero() {
+				seen = time.Now()
+			}
+		}}, "date", "+%s%N")
+		ns, err := strconv.ParseInt(strings.TrimSpace(string(r.stdout)), 10, 64)
+		if err != nil {
+			b.Fatalf("date printed %q: %v", r.stdout, err)
+		}
+		if i >= warmup {
+			out = append(out, seen.Sub(time.Unix(0, ns)))
+		}
+	}
+	return out
+}
+
+// echo keeps one `cat` running and times, for each line sent on stdin,
+// the wait until it comes back on stdout: client → agent → process →
+// client, as when typing into a remote program.
+func echo(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) latencies {
+	b.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := ag.Exec(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: []string{"cat"}}}}}); err != nil {
+		b.Fatal(err)
+	}
+	var out latencies
+	for i := range apiIters + warmup {
+		line := fmt.Sprintf("line %d\n", i)
+		start := time.Now()
+		if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Stdin{Stdin: []byte(line)}}); err != nil {
+			b.Fatal(err)
+		}
+		var got []byte
+		for len(got) < len(line) {
+			ev, err := st.Recv()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if o := ev.GetOutput(); o != nil {
+				got = append(got, o.GetData()...)
+			}
+			if t := ev.GetTrailer(); t != nil {
+				b.Fatalf("cat ended early: %v", t)
+			}
+		}
+		if string(got) != line {
+			b.Fatalf("echoed %q, want %q", got, line)
+		}
+		if i >= warmup {
+			out = append(out, time.Since(start))
+		}
+	}
+	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}}); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		ev, err := st.Recv()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if t := ev.GetTrailer(); t != nil {
+			if t.GetExitCode() != 0 {
+				b.Fatalf("cat: %v", t)
+			}
+			return out
+		}
+	}
+}
+
+// execTrue times Exec(`true`) calls: the whole call, the part until the
+// agent reported the process started, and the process's lifetime as the
+// agent measured it (the trailer's duration).
+func execTrue(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) (total, started, proc latencies) {
+	b.Helper()
+	for range warmup {
+		execRun(ctx, b, ag, execOpts{}, "true")
+	}
+	for range apiIters {
+		t0 := time.Now()
+		r := execRun(ctx, b, ag, execOpts{}, "true")
+		total = append(total, time.Since(t0))
+		if !r.started.IsZero() {
+			started = append(started, r.started.Sub(t0))
+		}
+		proc = append(proc, r.trailer.GetDuration().AsDuration())
+	}
+	return total, started, proc
+}
+
+// throughput moves 1 GiB of zeros from `head` to the client, with a spool
+// that holds all of it so that nothing may be evicted, and returns bytes
+// per second; it fails when a byte is missing.
+func throughput(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) float64 {
+	b.Helper()
+	start := time.Now()
+	r := execRun(ctx, b, ag, execOpts{maxOutput: gib}, "head", "-c", "1G", "/dev/zero")
+	d := time.Since(start)
+	if r.nOut != gib || r.trailer.GetStdoutBytes() != gib {
+		b.Fatalf("received %d bytes (%d lost in gaps), trailer says %d; want %d", r.nOut, r.gaps, r.trailer.GetStdoutBytes(), gib)
+	}
+	return gib / d.Seconds()
+}
+
+// defaultSpool moves 1 GiB with the agent's default spool, where a
+// reader that falls behind loses the oldest bytes, and returns the share
+// of bytes the client received; every byte must be either received or
+// reported in a gap.
+func defaultSpool(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) (received float64) {
+	b.Helper()
+	r := execRun(ctx, b, ag, execOpts{}, "head", "-c", "1G", "/dev/zero")
+	if r.nOut+r.gaps != gib || r.trailer.GetStdoutBytes() != gib {
+		b.Fatalf("received %d + gaps %d bytes, trailer says %d; want %d in all", r.nOut, r.gaps, r.trailer.GetStdoutBytes(), gib)
+	}
+	return float64(r.nOut) / gib
+}
+
+// pipeThroughput reads cmd's stdout to EOF and returns bytes per second
+// from the first byte on (so an ssh handshake is not counted).
+func pipeThroughput(b *testing.B, cmd *exec.Cmd) float64 {
+	b.Helper()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	br := bufio.NewReaderSize(out, 256<<10)
+	if _, err := br.Peek(1); err != nil {
+		cmd.Wait()
+		b.Fatalf("%v: no output: %v\n%s", cmd.Args, err, stderr.String())
+	}
+	start := time.Now()
+	n, err := io.Copy(io.Discard, br)
+	d := time.Since(start)
+	if werr := cmd.Wait(); err != nil || werr != nil {
+		b.Fatalf("%v: %v %v\n%s", cmd.Args, err, werr, stderr.String())
+	}
+	if n != gib {
+		b.Fatalf("%v: %d bytes, want %d", cmd.Args, n, gib)
+	}
+	return gib / d.Seconds()
+}
+
+// sshBaselines measures ssh against a private sshd on loopback, or notes
+// why not.
+func sshBaselines(b *testing.B, r *results) {
+	if _, err := os.Stat(sshtest.SSHD); err != nil {
+		b.Logf("ssh baselines skipped: %s not installed", sshtest.SSHD)
+		return
+	}
+	b.Run("ssh-true-new-connection", func(b *testing.B) {
+		s := sshtest.Start(b, sshtest.Options{})
+		args := append(s.Args(), "-o", "ControlMaster=no", "-o", "ControlPath=none", s.Destination(), "true")
+		for range b.N {
+			r.sshNew = sampleN(b, sshIters, 2, func() {
+				if out, err := exec.Command("ssh", args...).CombinedOutput(); err != nil {
+					b.Fatalf("ssh: %v\n%s", err, out)
+				}
+			})
+		}
+		r.sshNew.report(b)
+	})
+	b.Run("ssh-true-controlmaster", func(b *testing.B) {
+		s := sshtest.Start(b, sshtest.Options{})
+		cp := startMaster(b, s)
+		args := append(s.Args(), "-o", "ControlMaster=no", "-o", "ControlPath="+cp, s.Destination(), "true")
+		for range b.N {
+			r.sshMaster = sampleN(b, cliIters, 3, func() {
+				if out, err := exec.Command("ssh", args...).CombinedOutput(); err != nil {
+					b.Fatalf("ssh: %v\n%s", err, out)
+				}
+			})
+		}
+		r.sshMaster.report(b)
+	})
+	b.Run("ssh-1GiB", func(b *testing.B) {
+		s := sshtest.Start(b, sshtest.Options{})
+		args := append(s.Args(), "-o", "ControlMaster=no", "-o", "ControlPath=none", s.Destination(), "head", "-c", "1G", "/dev/zero")
+		for range b.N {
+			r.tputSSH = pipeThroughput(b, exec.Command("ssh", args...))
+		}
+		b.ReportMetric(r.tputSSH/1e9, "GB/s")
+	})
+}
+
+// startMaster starts a ControlMaster for s and returns its ControlPath.
+func startMaster(b *testing.B, s *sshtest.Server) string {
+	b.Helper()
+	cp := filepath.Join(s.Dir, "cm")
+	master := exec.Command("ssh", append(s.Args(), "-M", "-N", "-o", "ControlPath="+cp, s.Destination())...)
+	if err := master.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { master.Process.Kill(); master.Wait() })
+	for i := 0; ; i++ {
+		if exec.Command("ssh", append(s.Args(), "-o", "ControlPath="+cp, "-O", "check", s.Destination())...).Run() == nil {
+			return cp
+		}
+		if i > 500 {
+			b.Fatal("ControlMaster did not come up")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// table prints every figure measured in this run beside its baseline and
+// the DESIGN.md target.
+func table(b *testing.B, r *results) {
+	var sb strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&sb, format+"\n", a...) }
+	lat := func(name string, l latencies, note string) {
+		if len(l) == 0 {
+			return
+		}
+		w("  %-44s p50 %8.3f ms   p99 %8.3f ms  (n=%d)  %s", name, ms(l.p50()), ms(l.p99()), len(l), note)
+	}
+	tput := func(name string, v float64, note string) {
+		if v == 0 {
+			return
+		}
+		w("  %-44s %6.2f GB/s  %s", name, v/1e9, note)
+	}
+	w("")
+	w("dtmux exec benchmark (%s, %d CPUs)", hostDesc(), numCPU())
+	w("latency:")
+	lat("local fork/exec `true` from Go (floor)", r.floor, "")
+	lat("gRPC unary via controller (GetAgentInfo)", r.unaryCtl, "")
+	lat("Exec(true) direct to agent", r.execAgent, "")
+	lat("Exec(true) via controller", r.execCtl, "")
+	lat("  of which: call -> started event", r.execCtlStarted, "")
+	lat("  process lifetime, agent's view (trailer)", r.execCtlProc, "")
+	lat("dtmux exec WS -- true (whole CLI)", r.cli, "")
+	lat("ssh host true, new connection", r.sshNew, "")
+	lat("ssh host true, ControlMaster", r.sshMaster, "")
+	lat("first output byte, process write -> client", r.firstByte, "(via controller)")
+	lat("stdin -> cat -> stdout, via controller", r.echoCtl, "")
+	lat("stdin -> cat -> stdout, direct to agent", r.echoAgent, "")
+	w("throughput (1 GiB of zeros):")
+	tput("head -c 1G via controller", r.tputCtl, "")
+	tput("head -c 1G direct to agent", r.tputAgent, "")
+	tput("head -c 1G local pipe (floor)", r.tputLocal, "")
+	if r.keptDefault > 0 {
+		w("  %-44s %5.1f%% received, the rest reported as gaps", "via controller, default spool (64 MiB)", 100*r.keptDefault)
+	}
+	tput("ssh host head -c 1G (after the handshake)", r.tputSSH, "")
+	w("against the targets (DESIGN.md):")
+	if len(r.execCtl) > 0 && len(r.floor) > 0 {
+		over := r.execCtl.p50() - r.floor.p50()
+		w("  Exec(true) via controller p50 %.2f ms = floor + %.2f ms (target <= +1 ms): %s", ms(r.execCtl.p50()), ms(over), verdict(over <= time.Millisecond))
+	}
+	if len(r.execCtl) > 0 && len(r.sshMaster) > 0 {
+		x := float64(r.sshMaster.p50()) / float64(r.execCtl.p50())
+		w("  Exec(true) via controller p50 %.2f ms = %.1fx faster than ssh ControlMaster %.2f ms (target >= 5x): %s", ms(r.execCtl.p50()), x, ms(r.sshMaster.p50()), verdict(x >= 5))
+	}
+	if len(r.cli) > 0 && len(r.sshNew) > 0 {
+		x := float64(r.sshNew.p50()) / float64(r.cli.p50())
+		w("  dtmux exec CLI p50 %.2f ms = %.1fx faster than ssh new connection %.2f ms (target >= 20x): %s", ms(r.cli.p50()), x, ms(r.sshNew.p50()), verdict(x >= 20))
+	}
+	if len(r.cli) > 0 && len(r.sshMaster) > 0 {
+		x := float64(r.sshMaster.p50()) / float64(r.cli.p50())
+		w("  dtmux exec CLI p50 %.2f ms = %.1fx of ssh ControlMaster %.2f ms (no target; for reference)", ms(r.cli.p50()), x, ms(r.sshMaster.p50()))
+	}
+	if len(r.firstByte) > 0 {
+		w("  first output byte p50 %.3f ms (target <= 2 ms; polling capture-pane every 0.5 s: ~500 ms = %.0fx slower): %s",
+			ms(r.firstByte.p50()), 500/ms(r.firstByte.p50()), verdict(r.firstByte.p50() <= 2*time.Millisecond))
+	}
+	if r.tputCtl > 0 && r.tputSSH > 0 {
+		x := r.tputCtl / r.tputSSH
+		w("  output via controller %.2f GB/s = %.2fx ssh %.2f GB/s (target >= 1.5x): %s", r.tputCtl/1e9, x, r.tputSSH/1e9, verdict(x >= 1.5))
+	}
+	fmt.Print(sb.String())
+	b.Log(sb.String())
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
