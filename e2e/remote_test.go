@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dtmux/dtmux/agent/daemon"
 	"github.com/dtmux/dtmux/controller/bootstrap"
 	"github.com/dtmux/dtmux/internal/sshtest"
 	"github.com/dtmux/dtmux/internal/testbin"
@@ -25,6 +26,13 @@ import (
 func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 	t.Helper()
 	srv := sshtest.Start(t, sshtest.Options{})
+	// The agent daemon the hops start outlives them (that is its job):
+	// stop it before the server's home goes.
+	t.Cleanup(func() {
+		if err := daemon.Stop(remoteStateDir(srv), 15*time.Second); err != nil {
+			t.Errorf("stop the remote agent daemon: %v", err)
+		}
+	})
 	deny := sshtest.Start(t, sshtest.Options{RejectAll: true})
 	hosts := filepath.Join(shortTempDir(t), "hosts.yaml")
 	q := func(ss []string) string { return `["` + strings.Join(ss, `","`) + `"]` }
@@ -35,6 +43,11 @@ func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 	}
 	c := StartController(t, ControllerOptions{Provider: "ssh", Args: []string{"--hosts", hosts, "--agent-dir", testbin.Dir(t)}})
 	return c, srv
+}
+
+// remoteStateDir is the remote agent's default state dir on srv.
+func remoteStateDir(srv *sshtest.Server) string {
+	return filepath.Join(srv.Home, ".local", "state", "dtmux-agent")
 }
 
 func TestRemoteSSH(t *testing.T) {
@@ -73,18 +86,17 @@ func TestRemoteSSH(t *testing.T) {
 }
 
 func TestRemoteSSHHopKilledMidStream(t *testing.T) {
-	// Known gap, not the environment: a `dtmux-agent --stdio` exits when
-	// its hop dies and takes its runs (even detached ones) with it, so the
-	// reattached output stops where the hop died. Needs the stdio agent to
-	// hand runs to a long-lived agent; remove this skip when it does.
-	if os.Getenv("DTMUX_E2E_STDIO_RUNS_SURVIVE") != "1" {
-		t.Skip("agent: runs of a --stdio agent do not survive the hop (known gap)")
-	}
+	// The hop dies mid-stream; only the --stdio pump at its end dies with
+	// it, the agent daemon and its detached run live on.
 	c, srv := remoteController(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	a := c.Agent("web1")
 	if _, _, _, err := Exec(ctx, a, nil, "true"); err != nil {
+		t.Fatal(err)
+	}
+	before, err := a.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+	if err != nil {
 		t.Fatal(err)
 	}
 	st, err := a.Exec(ctx)
@@ -158,6 +170,10 @@ func TestRemoteSSHHopKilledMidStream(t *testing.T) {
 	}
 	if pids := bootstrap.SSHProcesses(srv.Config, "--stdio"); len(pids) != 1 {
 		t.Fatalf("want one hop after the redial, got %v", pids)
+	}
+	after, err := a.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+	if err != nil || after.GetPid() != before.GetPid() {
+		t.Fatalf("agent after the redial: pid %d %v, want the same agent (pid %d)", after.GetPid(), err, before.GetPid())
 	}
 }
 
