@@ -56,6 +56,7 @@ type results struct {
 	sshNew, sshMaster                        latencies
 	tputCtl, tputAgent, tputLocal, tputSSH   float64 // bytes/s
 	keptDefault                              float64 // share received with the default spool
+	chunkCtl, chunkAgent                     float64 // mean bytes per output event
 }
 
 func BenchmarkExec(b *testing.B) {
@@ -133,9 +134,10 @@ func BenchmarkExec(b *testing.B) {
 	})
 	b.Run("1GiB-via-controller", func(b *testing.B) {
 		for range b.N {
-			r.tputCtl = throughput(ctx, b, c.viaController())
+			r.tputCtl, r.chunkCtl = throughput(ctx, b, c.viaController())
 		}
 		b.ReportMetric(r.tputCtl/1e9, "GB/s")
+		b.ReportMetric(r.chunkCtl/1024, "KiB/event")
 	})
 	b.Run("1GiB-via-controller-default-spool", func(b *testing.B) {
 		for range b.N {
@@ -145,9 +147,10 @@ func BenchmarkExec(b *testing.B) {
 	})
 	b.Run("1GiB-direct-to-agent", func(b *testing.B) {
 		for range b.N {
-			r.tputAgent = throughput(ctx, b, c.direct())
+			r.tputAgent, r.chunkAgent = throughput(ctx, b, c.direct())
 		}
 		b.ReportMetric(r.tputAgent/1e9, "GB/s")
+		b.ReportMetric(r.chunkAgent/1024, "KiB/event")
 	})
 	b.Run("1GiB-local-pipe", func(b *testing.B) {
 		for range b.N {
@@ -283,7 +286,7 @@ func execTrue(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) 
 // throughput moves 1 GiB of zeros from `head` to the client, with a spool
 // that holds all of it so that nothing may be evicted, and returns bytes
 // per second; it fails when a byte is missing.
-func throughput(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) float64 {
+func throughput(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient) (bytesPerSec, avgEvent float64) {
 	b.Helper()
 	start := time.Now()
 	r := execRun(ctx, b, ag, execOpts{maxOutput: gib}, "head", "-c", "1G", "/dev/zero")
@@ -291,7 +294,7 @@ func throughput(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClient
 	if r.nOut != gib || r.trailer.GetStdoutBytes() != gib {
 		b.Fatalf("received %d bytes (%d lost in gaps), trailer says %d; want %d", r.nOut, r.gaps, r.trailer.GetStdoutBytes(), gib)
 	}
-	return gib / d.Seconds()
+	return gib / d.Seconds(), gib / float64(r.events)
 }
 
 // defaultSpool moves 1 GiB with the agent's default spool, where a
@@ -432,8 +435,8 @@ func table(b *testing.B, r *results) {
 	lat("stdin -> cat -> stdout, via controller", r.echoCtl, "")
 	lat("stdin -> cat -> stdout, direct to agent", r.echoAgent, "")
 	w("throughput (1 GiB of zeros):")
-	tput("head -c 1G via controller", r.tputCtl, "")
-	tput("head -c 1G direct to agent", r.tputAgent, "")
+	tput("head -c 1G via controller", r.tputCtl, fmt.Sprintf("(%.0f KiB per output event)", r.chunkCtl/1024))
+	tput("head -c 1G direct to agent", r.tputAgent, fmt.Sprintf("(%.0f KiB per output event)", r.chunkAgent/1024))
 	tput("head -c 1G local pipe (floor)", r.tputLocal, "")
 	if r.keptDefault > 0 {
 		w("  %-44s %5.1f%% received, the rest reported as gaps", "via controller, default spool (64 MiB)", 100*r.keptDefault)

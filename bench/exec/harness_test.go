@@ -187,6 +187,7 @@ func (r routed) NewStream(ctx context.Context, desc *grpc.StreamDesc, method str
 type run struct {
 	stdout  []byte // kept only when asked
 	nOut    uint64 // stdout bytes received
+	events  int    // stdout output events received
 	gaps    uint64 // bytes reported lost in gap events
 	started time.Time
 	trailer *agentv1.RunTrailer
@@ -232,6 +233,7 @@ func execRun(ctx context.Context, b testing.TB, c agentv1.AgentServiceClient, o 
 			}
 			d := e.Output.GetData()
 			r.nOut += uint64(len(d))
+			r.events++
 			if o.keep {
 				r.stdout = append(r.stdout, d...)
 			}
