@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -425,6 +426,11 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 		if ws.Exited() && reason == ReasonKilled {
 			t.ExitCode = ws.ExitStatus()
 		}
+	case slices.Contains(exceeded, cgroup.LimitPids):
+		// A refused fork ends the run, also when the leader exited before
+		// the supervisor saw it.
+		t.Reason = ReasonLimitExceeded
+		t.Detail = r.pidsDetail()
 	case ws.Signaled() && lim.CPUSeconds > 0 && (ws.Signal() == syscall.SIGXCPU || ws.Signal() == syscall.SIGKILL):
 		t.Reason = ReasonLimitExceeded
 		t.Detail = fmt.Sprintf("cpu_seconds limit %d exceeded", lim.CPUSeconds)
@@ -432,6 +438,8 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 		t.Reason = ReasonSignaled
 		if lim.AddressSpaceBytes > 0 && (ws.Signal() == syscall.SIGSEGV || ws.Signal() == syscall.SIGABRT || ws.Signal() == syscall.SIGBUS) {
 			t.Detail = fmt.Sprintf("possibly the address_space_bytes limit %d", lim.AddressSpaceBytes)
+		} else {
+			t.Detail = rlimitsInForce(lim)
 		}
 	default:
 		t.Reason = ReasonExited
@@ -439,11 +447,32 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 		switch {
 		case oom:
 			t.Detail = fmt.Sprintf("a process of the run was killed by the memory_bytes limit %d", lim.MemoryBytes)
-		case slices.Contains(exceeded, cgroup.LimitPids):
-			t.Detail = fmt.Sprintf("the pids limit %d refused a fork", lim.Pids)
+		case t.ExitCode != 0:
+			t.Detail = rlimitsInForce(lim)
 		}
 	}
 	return t
+}
+
+// rlimitsInForce names the rlimits of a run that failed. A process that
+// runs into RLIMIT_NOFILE, RLIMIT_AS or RLIMIT_NPROC only sees an error
+// (EMFILE, ENOMEM, EAGAIN) and the agent cannot tell whether that is why
+// it failed, so the trailer says which were in force rather than claim
+// LIMIT_EXCEEDED.
+func rlimitsInForce(l Limits) string {
+	var in []string
+	for _, x := range []struct {
+		name string
+		v    uint64
+	}{{"open_files", l.OpenFiles}, {"address_space_bytes", l.AddressSpaceBytes}, {"processes", l.Processes}} {
+		if x.v > 0 {
+			in = append(in, fmt.Sprintf("%s %d", x.name, x.v))
+		}
+	}
+	if len(in) == 0 {
+		return ""
+	}
+	return "rlimits in force: " + strings.Join(in, ", ")
 }
 
 // finish makes the trailer final, persists it and wakes every reader.
