@@ -2,7 +2,6 @@ package tmux
 
 import (
 	"bytes"
-	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -169,5 +168,4 @@ func TestPauseGivesGap(t *testing.T) {
 	if _, err := f.Resync(ctx(t)); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Sprint()
 }

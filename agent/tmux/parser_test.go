@@ -22,10 +22,10 @@ func TestParserBlocks(t *testing.T) {
 		"%begin 1795815756 268 0", "%end 1795815756 268 0",
 		"%session-changed $0 main",
 		"%begin 1795815757 278 1",
-		"%1",                        // a body line starting with %
-		"%end 1795815757 999 1",     // another number: still body
-		"%output %1 not output",     // body, not output
-		"%continue %0",              // 3.3a: a notification inside the block
+		"%1",                    // a body line starting with %
+		"%end 1795815757 999 1", // another number: still body
+		"%output %1 not output", // body, not output
+		"%continue %0",          // 3.3a: a notification inside the block
 		"%end 1795815757 278 1",
 		"%begin 1795815758 305 1", "parse error: unknown command: bad", "%error 1795815758 305 1",
 		"%output %3 caf\303\251\\011tab\\134\\015\\012",
