@@ -38,7 +38,12 @@ func Adopt() {
 	}
 }
 
+// listenGrace is how long a daemon may take to create its socket; a socket
+// still missing after it was removed before the watch first saw it.
+const listenGrace = 10 * time.Second
+
 func watch(sock string) {
+	start := time.Now()
 	var ino uint64
 	for {
 		time.Sleep(watchEvery)
@@ -46,8 +51,11 @@ func watch(sock string) {
 		err := syscall.Stat(sock, &st)
 		switch {
 		case err == nil && ino == 0:
+			// The pump removed any stale socket before starting this
+			// daemon, so the first one seen is its own.
 			ino = st.Ino
-		case ino != 0 && (err != nil || st.Ino != ino):
+		case ino != 0 && (err != nil || st.Ino != ino),
+			ino == 0 && err != nil && time.Since(start) > listenGrace:
 			syscall.Kill(os.Getpid(), syscall.SIGTERM)
 			return
 		}

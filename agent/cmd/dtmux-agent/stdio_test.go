@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -323,4 +324,42 @@ func sessionOf(pid int) (int, error) {
 	var sid int
 	_, err = fmt.Sscan(f[3], &sid)
 	return sid, err
+}
+
+// TestStdioDaemonExitsWhenItsSocketGoes: a daemon whose socket was removed
+// (its state dir deleted) can never be reached again and shuts down.
+func TestStdioDaemonExitsWhenItsSocketGoes(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	p := startPump(t, agentBin, state, work)
+	pid := p.info(t).GetPid()
+	if err := os.Remove(filepath.Join(state, daemon.SocketName)); err != nil {
+		t.Fatal(err)
+	}
+	p.waitExit(t, "its daemon's socket was removed")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(state, daemon.LogName))
+		if strings.Contains(string(b), "shutting down") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon %d did not shut down; log:\n%s", pid, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestDaemonArgs(t *testing.T) {
+	tests := []struct {
+		in, want []string
+	}{
+		{[]string{"--stdio"}, []string{"--state-dir", "/s", "--listen", "unix:///s/agent.sock"}},
+		{[]string{"-stdio=true", "--max-runs", "3", "--state-dir", "rel"}, []string{"--max-runs", "3", "--state-dir", "rel", "--state-dir", "/s", "--listen", "unix:///s/agent.sock"}},
+		{[]string{"--workspace", "stdio", "--stdio"}, []string{"--workspace", "stdio", "--state-dir", "/s", "--listen", "unix:///s/agent.sock"}},
+	}
+	for _, tt := range tests {
+		if got := daemonArgs(tt.in, "/s"); !slices.Equal(got, tt.want) {
+			t.Errorf("daemonArgs(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
 }
