@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dtmux/dtmux/agent/process"
+	"github.com/dtmux/dtmux/agent/tmux"
 )
 
 // errInvalid marks a malformed request found by the RPC layer itself.
@@ -31,6 +32,15 @@ var codeOf = []struct {
 	{process.ErrClosed, codes.Unavailable},
 	{errPutFile, codes.InvalidArgument},
 	{errPutFileMismatch, codes.FailedPrecondition},
+	{tmux.ErrSessionNotFound, codes.NotFound},
+	{tmux.ErrWindowNotFound, codes.NotFound},
+	{tmux.ErrServiceNotFound, codes.NotFound},
+	{tmux.ErrSessionExists, codes.AlreadyExists},
+	{tmux.ErrInvalidName, codes.InvalidArgument},
+	{tmux.ErrInvalidArgument, codes.InvalidArgument},
+	{tmux.ErrCommandNotFound, codes.InvalidArgument},
+	{tmux.ErrUnsupported, codes.FailedPrecondition},
+	{tmux.ErrClosed, codes.Unavailable},
 	{context.Canceled, codes.Canceled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dtmux/dtmux/agent/process"
+	"github.com/dtmux/dtmux/agent/tmux"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -31,6 +32,9 @@ type Options struct {
 	// TmuxVersion, when set, reports the tmux version for GetAgentInfo,
 	// or why tmux is unavailable.
 	TmuxVersion func(ctx context.Context) (string, error)
+	// Tmux serves the session and service RPCs; nil or failed to start
+	// means they answer FailedPrecondition with the reason.
+	Tmux *tmux.Manager
 	// Isolation lists the resource isolation the host allows, for
 	// GetAgentInfo (default: "rlimit").
 	Isolation []string
@@ -43,6 +47,7 @@ type Server struct {
 
 	log  hclog.Logger
 	runs *process.Manager
+	tmux *tmux.Manager
 	opts Options
 }
 
@@ -60,5 +65,9 @@ func New(o Options) *Server {
 	if len(o.Isolation) == 0 {
 		o.Isolation = []string{"rlimit"}
 	}
-	return &Server{log: o.Logger.Named("agent"), runs: o.Runs, opts: o}
+	if o.TmuxVersion == nil && o.Tmux != nil {
+		t := o.Tmux
+		o.TmuxVersion = func(context.Context) (string, error) { return t.Version(), t.Err() }
+	}
+	return &Server{log: o.Logger.Named("agent"), runs: o.Runs, tmux: o.Tmux, opts: o}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/dtmux/dtmux/agent"
 	"github.com/dtmux/dtmux/agent/cgroup"
 	"github.com/dtmux/dtmux/agent/process"
+	"github.com/dtmux/dtmux/agent/tmux"
 	"github.com/dtmux/dtmux/internal/auth"
 	"github.com/dtmux/dtmux/internal/logging"
 	"github.com/dtmux/dtmux/internal/rpcserver"
@@ -56,6 +57,8 @@ type flags struct {
 	spoolLimit                                      uint64
 	retention                                       time.Duration
 	maxRuns                                         int
+	tmuxBin                                         string
+	tmuxHistory                                     int
 }
 
 func parseFlags(args []string) (*flags, error) {
@@ -79,6 +82,8 @@ func parseFlags(args []string) (*flags, error) {
 	fs.Uint64Var(&f.spoolLimit, "spool-limit", process.DefaultSpoolLimit, "output bytes kept per run and stream")
 	fs.DurationVar(&f.retention, "retention", process.DefaultRetention, "how long finished runs stay queryable")
 	fs.IntVar(&f.maxRuns, "max-runs", process.DefaultMaxRuns, "most runs running at once")
+	fs.StringVar(&f.tmuxBin, "tmux-bin", "tmux", "tmux executable for sessions (3.2 or later)")
+	fs.IntVar(&f.tmuxHistory, "tmux-history-limit", 50000, "scrollback lines kept per tmux pane")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(os.Stderr)
@@ -200,10 +205,24 @@ func run(args []string) error {
 		return err
 	}
 
+	// Sessions: the agent's private tmux server outlives the agent. When
+	// tmux is missing or too old, runs are still served and the session
+	// RPCs answer FailedPrecondition with the reason.
+	sessions := tmux.New(tmux.Config{
+		StateDir:     filepath.Join(f.stateDir, "tmux"),
+		Bin:          f.tmuxBin,
+		HistoryLimit: f.tmuxHistory,
+		WorkDir:      f.workdir,
+		Logger:       log,
+	})
+	_ = sessions.Start(ctx) // logged by the manager; Err() keeps the reason
+	defer sessions.Close()
+
 	srv := rpcserver.New(cfg)
 	agentv1.RegisterAgentServiceServer(srv.Server, agent.New(agent.Options{
 		Logger:    log,
 		Runs:      runs,
+		Tmux:      sessions,
 		Workspace: f.workspace,
 		Workdir:   f.workdir,
 		Isolation: cgroups.Isolation(),
