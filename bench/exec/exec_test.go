@@ -439,7 +439,7 @@ func table(b *testing.B, r *results) {
 	tput("head -c 1G direct to agent", r.tputAgent, fmt.Sprintf("(%.0f KiB per output event)", r.chunkAgent/1024))
 	tput("head -c 1G local pipe (floor)", r.tputLocal, "")
 	if r.keptDefault > 0 {
-		w("  %-44s %5.1f%% received, the rest reported as gaps", "via controller, default spool (64 MiB)", 100*r.keptDefault)
+		w("  %-44s %5.1f%% received, %.1f%% reported lost in gaps", "via controller, default spool (64 MiB)", 100*r.keptDefault, 100*(1-r.keptDefault))
 	}
 	tput("ssh host head -c 1G (after the handshake)", r.tputSSH, "")
 	w("against the targets (DESIGN.md):")
