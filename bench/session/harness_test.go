@@ -3,6 +3,7 @@ package sessionbench
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,6 +65,9 @@ func startController(b *testing.B) *controller {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(state) })
+	// Runs after the controller and its agents stop: tmux sessions
+	// outlive their agent by design, so their servers go here.
+	b.Cleanup(func() { killTmuxServers(state) })
 	c := &controller{
 		addr:  "unix://" + filepath.Join(state, "controller.sock"),
 		state: state,
@@ -166,6 +170,20 @@ func killRecordedAgents(state string) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// killTmuxServers stops every agent's private tmux server under state
+// (a socket named tmux.sock, as agent/tmux places it).
+func killTmuxServers(state string) {
+	_ = filepath.WalkDir(state, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.Name() != "tmux.sock" || d.Type()&fs.ModeSocket == 0 {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = exec.CommandContext(ctx, "tmux", "-S", path, "kill-server").Run()
+		return nil
+	})
 }
 
 // routed adds the controller's routing metadata to every call.

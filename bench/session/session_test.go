@@ -84,6 +84,14 @@ func BenchmarkSessionKeystroke(b *testing.B) {
 		b.Log(r.skipped)
 	case err != nil:
 		b.Fatalf("create session: %v\n%s", err, c.readLog())
+	default:
+		b.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := c.viaController().KillSession(ctx, &agentv1.KillSessionRequest{Name: "kb"}); err != nil {
+				b.Errorf("kill session: %v", err)
+			}
+		})
 	}
 	target := &agentv1.PaneTarget{Session: "kb"}
 
