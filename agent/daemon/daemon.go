@@ -123,7 +123,16 @@ func Connect(ctx context.Context, c Config) (*net.UnixConn, error) {
 	}
 	defer unlock()
 
-	if conn, err := dial(sock); err == nil {
+	conn, err := dial(sock)
+	if err == nil {
+		if _, alive := running(c.StateDir); !alive {
+			// A daemon that has released its lock is exiting; its socket
+			// may accept for a moment longer.
+			conn.Close()
+			err = errors.New("the daemon is exiting")
+		}
+	}
+	if err == nil {
 		pid, err := peerPID(conn)
 		if err != nil {
 			conn.Close()

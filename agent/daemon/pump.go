@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"errors"
 	"io"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -43,10 +45,7 @@ func Pump(in io.Reader, out io.Writer, conn *net.UnixConn) error {
 
 // quiet drops the errors that only say the other side went away.
 func quiet(err error) error {
-	if err == nil {
-		return nil
-	}
-	if ne, ok := err.(*net.OpError); ok && (ne.Op == "write" || ne.Op == "read") {
+	if err == nil || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err

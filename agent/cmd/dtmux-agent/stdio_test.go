@@ -189,6 +189,13 @@ func TestStdioPumpEndsWithTheDaemon(t *testing.T) {
 	pid := p1.info(t).GetPid()
 	syscall.Kill(int(pid), syscall.SIGKILL)
 	p1.waitExit(t, "its daemon was killed")
+	if p1.waitErr != nil {
+		t.Errorf("pump exit: %v", p1.waitErr)
+	}
+	// Until its lock is gone the dying daemon may still accept.
+	if err := daemon.Stop(state, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	p2 := startPump(t, agentBin, state, work)
 	if got := p2.info(t).GetPid(); got == pid || got <= 0 {
 		t.Fatalf("after the daemon died: pid %d (old %d)", got, pid)
