@@ -225,7 +225,11 @@ func (s *Server) FollowSession(req *agentv1.FollowSessionRequest, stream agentv1
 }
 
 // RunInSession runs a command in a new window and streams its output and
-// the exit status tmux reports.
+// the exit status tmux reports. The command lives in its window, not in
+// the stream: a client that cancels (dtmux run --wait-for does once its
+// pattern shows) or disconnects leaves it running, like a detached run;
+// only the timeout (still enforced by the agent) or an explicit kill ends
+// it.
 func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.AgentService_RunInSessionServer) error {
 	ctx := stream.Context()
 	m, err := s.sessions()

@@ -401,9 +401,15 @@ func TestCLISessions(t *testing.T) {
 	if !strings.Contains(r.stdout, "s1") {
 		t.Errorf("session ls:\n%s", r.stdout)
 	}
+	// protojson varies its whitespace on purpose: decode, never grep.
 	r = mustCLI(t, c, "session", "ls", "w1", "-o", "json")
-	if !strings.Contains(r.stdout, `"name": "s1"`) {
-		t.Errorf("session ls -o json:\n%s", r.stdout)
+	var listed struct {
+		Sessions []struct {
+			Name string `json:"name"`
+		} `json:"sessions"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil || len(listed.Sessions) != 1 || listed.Sessions[0].Name != "s1" {
+		t.Errorf("session ls -o json: %v\n%s", err, r.stdout)
 	}
 
 	// Text arrives exactly as typed: nothing is a tmux command or a shell
@@ -494,16 +500,51 @@ func TestCLIRunScript(t *testing.T) {
 		t.Errorf("--wait-for: exit %d stderr %q", r.code, r.stderr)
 	}
 	// The script is still running in its window.
-	r = mustCLI(t, c, "session", "ls", "w1", "-o", "json")
-	if !strings.Contains(r.stdout, `"srv"`) || !strings.Contains(r.stdout, "sleep") {
-		t.Errorf("the waited-for script is not running:\n%s", r.stdout)
-	}
+	// The script is still running in its window: the CLI's cancelled
+	// stream did not end it.
+	eventually(t, "the waited-for script is running", func() string {
+		if !scriptRunning(t, c, "w1", "srv", "server") {
+			return mustCLI(t, c, "session", "ls", "w1").stdout
+		}
+		return ""
+	})
 	mustCLI(t, c, "session", "kill", "w1", "srv")
 
 	r = dtmuxCLI(t, c, nil, "run", "w1", "--timeout", "1s", waiter)
 	if r.code != 124 {
 		t.Errorf("run --timeout: exit %d stderr %q", r.code, r.stderr)
 	}
+}
+
+// scriptRunning reports whether window win of session sess has a live
+// pane running sleep (what the test scripts exec into).
+func scriptRunning(t *testing.T, c *Controller, ws, sess, win string) bool {
+	t.Helper()
+	r := mustCLI(t, c, "session", "ls", ws, "-o", "json")
+	var got struct {
+		Sessions []struct {
+			Name    string `json:"name"`
+			Windows []struct {
+				Name  string `json:"name"`
+				Panes []struct {
+					Dead           bool   `json:"dead"`
+					CurrentCommand string `json:"current_command"`
+				} `json:"panes"`
+			} `json:"windows"`
+		} `json:"sessions"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("session ls -o json: %v\n%s", err, r.stdout)
+	}
+	for _, s := range got.Sessions {
+		for _, w := range s.Windows {
+			if s.Name == sess && w.Name == win && len(w.Panes) == 1 &&
+				!w.Panes[0].Dead && w.Panes[0].CurrentCommand == "sleep" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func TestCLIServices(t *testing.T) {

@@ -221,3 +221,11 @@ func (b *Buffer) clearExit() {
 		b.changed()
 	}
 }
+
+// over reports whether the pane's command has ended or the pane is gone,
+// and a channel closed at the next change.
+func (b *Buffer) over() (bool, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.exit != nil || b.closed, b.notify
+}

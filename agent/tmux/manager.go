@@ -62,6 +62,12 @@ type Manager struct {
 	clients   map[string]*Client // guarded by mu; by session name
 	serverPID int                // guarded by mu
 	closed    bool               // guarded by mu
+
+	// watchers are the timeouts of session runs whose caller has gone;
+	// quit, closed by Close, stops them.
+	watchers  sync.WaitGroup
+	quit      chan struct{}
+	closeOnce sync.Once
 }
 
 // New makes a Manager; call Start before use.
@@ -92,6 +98,7 @@ func New(cfg Config) *Manager {
 		conf:    filepath.Join(cfg.StateDir, "tmux.conf"),
 		env:     env,
 		clients: map[string]*Client{},
+		quit:    make(chan struct{}),
 	}
 }
 
@@ -232,14 +239,17 @@ func (m *Manager) Bin() string { return m.bin }
 // Env is the environment tmux clients and the server run with.
 func (m *Manager) Env() []string { return append([]string(nil), m.env...) }
 
-// Close detaches every control client; the server and its sessions keep
-// running for the next agent.
+// Close detaches every control client and stops the timeouts of session
+// runs whose caller left; the server and its sessions keep running for
+// the next agent.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
 	clients := m.clients
 	m.clients = map[string]*Client{}
 	m.mu.Unlock()
+	m.closeOnce.Do(func() { close(m.quit) })
+	m.watchers.Wait()
 	var wg sync.WaitGroup
 	for _, c := range clients {
 		wg.Go(c.Close)

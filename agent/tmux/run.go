@@ -53,8 +53,12 @@ type RunResult struct {
 // exit (#4807), or what a slow caller let the buffer evict, is read from a
 // pipe-pane log by byte offset.
 //
-// When ctx ends first the command's process group is killed and ctx's
-// error returned.
+// The command belongs to its window, not to the caller: when ctx ends
+// first (the client cancelled or went away) or a callback fails, the
+// command keeps running like a detached run and ctx's (or the callback's)
+// error is returned. Only the timeout, which a Manager-owned watchdog keeps
+// enforcing after the caller left, or an explicit kill (KillSession, a
+// signal) ends it. The window then stays, whatever CloseWindow says.
 func (m *Manager) RunInSession(ctx context.Context, spec RunSpec, started func(RunStarted) error, output func(offset uint64, data []byte) error) (RunResult, error) {
 	if err := m.Err(); err != nil {
 		return RunResult{}, err
@@ -92,7 +96,7 @@ func (m *Manager) RunInSession(ctx context.Context, spec RunSpec, started func(R
 		return RunResult{}, err
 	}
 	if err := started(RunStarted{Session: spec.Session, Window: win, Pane: r.pane, PID: r.pid, At: r.res.Started}); err != nil {
-		r.kill(syscall.SIGKILL)
+		r.detach()
 		return RunResult{}, err
 	}
 	return r.wait(ctx)
@@ -113,6 +117,10 @@ type run struct {
 
 	delivered uint64 // bytes passed to output
 	fromLog   bool   // %output lost count (paused): read only the log
+	ended     bool   // the command's exit status was seen
+
+	// timedOut is when SIGTERM was sent for the timeout (zero: not yet).
+	timedOut time.Time
 
 	waitCancel context.CancelFunc
 	waitWG     sync.WaitGroup
@@ -217,14 +225,14 @@ func (r *run) wait(ctx context.Context) (RunResult, error) {
 		case ch.Gap != nil:
 			if !r.fromLog {
 				if err := r.fromLogTo(ch.Gap.Offset + ch.Gap.Bytes); err != nil {
-					r.kill(syscall.SIGKILL)
+					r.detach()
 					return r.res, err
 				}
 			}
 		case ch.Data != nil:
 			if !r.fromLog && ch.Offset > r.delivered {
 				if err := r.fromLogTo(ch.Offset); err != nil {
-					r.kill(syscall.SIGKILL)
+					r.detach()
 					return r.res, err
 				}
 				if r.delivered < ch.Offset {
@@ -233,19 +241,20 @@ func (r *run) wait(ctx context.Context) (RunResult, error) {
 			}
 			if r.fromLog {
 				if err := r.fromLogTo(0); err != nil {
-					r.kill(syscall.SIGKILL)
+					r.detach()
 					return r.res, err
 				}
 				break
 			}
 			if end := ch.Offset + uint64(len(ch.Data)); end > r.delivered {
 				if err := r.output(r.delivered, ch.Data[r.delivered-ch.Offset:]); err != nil {
-					r.kill(syscall.SIGKILL)
+					r.detach()
 					return r.res, err
 				}
 				r.delivered = end
 			}
 		case ch.Exit != nil:
+			r.ended = true
 			r.res.Exit = *ch.Exit
 			r.res.Ended = time.Now()
 			err := r.drainLog(ctx)
@@ -258,6 +267,7 @@ func (r *run) wait(ctx context.Context) (RunResult, error) {
 			case <-ch.Wait:
 			case <-timeout:
 				r.res.TimedOut = true
+				r.timedOut = time.Now()
 				timeout = nil
 				r.kill(syscall.SIGTERM)
 				grace = time.After(graceD)
@@ -265,7 +275,7 @@ func (r *run) wait(ctx context.Context) (RunResult, error) {
 				grace = nil
 				r.kill(syscall.SIGKILL)
 			case <-ctx.Done():
-				r.kill(syscall.SIGKILL)
+				r.detach()
 				return r.res, ctx.Err()
 			}
 		}
@@ -360,12 +370,40 @@ func (r *run) fromLogTo(end uint64) error {
 	return nil
 }
 
+// detach leaves the command running in its window after the caller has
+// gone, and hands its timeout, if any, to a watchdog the Manager owns.
+func (r *run) detach() {
+	if r.pid <= 0 || r.spec.Timeout <= 0 {
+		return
+	}
+	grace := r.spec.Grace
+	if grace <= 0 {
+		grace = 2 * time.Second
+	}
+	w := &watchdog{m: r.m, pid: r.pid, pane: r.pane, buf: r.buf, grace: grace}
+	if r.timedOut.IsZero() {
+		w.term = r.res.Started.Add(r.spec.Timeout)
+		w.kill = w.term.Add(grace)
+	} else {
+		w.kill = r.timedOut.Add(grace)
+	}
+	r.m.watch(w)
+}
+
 func (r *run) cleanup() {
 	if r.waitCancel != nil {
 		r.waitCancel()
 		r.waitWG.Wait()
 	}
-	if r.pane != "" && r.spec.CloseWindow {
+	if r.pane != "" && !r.ended {
+		// The command outlives this call: stop copying its output into a
+		// log nobody will read (pipe-pane with no command closes the
+		// pipe of a live pane).
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, _ = r.c.Command(ctx, line("pipe-pane", "-t", quoteWord(r.pane)))
+		cancel()
+	}
+	if r.pane != "" && r.spec.CloseWindow && r.ended {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, _ = r.c.Command(ctx, line("kill-window", "-t", quoteWord(r.window)))
 		cancel()

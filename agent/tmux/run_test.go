@@ -2,6 +2,7 @@ package tmux
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -157,5 +158,62 @@ func TestRunInSessionEnvAndCwd(t *testing.T) {
 	}
 	if want := "a b;$HOME \"q\" #{x}|" + sub; o.data.String() != want {
 		t.Errorf("got %q, want %q", o.data.String(), want)
+	}
+}
+
+// A session run belongs to its window: a caller that goes away (the CLI
+// returning on --wait-for cancels its stream) leaves the command running,
+// and its timeout is still enforced after the caller left.
+func TestRunInSessionOutlivesCaller(t *testing.T) {
+	m := newManager(t)
+	mustCreate(t, m, "det", "sleep", "600")
+	run := func(win string, timeout time.Duration) RunStarted {
+		t.Helper()
+		c, cancel := context.WithCancel(ctx(t))
+		var st RunStarted
+		_, err := m.RunInSession(c, RunSpec{Session: "det", WindowName: win, Timeout: timeout, CloseWindow: true,
+			Command: Command{Argv: []string{"sh", "-c", "echo ready; exec sleep 300"}}},
+			func(s RunStarted) error { st = s; return nil },
+			func(_ uint64, d []byte) error {
+				if bytes.Contains(d, []byte("ready")) {
+					cancel()
+				}
+				return nil
+			})
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("run %s: %v, want context.Canceled", win, err)
+		}
+		return st
+	}
+	pane := func(win string) Pane {
+		t.Helper()
+		s, err := m.Session(ctx(t), "det")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range s.Windows {
+			if w.Name == win {
+				return w.Panes[0]
+			}
+		}
+		t.Fatalf("window %s is gone: %+v", win, s)
+		return Pane{}
+	}
+
+	st := run("keep", 0)
+	if p := pane("keep"); p.Dead || syscall.Kill(st.PID, 0) != nil {
+		t.Errorf("the command died with its caller: %+v", p)
+	}
+
+	run("limited", 300*time.Millisecond)
+	deadline := time.Now().Add(20 * time.Second)
+	for p := pane("limited"); !p.Dead || p.Exit.Signal != int(syscall.SIGTERM); p = pane("limited") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the timeout was not enforced after the caller left: %+v", p)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if p := pane("keep"); p.Dead {
+		t.Errorf("the run without a timeout ended: %+v", p)
 	}
 }
