@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -32,6 +33,10 @@ func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 		if err := daemon.Stop(remoteStateDir(srv), 15*time.Second); err != nil {
 			t.Errorf("stop the remote agent daemon: %v", err)
 		}
+		// Its tmux server outlives it too, by design.
+		if sock := filepath.Join(remoteStateDir(srv), "tmux", "tmux.sock"); fileExists(sock) {
+			exec.Command("tmux", "-S", sock, "kill-server").Run()
+		}
 	})
 	deny := sshtest.Start(t, sshtest.Options{RejectAll: true})
 	hosts := filepath.Join(shortTempDir(t), "hosts.yaml")
@@ -44,6 +49,8 @@ func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 	c := StartController(t, ControllerOptions{Provider: "ssh", Args: []string{"--hosts", hosts, "--agent-dir", testbin.Dir(t)}})
 	return c, srv
 }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // remoteStateDir is the remote agent's default state dir on srv.
 func remoteStateDir(srv *sshtest.Server) string {

@@ -38,6 +38,10 @@ func stateDir(t *testing.T) string {
 		if err := daemon.Stop(dir, 10*time.Second); err != nil {
 			t.Errorf("stop the agent daemon: %v", err)
 		}
+		// The daemon's tmux server outlives it, by design.
+		if sock := filepath.Join(dir, "tmux", "tmux.sock"); fileExists(sock) {
+			exec.Command("tmux", "-S", sock, "kill-server").Run()
+		}
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(dir, daemon.LogName)); err == nil {
 				t.Logf("daemon log:\n%s", b)
@@ -47,6 +51,8 @@ func stateDir(t *testing.T) string {
 	})
 	return dir
 }
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // pump is one `dtmux-agent --stdio` process, as at the end of a hop, with
 // a gRPC client on its pipes.
