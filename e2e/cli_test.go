@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -618,10 +619,11 @@ func TestCLIAttach(t *testing.T) {
 			envArgs = append(envArgs, "-e", e)
 		}
 	}
-	outer(append(append([]string{"new-session", "-d", "-x", "120", "-y", "40"}, envArgs...),
-		testbin.Path(t, testbin.CLI)+" attach w1 dbg; echo attach-exit-$?; sleep 300")...)
+	// The pane id is an unambiguous target ("=0" is not a pane).
+	pane := strings.TrimSpace(outer(append(append([]string{"new-session", "-d", "-x", "120", "-y", "40", "-P", "-F", "#{pane_id}"}, envArgs...),
+		testbin.Path(t, testbin.CLI)+" attach w1 dbg; echo attach-exit-$?; stty -a; sleep 300")...))
 	outer("set-option", "-g", "prefix", "C-a")
-	screen := func() string { return outer("capture-pane", "-p", "-t", "=0") }
+	screen := func() string { return outer("capture-pane", "-p", "-J", "-t", pane) }
 
 	eventually(t, "the inner session on screen", func() string {
 		if s := screen(); strings.TrimSpace(s) == "" {
@@ -629,8 +631,8 @@ func TestCLIAttach(t *testing.T) {
 		}
 		return ""
 	})
-	outer("send-keys", "-t", "=0", "-l", "echo hello-$((6*7))")
-	outer("send-keys", "-t", "=0", "Enter")
+	outer("send-keys", "-t", pane, "-l", "echo hello-$((6*7))")
+	outer("send-keys", "-t", pane, "Enter")
 	eventually(t, "typed command's output", func() string {
 		if s := screen(); !strings.Contains(s, "hello-42") {
 			return s
@@ -638,16 +640,36 @@ func TestCLIAttach(t *testing.T) {
 		return ""
 	})
 	// tmux's detach key (C-b d) reaches the inner tmux untouched.
-	outer("send-keys", "-t", "=0", "C-b", "d")
+	outer("send-keys", "-t", pane, "C-b", "d")
 	eventually(t, "dtmux attach exits 0 on detach", func() string {
 		if s := screen(); !strings.Contains(s, "attach-exit-0") {
 			return s
 		}
 		return ""
 	})
+	// The terminal is back in cooked mode: the stty -a after dtmux shows
+	// canonical input and echo, which raw mode had turned off.
+	eventually(t, "stty -a after dtmux attach", func() string {
+		s := screen()
+		_, after, ok := strings.Cut(s, "attach-exit-0")
+		if !ok || !strings.Contains(after, "speed") {
+			return s
+		}
+		for _, flag := range []string{"icanon", "echo", "isig", "icrnl", "opost"} {
+			if !regexp.MustCompile(`(^|\s)` + flag + `(\s|$)`).MatchString(after) {
+				t.Errorf("terminal not restored: %s is off after dtmux attach:\n%s", flag, after)
+			}
+		}
+		return ""
+	})
 	r := mustCLI(t, c, "session", "capture", "w1", "dbg")
 	if !strings.Contains(r.stdout, "hello-42") {
 		t.Errorf("the session did not keep its state after detach:\n%s", r.stdout)
+	}
+	// Detaching left the session and its shell running.
+	r = mustCLI(t, c, "session", "ls", "w1", "-o", "json")
+	if !strings.Contains(r.stdout, "dbg") || strings.Contains(r.stdout, `"dead"`) {
+		t.Errorf("the session did not survive the detach:\n%s", r.stdout)
 	}
 }
 
