@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dtmux/dtmux/controller/provider"
+	"github.com/dtmux/dtmux/internal/tmuxserver"
 	"github.com/dtmux/dtmux/internal/transport"
 )
 
@@ -403,7 +404,8 @@ func (p *Provider) stopLocked(w *workspace) error {
 	return nil
 }
 
-// Delete implements provider.Provider: stop, then remove the directory.
+// Delete implements provider.Provider: stop the agent and its tmux
+// server, then remove the directory.
 func (p *Provider) Delete(_ context.Context, name string, _ bool) error {
 	p.mu.Lock()
 	w, err := p.lookup(name)
@@ -418,6 +420,14 @@ func (p *Provider) Delete(_ context.Context, name string, _ bool) error {
 	defer w.op.Unlock()
 	if err := p.stopLocked(w); err != nil {
 		return err
+	}
+	// The agent's tmux server outlives the agent by design (sessions
+	// survive agent restarts); a deleted workspace leaves no processes.
+	kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err = tmuxserver.KillUnder(kctx, filepath.Join(w.dir, "agent"))
+	cancel()
+	if err != nil {
+		p.log.Warn("stop the workspace's tmux server", "workspace", name, "error", err)
 	}
 	if err := os.RemoveAll(w.dir); err != nil {
 		return fmt.Errorf("delete workspace %q: %w", name, err)

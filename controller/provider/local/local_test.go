@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/dtmux/dtmux/controller/provider"
+	"github.com/dtmux/dtmux/internal/testbin"
 	"github.com/dtmux/dtmux/internal/transport"
 )
 
@@ -319,4 +321,37 @@ func TestMissingAgentBinary(t *testing.T) {
 	if list, _ := p.List(ctxT(t)); len(list) != 0 {
 		t.Errorf("failed create left %v", list)
 	}
+}
+
+// An agent's tmux server outlives the agent by design, but deleting the
+// workspace ends it: a deleted workspace leaves no processes. The fake
+// agent starts no tmux, so the test starts the server where a real agent
+// would.
+func TestDeleteKillsTmuxServer(t *testing.T) {
+	tmux := testbin.RequireTool(t, "tmux")
+	dir := stateDir(t)
+	p := newProvider(t, dir, true)
+	defer p.Close()
+	ctx := ctxT(t)
+	if _, err := p.Create(ctx, provider.CreateOptions{Name: "ws"}); err != nil {
+		t.Fatal(err)
+	}
+	sockDir := filepath.Join(dir, "workspaces", "ws", "agent", "tmux")
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(sockDir, "tmux.sock")
+	out, err := exec.Command(tmux, "-S", sock, "-f", "/dev/null", "new-session", "-d", "-P", "-F", "#{pid} #{pane_pid}", "sleep", "600").Output()
+	if err != nil {
+		t.Fatalf("start tmux: %v", err)
+	}
+	t.Cleanup(func() { _ = exec.Command(tmux, "-S", sock, "kill-server").Run() })
+	var server, pane int
+	if _, err := fmt.Sscan(string(out), &server, &pane); err != nil {
+		t.Fatalf("tmux said %q: %v", out, err)
+	}
+	if err := p.Delete(ctx, "ws", false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the tmux server and its pane to end", func() bool { return !alive(server, false) && !alive(pane, false) })
 }
