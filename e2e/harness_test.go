@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 
 	"github.com/dtmux/dtmux/internal/testbin"
+	"github.com/dtmux/dtmux/internal/tmuxserver"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 	controllerv1 "github.com/dtmux/dtmux/proto/dtmux/controller/v1"
 )
@@ -74,14 +75,19 @@ type Controller struct {
 }
 
 // shortTempDir returns a temp dir with a short path (unix socket paths are
-// limited to ~100 bytes) that is removed at cleanup.
+// limited to ~100 bytes) that is removed at cleanup, after every tmux
+// server with a socket in it was ended: agents keep state dirs in these,
+// and an agent's tmux server outlives the agent by design.
 func shortTempDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "dt")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(d) })
+	t.Cleanup(func() {
+		killTmuxServers(t, d)
+		os.RemoveAll(d)
+	})
 	return d
 }
 
@@ -293,7 +299,8 @@ func readPID(path string) int {
 
 // killRecordedAgents SIGKILLs every local agent recorded under stateDir,
 // so that no test leaves agents behind even when the controller did not
-// stop them.
+// stop them, then ends every agent's tmux server under stateDir (those
+// outlive their agent by design).
 func killRecordedAgents(t testing.TB, stateDir string) {
 	pids, _ := filepath.Glob(filepath.Join(stateDir, "workspaces", "*", "agent.pid"))
 	for _, p := range pids {
@@ -303,6 +310,16 @@ func killRecordedAgents(t testing.TB, stateDir string) {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
+	}
+	killTmuxServers(t, stateDir)
+}
+
+// killTmuxServers ends every tmux server with a socket under dir.
+func killTmuxServers(t testing.TB, dir string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := tmuxserver.KillUnder(ctx, dir); err != nil {
+		t.Errorf("stop the tmux servers under %s: %v", dir, err)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -34,9 +33,7 @@ func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 			t.Errorf("stop the remote agent daemon: %v", err)
 		}
 		// Its tmux server outlives it too, by design.
-		if sock := filepath.Join(remoteStateDir(srv), "tmux", "tmux.sock"); fileExists(sock) {
-			exec.Command("tmux", "-S", sock, "kill-server").Run()
-		}
+		killTmuxServers(t, remoteStateDir(srv))
 	})
 	deny := sshtest.Start(t, sshtest.Options{RejectAll: true})
 	hosts := filepath.Join(shortTempDir(t), "hosts.yaml")

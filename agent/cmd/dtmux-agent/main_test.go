@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/dtmux/dtmux/internal/tmuxserver"
 	"github.com/dtmux/dtmux/internal/transport"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
@@ -98,6 +99,15 @@ func startAgent(t *testing.T, state string) *agentProc {
 	a := &agentProc{sock: filepath.Join(dir, "s", "agent.sock"), state: state, exited: make(chan struct{})}
 	a.cmd = exec.Command(agentBin, "--listen", "unix://"+a.sock, "--state-dir", state, "--workspace", "e2e", "--workdir", t.TempDir(), "--log-level", "debug")
 	a.cmd.Stderr = os.Stderr
+	// The agent's tmux server outlives it by design: end it after the
+	// agent (cleanups run last-registered first).
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := tmuxserver.KillUnder(ctx, state); err != nil {
+			t.Errorf("stop the agent's tmux server: %v", err)
+		}
+	})
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
