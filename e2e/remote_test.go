@@ -47,8 +47,6 @@ func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 	return c, srv
 }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
 // remoteStateDir is the remote agent's default state dir on srv.
 func remoteStateDir(srv *sshtest.Server) string {
 	return filepath.Join(srv.Home, ".local", "state", "dtmux-agent")

@@ -22,6 +22,7 @@ import (
 	"github.com/dtmux/dtmux/agent/daemon"
 	"github.com/dtmux/dtmux/internal/sshtest"
 	"github.com/dtmux/dtmux/internal/testbin"
+	"github.com/dtmux/dtmux/internal/tmuxserver"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -67,8 +68,10 @@ func startRemote(b *testing.B) *remote {
 		if err := daemon.Stop(remoteState, 15*time.Second); err != nil {
 			b.Errorf("stop the remote agent: %v", err)
 		}
-		if sock := filepath.Join(remoteState, "tmux", "tmux.sock"); exists(sock) {
-			exec.Command("tmux", "-S", sock, "kill-server").Run()
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := tmuxserver.KillUnder(ctx, remoteState); err != nil {
+			b.Errorf("stop the remote agent's tmux server: %v", err)
 		}
 	})
 	state, err := os.MkdirTemp("", "dtr")
@@ -114,8 +117,6 @@ func startRemote(b *testing.B) *remote {
 	}
 	return r
 }
-
-func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 func (r *remote) readLog() string {
 	out, _ := os.ReadFile(r.log)

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dtmux/dtmux/agent/daemon"
+	"github.com/dtmux/dtmux/internal/tmuxserver"
 	"github.com/dtmux/dtmux/internal/transport"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
@@ -39,8 +40,10 @@ func stateDir(t *testing.T) string {
 			t.Errorf("stop the agent daemon: %v", err)
 		}
 		// The daemon's tmux server outlives it, by design.
-		if sock := filepath.Join(dir, "tmux", "tmux.sock"); fileExists(sock) {
-			exec.Command("tmux", "-S", sock, "kill-server").Run()
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := tmuxserver.KillUnder(ctx, dir); err != nil {
+			t.Errorf("stop the daemon's tmux server: %v", err)
 		}
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(dir, daemon.LogName)); err == nil {
@@ -51,8 +54,6 @@ func stateDir(t *testing.T) string {
 	})
 	return dir
 }
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // pump is one `dtmux-agent --stdio` process, as at the end of a hop, with
 // a gRPC client on its pipes.
