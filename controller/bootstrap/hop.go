@@ -30,6 +30,11 @@ var sshDefaults = []string{
 	"-o", "ServerAliveInterval=15",
 	"-o", "ServerAliveCountMax=3",
 	"-o", "ConnectTimeout=15",
+	// AES-GCM first: with AES-NI it moves about 1.5x the bytes of OpenSSH's
+	// default chacha20 on this hardware class, and the hop carries bulk
+	// output. "^" only reorders the default list, so a host that offers
+	// neither still negotiates; an -o Ciphers in ssh_args wins over this.
+	"-o", "Ciphers=^aes128-gcm@openssh.com,aes256-gcm@openssh.com",
 }
 
 // Command implements Hop.
