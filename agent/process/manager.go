@@ -77,6 +77,7 @@ type Manager struct {
 
 	stop     chan struct{}
 	sweeping sync.WaitGroup
+	writer   *writer // persists run metadata off the start path
 
 	mu      sync.Mutex
 	runs    map[string]*Run // guarded by mu
@@ -132,6 +133,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		runsDir: filepath.Join(cfg.StateDir, "runs"),
 		stop:    make(chan struct{}),
 		runs:    map[string]*Run{},
+		writer:  newWriter(),
 	}
 	if err := os.MkdirAll(m.runsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("run manager: %w", err)
@@ -141,6 +143,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	}
 	m.sweeping.Add(1)
 	go m.sweep()
+	go m.writer.loop()
 	return m, nil
 }
 
@@ -232,7 +235,7 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 	for id == "" || m.runs[id] != nil {
 		id = newRunID()
 	}
-	r := m.newRun(id, filepath.Join(m.runsDir, id))
+	r := m.newRun(id, filepath.Join(m.runsDir, id), true)
 	r.info.ID = id
 	m.runs[id] = r
 	m.running++
@@ -252,8 +255,10 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 	return r, false, nil
 }
 
-func (m *Manager) newRun(id, dir string) *Run {
-	return &Run{
+// newRun makes the Run value; fresh says it is a new run rather than one
+// loaded from disk.
+func (m *Manager) newRun(id, dir string, fresh bool) *Run {
+	r := &Run{
 		m:        m,
 		log:      m.log.With("run_id", id),
 		dir:      dir,
@@ -263,6 +268,16 @@ func (m *Manager) newRun(id, dir string) *Run {
 		notify:   make(chan struct{}),
 		own:      newOwner(),
 	}
+	r.prepareDir = sync.OnceValue(func() error {
+		if fresh {
+			os.RemoveAll(dir) // a leftover of a run that was never recorded
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("run directory: %w", err)
+		}
+		return nil
+	})
+	return r
 }
 
 func newRunID() string {
@@ -317,17 +332,11 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 		r.own.active.Store(true)
 	}
 
-	os.RemoveAll(r.dir) // a leftover of a run that was never recorded
-	if err := os.MkdirAll(r.dir, 0o700); err != nil {
-		return fmt.Errorf("start run: %w", err)
-	}
+	// Nothing touches the disk before the process starts: the run's
+	// directory, spool files and metadata are made by the manager's writer
+	// in the background, or by whoever needs them first (see writer).
 	for i, name := range []string{"stdout", "stderr"} {
-		s, err := newSpool(filepath.Join(r.dir, name), limits.MaxOutputBytes, r.broadcast)
-		if err != nil {
-			r.closeSpools()
-			return fmt.Errorf("start run: %w", err)
-		}
-		r.out[i] = s
+		r.out[i] = newSpool(filepath.Join(r.dir, name), limits.MaxOutputBytes, r.broadcast, r.prepareDir)
 	}
 
 	env := os.Environ()
@@ -381,9 +390,6 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	r.info.PID = cmd.Process.Pid
 	r.info.StartedAt = time.Now()
 	r.lastOutput.Store(r.info.StartedAt.UnixNano())
-	if err := m.store.save(r.dir, r.Info()); err != nil {
-		r.log.Warn("persist run", "error", err)
-	}
 	r.log.Debug("run started", "pid", r.info.PID, "argc", len(argv), "pty", r.info.PTY, "detached", r.info.Detached)
 
 	copiers := &sync.WaitGroup{}
@@ -392,6 +398,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 		go r.copyOutput(i, f, r.out[i], copiers)
 	}
 	go r.supervise(copiers)
+	m.writer.add(r)
 	return nil
 }
 
@@ -591,6 +598,10 @@ func (m *Manager) Close() error {
 	m.mu.Unlock()
 	close(m.stop)
 	m.sweeping.Wait()
+	// After the runs below have ended: writes what is queued, trailers and
+	// detached runs the next agent must find; later writes happen in the
+	// caller.
+	defer m.writer.close()
 
 	var waitFor []*Run
 	for _, r := range kill {
@@ -646,6 +657,7 @@ func (m *Manager) sweepOnce(now time.Time) {
 	}
 	m.mu.Unlock()
 	for _, r := range expired {
+		r.forget()
 		r.closeSpools()
 		if err := os.RemoveAll(r.dir); err != nil {
 			m.log.Warn("remove expired run", "run_id", r.info.ID, "error", err)
@@ -688,7 +700,7 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 		return nil, fmt.Errorf("metadata names run %q", info.ID)
 	}
 	inFlight := info.State != StateFinished || info.Trailer == nil
-	r := m.newRun(id, dir)
+	r := m.newRun(id, dir, false)
 	close(r.ready)
 	close(r.done)
 	limit := info.Limits.MaxOutputBytes
@@ -730,6 +742,10 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 	r.trailer = t
 	return r, nil
 }
+
+// Sync returns once the metadata of every run started or finished before
+// the call is written (see writer for when that happens by itself).
+func (m *Manager) Sync() { m.writer.flush() }
 
 // StateDir is where the runs are kept.
 func (m *Manager) StateDir() string { return m.cfg.StateDir }

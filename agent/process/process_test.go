@@ -629,6 +629,7 @@ func TestRestartKeepsRuns(t *testing.T) {
 	for live.Info().StdoutBytes == 0 {
 		time.Sleep(5 * time.Millisecond)
 	}
+	m1.Sync()
 	crashed := t.TempDir()
 	copyDir(t, filepath.Join(state, "runs"), filepath.Join(crashed, "runs"))
 	live.Kill("test over")

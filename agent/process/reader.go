@@ -98,7 +98,7 @@ func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 			rd.buf = *chunkPool.Get().(*[]byte)
 		}
 		ch := rd.r.wait()
-		finished := rd.r.finished()
+		finished := rd.r.final()
 		for i := range 2 {
 			k := (rd.turn + i) % 2
 			n, gap, err := rd.read(k)
@@ -144,6 +144,10 @@ func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 func (rd *Reader) read(k int) (int, uint64, error) {
 	s := rd.r.out[k]
 	if rd.files[k] == nil {
+		// Nothing new: no need for the file, which may not exist yet.
+		if start, end := s.bounds(); rd.off[k] >= end && rd.off[k] >= start {
+			return 0, 0, nil
+		}
 		f, err := s.acquire()
 		if err != nil {
 			return 0, 0, err

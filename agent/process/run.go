@@ -54,6 +54,13 @@ type Run struct {
 	escalate   chan struct{}
 	done       chan struct{} // closed when the trailer is final
 
+	// prepareDir makes the run's directory, once (see writer).
+	prepareDir func() error
+	saveMu     sync.Mutex  // serialises persist and forget
+	savedFinal bool        // guarded by saveMu; the trailer is on disk
+	forgotten  bool        // guarded by saveMu; expired: write nothing more
+	queued     atomic.Bool // waits in the writer's queue
+
 	mu          sync.Mutex
 	notify      chan struct{} // guarded by mu; closed and replaced on change
 	trailer     *Trailer      // guarded by mu
@@ -70,13 +77,18 @@ func (r *Run) ID() string { return r.info.ID }
 // Done is closed when the run has finished and its trailer is final.
 func (r *Run) Done() <-chan struct{} { return r.done }
 
-// Info describes the run now.
-func (r *Run) Info() Info {
+// Info describes the run now. It says finished only once the trailer is
+// final (Done).
+func (r *Run) Info() Info { return r.snapshot(r.final()) }
+
+// snapshot describes the run now, with the trailer as soon as it is set
+// when withTrailer.
+func (r *Run) snapshot(withTrailer bool) Info {
 	in := r.info
 	in.Argv = append([]string(nil), in.Argv...)
 	in.State = StateRunning
 	r.mu.Lock()
-	if r.trailer != nil {
+	if r.trailer != nil && withTrailer {
 		t := *r.trailer
 		in.Trailer = &t
 		in.State = StateFinished
@@ -88,8 +100,11 @@ func (r *Run) Info() Info {
 	return in
 }
 
-// Trailer returns how the run ended, or nil while it runs.
+// Trailer returns how the run ended, or nil until that is final (Done).
 func (r *Run) Trailer() *Trailer {
+	if !r.final() {
+		return nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.trailer == nil {
@@ -113,8 +128,40 @@ func (r *Run) broadcast() {
 	r.mu.Unlock()
 }
 
-// finished reports whether the trailer is final (all output is spooled by
-// then). Done closes a moment later, once the trailer is persisted.
+// final reports whether Done is closed: the trailer is final and may be
+// reported.
+func (r *Run) final() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// persist writes the run's metadata as it is now (with the trailer once it
+// is set) into its directory; the writer calls it. Once the trailer is
+// written, or the run was forgotten, it does nothing.
+func (r *Run) persist() error {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	if r.savedFinal || r.forgotten {
+		return nil
+	}
+	if err := r.prepareDir(); err != nil {
+		return err
+	}
+	in := r.snapshot(true)
+	if err := r.m.store.save(r.dir, in); err != nil {
+		return err
+	}
+	r.savedFinal = in.Trailer != nil
+	return nil
+}
+
+// finished reports whether the supervisor has set the trailer (all output
+// is spooled by then): the process is gone and may no longer be signalled.
+// Done closes a moment later.
 func (r *Run) finished() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -480,12 +527,12 @@ func (r *Run) finish(t Trailer) {
 	r.mu.Lock()
 	r.trailer = &t
 	r.mu.Unlock()
-	if err := r.m.store.save(r.dir, r.Info()); err != nil {
-		r.log.Warn("persist run", "error", err)
-	}
 	r.m.runEnded(r) // before Done, so that a waiter may start the next run
 	close(r.done)
 	r.broadcast()
+	// Written right after it is reported (see writer for why and what
+	// that means after a crash).
+	r.m.writer.add(r)
 	r.log.Debug("run finished", "reason", int(t.Reason), "exit_code", t.ExitCode, "signal", t.Signal)
 }
 
@@ -526,4 +573,12 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// forget stops the writer from writing r again: it expired and its
+// directory goes.
+func (r *Run) forget() {
+	r.saveMu.Lock()
+	r.forgotten = true
+	r.saveMu.Unlock()
 }

@@ -2,6 +2,7 @@ package process
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -22,6 +23,11 @@ const readChunk = 64 << 10
 // pull any offset they like with ReadAt and learn about evicted bytes as a
 // gap. Memory use does not depend on how much output there is.
 //
+// The file is created lazily (create), by the producer before its first
+// write or by the manager's writer in the background, never on the path
+// that starts the process: creating files is the costliest step of a start
+// on most filesystems, and a run without output needs none.
+//
 // The file is open only while someone uses it: the producer until the run
 // ends (seal), then readers, each holding a reference (acquire/unref) while
 // it reads. A finished run with no reader holds no descriptor, so that
@@ -31,32 +37,72 @@ type spool struct {
 	limit uint64
 	// onWrite runs after each write, outside mu (it wakes readers).
 	onWrite func()
-	// w is the producer's file; only the producer uses it.
-	w   *os.File
+	// mkdir makes the run's directory (once) before the file is created.
+	mkdir func() error
+	// hdr is the producer's header buffer; only the producer uses it.
 	hdr [spoolHeader]byte
 
-	mu     sync.Mutex
-	start  uint64   // guarded by mu; oldest offset still readable
-	end    uint64   // guarded by mu; total bytes written
-	f      *os.File // guarded by mu; open while refs > 0
-	refs   int      // guarded by mu; the producer (until sealed) and readers
-	sealed bool     // guarded by mu; no more writes
-	gone   bool     // guarded by mu; removed: no more reads
+	createMu sync.Mutex // serialises create; never held with mu while waiting
+
+	mu      sync.Mutex
+	w       *os.File // guarded by mu; the producer's file once created, until sealed
+	created bool     // guarded by mu; the file exists
+	start   uint64   // guarded by mu; oldest offset still readable
+	end     uint64   // guarded by mu; total bytes written
+	f       *os.File // guarded by mu; open while refs > 0
+	refs    int      // guarded by mu; the producer (created, until sealed) and readers
+	sealed  bool     // guarded by mu; no more writes
+	gone    bool     // guarded by mu; removed: no more reads
 }
 
-// newSpool creates (truncating) the spool file at path. The producer holds
-// the first reference until seal.
-func newSpool(path string, limit uint64, onWrite func()) (*spool, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+// newSpool returns the spool at path without touching the disk; the file
+// is made by create.
+func newSpool(path string, limit uint64, onWrite func(), mkdir func() error) *spool {
+	return &spool{path: path, limit: limit, onWrite: onWrite, mkdir: mkdir}
+}
+
+// create makes the spool file (empty, header 0) unless it exists or the
+// spool was sealed without output (a restarted agent reads a missing file
+// as empty), and returns the producer's file, nil once sealed. Safe to
+// call from any goroutine, any number of times.
+func (s *spool) create() (*os.File, error) {
+	s.mu.Lock()
+	w, done := s.w, s.created
+	s.mu.Unlock()
+	if done {
+		return w, nil
+	}
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	s.mu.Lock()
+	w, done = s.w, s.created
+	unused := s.sealed || s.gone // sealed before any write: no file needed
+	s.mu.Unlock()
+	if done || unused {
+		return w, nil
+	}
+	if err := s.mkdir(); err != nil {
+		return nil, fmt.Errorf("create spool: %w", err)
+	}
+	f, err := os.OpenFile(s.path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
-	s := &spool{path: path, limit: limit, onWrite: onWrite, w: f, f: f, refs: 1}
-	if _, err := f.WriteAt(s.hdr[:], 0); err != nil {
+	var zero [spoolHeader]byte
+	if _, err := f.WriteAt(zero[:], 0); err != nil {
 		f.Close()
+		os.Remove(s.path)
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
-	return s, nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.created = true
+	if s.sealed || s.gone {
+		f.Close() // nothing will be written: keep no descriptor
+		return nil, nil
+	}
+	s.w, s.f, s.refs = f, f, s.refs+1
+	return f, nil
 }
 
 // loadSpool reads the spool header of a run from an earlier agent; the
@@ -65,12 +111,15 @@ func newSpool(path string, limit uint64, onWrite func()) (*spool, error) {
 // may have overwritten the oldest bytes of the ring, so those count as
 // evicted.
 func loadSpool(path string, limit uint64, inFlight bool) (*spool, error) {
+	s := &spool{path: path, limit: limit, sealed: true, created: true}
 	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil // the run wrote nothing before that agent stopped
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
 	defer f.Close()
-	s := &spool{path: path, limit: limit, sealed: true}
 	if _, err := f.ReadAt(s.hdr[:], 0); err != nil {
 		return nil, fmt.Errorf("read spool header: %w", err)
 	}
@@ -119,10 +168,11 @@ func (s *spool) unref() {
 // holds it. Call once, after the last write.
 func (s *spool) seal() {
 	s.mu.Lock()
-	already := s.sealed
+	held := !s.sealed && s.w != nil
 	s.sealed = true
+	s.w = nil
 	s.mu.Unlock()
-	if !already && s.w != nil {
+	if held {
 		s.unref()
 	}
 }
@@ -142,6 +192,13 @@ func (s *spool) remove() {
 
 // write appends p. Only the producer calls it, before seal.
 func (s *spool) write(p []byte) error {
+	w, err := s.create()
+	if err != nil {
+		return err
+	}
+	if w == nil {
+		return fmt.Errorf("write spool: %w", os.ErrClosed)
+	}
 	s.mu.Lock()
 	off := s.end
 	newEnd := off + uint64(len(p))
@@ -159,13 +216,13 @@ func (s *spool) write(p []byte) error {
 	for len(p) > 0 {
 		pos := off % s.limit
 		n := min(uint64(len(p)), s.limit-pos)
-		if _, err := s.w.WriteAt(p[:n], spoolHeader+int64(pos)); err != nil {
+		if _, err := w.WriteAt(p[:n], spoolHeader+int64(pos)); err != nil {
 			return fmt.Errorf("write spool: %w", err)
 		}
 		p, off = p[n:], off+n
 	}
 	binary.LittleEndian.PutUint64(s.hdr[:], newEnd)
-	if _, err := s.w.WriteAt(s.hdr[:], 0); err != nil {
+	if _, err := w.WriteAt(s.hdr[:], 0); err != nil {
 		return fmt.Errorf("write spool: %w", err)
 	}
 

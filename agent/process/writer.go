@@ -1,0 +1,120 @@
+package process
+
+import "sync"
+
+// writer persists the metadata of new runs in the background, so that
+// starting a process costs no file creation (a run directory, a temporary
+// file and a rename cost more than the fork itself on common filesystems).
+// Spool files are made by the producer at the first output (a run
+// without output needs none).
+//
+// Durability, as before without fsync: metadata reaches the page cache
+// (and so survives an agent crash, not a host crash) as soon as the writer
+// gets to it, normally within a millisecond of the start or the end of a
+// run, and at the latest when the manager closes (Close waits for attached
+// runs' trailers, then drains the queue). Persisting the trailer before
+// reporting it would put a file creation and a rename on the path of every
+// Exec, which costs more than the fork; so a trailer is written just after
+// Done closes. What an agent crash inside that window costs: a restarted
+// agent reports the run as AGENT_LOST (with its output intact) although a
+// client may have received the real trailer; a crash between a start and
+// its first write loses the record of the run (the next agent removes the
+// unrecorded directory with any spool files).
+//
+// The manager owns the writer's goroutine: loop runs until close.
+type writer struct {
+	wake chan struct{} // capacity 1
+	stop chan struct{}
+	done chan struct{}
+
+	mu      sync.Mutex
+	queue   []*Run          // guarded by mu
+	flushes []chan struct{} // guarded by mu; closed once the queue before them is written
+	closed  bool            // guarded by mu
+}
+
+func newWriter() *writer {
+	return &writer{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+}
+
+// add queues r for writing, once however often it is added before the
+// writer gets to it (the write takes the run as it is then); after close it
+// writes r in the caller.
+func (w *writer) add(r *Run) {
+	if !r.queued.CompareAndSwap(false, true) {
+		return
+	}
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		w.write(r)
+		return
+	}
+	w.queue = append(w.queue, r)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *writer) loop() {
+	defer close(w.done)
+	for {
+		stopping := false
+		select {
+		case <-w.wake:
+		case <-w.stop:
+			stopping = true
+		}
+		w.mu.Lock()
+		q, fl := w.queue, w.flushes
+		w.queue, w.flushes = nil, nil
+		w.closed = stopping
+		w.mu.Unlock()
+		for _, r := range q {
+			w.write(r)
+		}
+		for _, ch := range fl {
+			close(ch)
+		}
+		if stopping {
+			return
+		}
+	}
+}
+
+// flush returns once everything queued before the call is written.
+func (w *writer) flush() {
+	ch := make(chan struct{})
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		<-w.done
+		return
+	}
+	w.flushes = append(w.flushes, ch)
+	w.mu.Unlock()
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	<-ch
+}
+
+// close writes what is queued and stops the loop.
+func (w *writer) close() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+func (w *writer) write(r *Run) {
+	r.queued.Store(false) // a change from now on queues it again
+	if err := r.persist(); err != nil {
+		r.log.Warn("persist run", "error", err)
+	}
+}
