@@ -646,12 +646,11 @@ func (m *Manager) sweep() {
 func (m *Manager) sweepOnce(now time.Time) {
 	var expired []*Run
 	m.mu.Lock()
-	for id, r := range m.runs {
+	for _, r := range m.runs {
 		if !r.finished() {
 			continue
 		}
 		if t := r.Trailer(); t != nil && now.Sub(t.EndedAt) > m.cfg.Retention {
-			delete(m.runs, id)
 			expired = append(expired, r)
 		}
 	}
@@ -662,6 +661,14 @@ func (m *Manager) sweepOnce(now time.Time) {
 		if err := os.RemoveAll(r.dir); err != nil {
 			m.log.Warn("remove expired run", "run_id", r.info.ID, "error", err)
 		}
+		// Only now, so that its id is not reused (and its new directory
+		// removed here) while the old one goes, and so that a run that is
+		// not found has no directory left.
+		m.mu.Lock()
+		if m.runs[r.info.ID] == r {
+			delete(m.runs, r.info.ID)
+		}
+		m.mu.Unlock()
 		m.log.Debug("run expired", "run_id", r.info.ID)
 	}
 }

@@ -541,10 +541,18 @@ func (r *Run) finish(t Trailer) {
 // owner has not read.
 func (r *Run) copyOutput(k int, f *os.File, s *spool, wg *sync.WaitGroup) {
 	defer wg.Done()
-	buf := make([]byte, readChunk)
+	// Most runs print little: start with a small buffer and the default
+	// pipe, and switch both to readChunk once a read fills the buffer (the
+	// process writes faster than we read), which cuts the syscalls and
+	// wake-ups per byte of bulk output by 16.
+	buf := make([]byte, firstChunk)
 	_, end := s.bounds() // only this goroutine writes
 	for {
 		n, err := f.Read(buf)
+		if n == len(buf) && len(buf) < readChunk {
+			growPipe(f, readChunk)
+			buf = make([]byte, readChunk)
+		}
 		if n > 0 {
 			r.lastOutput.Store(time.Now().UnixNano())
 			for p := buf[:n]; len(p) > 0; {

@@ -13,9 +13,9 @@ import (
 // that an agent restarted after a crash knows where the ring ends.
 const spoolHeader = 8
 
-// readChunk is the size of one pipe read (and the most a crashed agent can
-// have half-written past the recorded end).
-const readChunk = 64 << 10
+// readChunk is the largest pipe read (and the most a crashed agent can
+// have half-written past the recorded end); see copyOutput.
+const readChunk = 1 << 20
 
 // spool keeps the newest limit bytes of one output stream in a ring file.
 // The producer never waits for readers: it writes into the file (the page
