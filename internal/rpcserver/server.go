@@ -128,7 +128,7 @@ func New(c Config) *Server {
 		return status.Error(codes.Internal, "internal error")
 	})
 
-	opts := []grpc.ServerOption{
+	opts := append(transport.ServerTuning(),
 		grpc.MaxRecvMsgSize(maxMsg),
 		grpc.MaxSendMsgSize(maxMsg),
 		grpc.MaxConcurrentStreams(maxStreams),
@@ -145,7 +145,7 @@ func New(c Config) *Server {
 			streamAuth(authFn),
 			recovery.StreamServerInterceptor(recoverOpt),
 		),
-	}
+	)
 	switch {
 	case c.TLS != nil:
 		opts = append(opts, grpc.Creds(credentials.NewTLS(c.TLS)))

@@ -36,13 +36,13 @@ var Keepalive = keepalive.ClientParameters{
 
 // DialOptions returns the grpc.DialOptions for an address.
 func DialOptions(a Address, c DialConfig) []grpc.DialOption {
-	opts := []grpc.DialOption{
+	opts := append(ClientTuning(),
 		grpc.WithKeepaliveParams(Keepalive),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(MaxMessageBytes),
 			grpc.MaxCallSendMsgSize(MaxMessageBytes),
 		),
-	}
+	)
 	if c.TLS != nil && a.Network == "tcp" {
 		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(c.TLS)))
 	} else {
