@@ -207,6 +207,14 @@ func (s *Server) FollowSession(req *agentv1.FollowSessionRequest, stream agentv1
 				err = stream.Send(snapshotToProto(cp))
 			}
 		case ch.Exit != nil:
+			// tmux 3.3a can drop a pane's last output at exit: what the
+			// pane's log holds beyond the stream comes first.
+			if tail := f.Tail(ctx); len(tail) > 0 {
+				if err := stream.Send(&agentv1.FollowSessionResponse{Event: &agentv1.FollowSessionResponse_Output{
+					Output: &agentv1.PaneOutput{Offset: ch.Offset, Data: tail}}}); err != nil {
+					return err
+				}
+			}
 			return stream.Send(&agentv1.FollowSessionResponse{Event: &agentv1.FollowSessionResponse_Exited{
 				Exited: &agentv1.PaneExited{ExitCode: int32(ch.Exit.Code), Signal: int32(ch.Exit.Signal)}}})
 		case ch.Closed:

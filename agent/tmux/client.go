@@ -52,9 +52,12 @@ type Client struct {
 	pmu     sync.Mutex
 	pending []*pending // guarded by pmu; in the order the lines were written
 
-	bmu     sync.Mutex
-	buffers map[string]*Buffer // guarded by bmu; by pane id
-	windows map[string]string  // guarded by bmu; pane id -> window id
+	bmu      sync.Mutex
+	buffers  map[string]*Buffer  // guarded by bmu; by pane id
+	windows  map[string]string   // guarded by bmu; pane id -> window id
+	logs     map[string]*paneLog // guarded by bmu; by pane id
+	runPanes map[string]bool     // guarded by bmu; panes whose pipe a session run owns
+	logMu    sync.Mutex          // serialises ensureLog
 
 	ready   chan struct{}
 	done    chan struct{} // closed when the reader has ended
@@ -68,14 +71,16 @@ type Client struct {
 // completes fails with "no current client" (TMUX.md §1).
 func (m *Manager) startClient(ctx context.Context, session string) (*Client, error) {
 	c := &Client{
-		m:       m,
-		session: session,
-		log:     m.log.Named("control").With("session", session),
-		buffers: map[string]*Buffer{},
-		windows: map[string]string{},
-		ready:   make(chan struct{}),
-		done:    make(chan struct{}),
-		waited:  make(chan struct{}),
+		m:        m,
+		session:  session,
+		log:      m.log.Named("control").With("session", session),
+		buffers:  map[string]*Buffer{},
+		windows:  map[string]string{},
+		logs:     map[string]*paneLog{},
+		runPanes: map[string]bool{},
+		ready:    make(chan struct{}),
+		done:     make(chan struct{}),
+		waited:   make(chan struct{}),
 	}
 	// Not CommandContext: the client outlives the request that started it.
 	c.cmd = exec.Command(m.bin, "-u", "-S", m.sock, "-C", "attach-session", "-t", "="+session)
@@ -229,6 +234,17 @@ func (c *Client) Buffer(pane string) *Buffer {
 	return b
 }
 
+// ownPipe marks a pane whose pipe-pane a session run owns (or no longer).
+func (c *Client) ownPipe(pane string, owned bool) {
+	c.bmu.Lock()
+	defer c.bmu.Unlock()
+	if owned {
+		c.runPanes[pane] = true
+	} else {
+		delete(c.runPanes, pane)
+	}
+}
+
 // setWindow records which window a pane is in, so that closing the
 // window closes the pane's buffer.
 func (c *Client) setWindow(pane, window string) {
@@ -272,7 +288,11 @@ func (c *Client) read(r io.Reader) {
 					}
 				}
 			case EventOutput:
-				c.Buffer(ev.Pane).append(ev.Data)
+				b := c.Buffer(ev.Pane)
+				b.append(ev.Data)
+				c.bmu.Lock()
+				c.trimLog(ev.Pane, b)
+				c.bmu.Unlock()
 			case EventNotification:
 				if ev.Name == "session-changed" && attached {
 					select {
@@ -350,6 +370,7 @@ func (c *Client) notification(name, args string) {
 	case "window-close", "unlinked-window-close":
 		w := strings.TrimSpace(args)
 		c.bmu.Lock()
+		c.removeLogs(w)
 		for pane, win := range c.windows {
 			if win == w {
 				if b := c.buffers[pane]; b != nil {

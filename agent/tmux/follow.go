@@ -23,6 +23,8 @@ func (m *Manager) Follow(ctx context.Context, t Target, snapshot bool, from uint
 	if err != nil {
 		return nil, err
 	}
+	// A log of the pane fills in the tail tmux drops at exit (Tail).
+	c.ensureLog(ctx, pane)
 	f := &Follow{Buffer: c.Buffer(pane), Pane: pane, Window: window, c: c}
 	switch {
 	case snapshot:

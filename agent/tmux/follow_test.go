@@ -2,6 +2,9 @@ package tmux
 
 import (
 	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -167,5 +170,62 @@ func TestPauseGivesGap(t *testing.T) {
 	}
 	if _, err := f.Resync(ctx(t)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// tmux 3.3a drops a pane's last output at exit (#4807): a follower that
+// reads up to the exit and then the Tail has every byte, in order.
+// Without the pane log, runs of this test came up short.
+func TestFollowTailAtExit(t *testing.T) {
+	m := newManager(t, func(c *Config) { c.BufferBytes = 64 << 20 })
+	dir := t.TempDir()
+	var data bytes.Buffer
+	for i := range 100000 {
+		fmt.Fprintf(&data, "line %06d %s\n", i, strings.Repeat("y", i%40))
+	}
+	data.WriteString("THE END\n")
+	if err := os.WriteFile(filepath.Join(dir, "data"), data.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// stty raw after the read: the file arrives byte for byte.
+	mustCreate(t, m, "tail", "sh", "-c", "read x; stty raw -echo; cat "+filepath.Join(dir, "data")+"; exit 4")
+	f, err := m.Follow(ctx(t), Target{Session: "tail"}, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SendInput(ctx(t), Target{Session: "tail"}, Input{Enter: true}); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	deadline := time.After(60 * time.Second)
+	for {
+		ch := f.Buffer.Next(f.Cursor, 1<<20)
+		if ch.Data != nil {
+			got.Write(ch.Data)
+			continue
+		}
+		if ch.Gap != nil {
+			t.Fatalf("gap %+v", *ch.Gap)
+		}
+		if ch.Exit != nil {
+			if ch.Exit.Code != 4 {
+				t.Errorf("exit %+v", *ch.Exit)
+			}
+			got.Write(f.Tail(ctx(t)))
+			break
+		}
+		if ch.Closed {
+			t.Fatal("pane closed")
+		}
+		select {
+		case <-ch.Wait:
+		case <-deadline:
+			t.Fatalf("no exit; got %d bytes", got.Len())
+		}
+	}
+	// Before the file: the echo of the Enter that read consumed.
+	out := bytes.TrimPrefix(got.Bytes(), []byte("\r\n"))
+	if !bytes.Equal(out, data.Bytes()) {
+		t.Fatalf("got %d bytes ending %q, want %d ending %q", len(out), out[max(0, len(out)-40):], data.Len(), data.Bytes()[data.Len()-40:])
 	}
 }

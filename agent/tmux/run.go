@@ -12,8 +12,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // RunSpec describes a command run in a new window of a session.
@@ -143,6 +141,7 @@ func (r *run) start(ctx context.Context, win string, argv []string) error {
 	}
 	r.pane, r.window = ids[0], ids[1]
 	r.c.setWindow(r.pane, r.window)
+	r.c.ownPipe(r.pane, true) // a Follow must not replace the run's pipe
 	r.buf = r.c.Buffer(r.pane)
 	// The log is complete even when %output loses the tail (TMUX.md §6).
 	// pipe-pane expands formats and strftime, so '#' and '%' are doubled.
@@ -303,39 +302,9 @@ func (r *run) drainLog(ctx context.Context) error {
 	return r.fromLogTo(0)
 }
 
-// pipeDrained reports whether the pipe-pane cat has an empty pipe and has
-// written every byte it read.
-func (r *run) pipeDrained() bool {
-	b, err := os.ReadFile(r.pidFile)
-	if err != nil {
-		return false
-	}
-	pid := strings.TrimSpace(string(b))
-	f, err := os.OpenFile("/proc/"+pid+"/fd/0", os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return true // cat is gone: it wrote all it could
-	}
-	defer f.Close()
-	n, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCINQ)
-	if err != nil || n != 0 {
-		return false
-	}
-	io, err := os.ReadFile("/proc/" + pid + "/io")
-	if err != nil {
-		return true
-	}
-	var rchar, wchar int64 = -1, -2
-	for _, l := range strings.Split(string(io), "\n") {
-		k, v, _ := strings.Cut(l, ": ")
-		switch k {
-		case "rchar":
-			rchar, _ = strconv.ParseInt(v, 10, 64)
-		case "wchar":
-			wchar, _ = strconv.ParseInt(v, 10, 64)
-		}
-	}
-	return rchar == wchar
-}
+// pipeDrained reports whether the run's pipe-pane cat has an empty pipe
+// and has written every byte it read.
+func (r *run) pipeDrained() bool { return pipeDrained(r.pidFile) }
 
 // fromLogTo delivers log bytes from r.delivered up to end (0: to EOF).
 func (r *run) fromLogTo(end uint64) error {
@@ -394,6 +363,9 @@ func (r *run) cleanup() {
 	if r.waitCancel != nil {
 		r.waitCancel()
 		r.waitWG.Wait()
+	}
+	if r.pane != "" {
+		defer r.c.ownPipe(r.pane, false)
 	}
 	if r.pane != "" && !r.ended {
 		// The command outlives this call: stop copying its output into a

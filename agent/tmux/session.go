@@ -107,7 +107,7 @@ func (m *Manager) client(ctx context.Context, session string) (*Client, error) {
 	return c, nil
 }
 
-// dropClient forgets and closes a session's client.
+// dropClient forgets and closes the client of a session that is gone.
 func (m *Manager) dropClient(session string) {
 	m.mu.Lock()
 	c := m.clients[session]
@@ -115,6 +115,10 @@ func (m *Manager) dropClient(session string) {
 	m.mu.Unlock()
 	if c != nil {
 		c.Close()
+		// The session is gone: so are its panes and their pipes.
+		c.bmu.Lock()
+		c.removeLogs("")
+		c.bmu.Unlock()
 	}
 }
 
