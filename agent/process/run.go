@@ -549,10 +549,6 @@ func (r *Run) copyOutput(k int, f *os.File, s *spool, wg *sync.WaitGroup) {
 	_, end := s.bounds() // only this goroutine writes
 	for {
 		n, err := f.Read(buf)
-		if n == len(buf) && len(buf) < readChunk {
-			growPipe(f, readChunk)
-			buf = make([]byte, readChunk)
-		}
 		if n > 0 {
 			r.lastOutput.Store(time.Now().UnixNano())
 			for p := buf[:n]; len(p) > 0; {
@@ -563,6 +559,10 @@ func (r *Run) copyOutput(k int, f *os.File, s *spool, wg *sync.WaitGroup) {
 				}
 				p = p[w:]
 				_, end = s.bounds()
+			}
+			if n == len(buf) && len(buf) < readChunk {
+				growPipe(f, readChunk)
+				buf = make([]byte, readChunk)
 			}
 		}
 		if err != nil {
