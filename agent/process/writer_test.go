@@ -42,16 +42,20 @@ func TestSilentRunSurvivesRestart(t *testing.T) {
 func TestCloseWritesPendingRuns(t *testing.T) {
 	state := t.TempDir()
 	m1, _ := newManager(t, func(c *process.Config) { c.StateDir = state })
-	var pids []int
+	var runs []*process.Run
 	t.Cleanup(func() {
-		for _, pid := range pids {
-			syscall.Kill(-pid, syscall.SIGKILL)
+		// Detached runs outlive their manager: end them, and let their
+		// supervisors write their trailers before the directory goes.
+		for _, r := range runs {
+			syscall.Kill(-r.Info().PID, syscall.SIGKILL)
+		}
+		for _, r := range runs {
+			waitDone(t, r)
 		}
 	})
 	const n = 20
 	for i := range n {
-		r := start(t, m1, process.Spec{ID: "d" + string(rune('a'+i)), Argv: []string{"sleep", "1000"}, Detach: true})
-		pids = append(pids, r.Info().PID)
+		runs = append(runs, start(t, m1, process.Spec{ID: "d" + string(rune('a'+i)), Argv: []string{"sleep", "1000"}, Detach: true}))
 	}
 	if err := m1.Close(); err != nil {
 		t.Fatal(err)
