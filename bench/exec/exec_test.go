@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dtmux/dtmux/internal/benchenv"
 	"github.com/dtmux/dtmux/internal/sshtest"
 	"github.com/dtmux/dtmux/internal/testbin"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
@@ -60,7 +61,7 @@ type results struct {
 }
 
 func BenchmarkExec(b *testing.B) {
-	c := startController(b)
+	c := benchenv.StartController(b, wsName)
 	var r results
 	ctx := context.Background()
 
@@ -72,10 +73,10 @@ func BenchmarkExec(b *testing.B) {
 				}
 			})
 		}
-		r.floor.report(b)
+		r.floor.Report(b)
 	})
 	b.Run("grpc-unary-via-controller", func(b *testing.B) {
-		ag := c.viaController()
+		ag := c.ViaController()
 		for range b.N {
 			r.unaryCtl = sample(b, apiIters, func() {
 				if _, err := ag.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{}); err != nil {
@@ -83,71 +84,71 @@ func BenchmarkExec(b *testing.B) {
 				}
 			})
 		}
-		r.unaryCtl.report(b)
+		r.unaryCtl.Report(b)
 	})
 	b.Run("exec-true-via-controller", func(b *testing.B) {
-		ag := c.viaController()
+		ag := c.ViaController()
 		for range b.N {
 			r.execCtl, r.execCtlStarted, r.execCtlProc = execTrue(ctx, b, ag)
 		}
-		r.execCtl.report(b)
+		r.execCtl.Report(b)
 	})
 	b.Run("exec-true-direct-to-agent", func(b *testing.B) {
-		ag := c.direct()
+		ag := c.Direct()
 		for range b.N {
 			r.execAgent, _, _ = execTrue(ctx, b, ag)
 		}
-		r.execAgent.report(b)
+		r.execAgent.Report(b)
 	})
 	b.Run("cli-dtmux-exec-true", func(b *testing.B) {
-		cli := binPath(b, testbin.CLI)
-		env := c.cliEnv()
+		cli := benchenv.BinPath(b, testbin.CLI)
+		env := c.CLIEnv()
 		for range b.N {
 			r.cli = sampleN(b, cliIters, 3, func() {
-				cmd := exec.Command(cli, "exec", c.ws, "--", "true")
+				cmd := exec.Command(cli, "exec", c.WS, "--", "true")
 				cmd.Env = env
 				if out, err := cmd.CombinedOutput(); err != nil {
 					b.Fatalf("dtmux exec: %v\n%s", err, out)
 				}
 			})
 		}
-		r.cli.report(b)
+		r.cli.Report(b)
 	})
 	b.Run("first-output-byte-via-controller", func(b *testing.B) {
-		ag := c.viaController()
+		ag := c.ViaController()
 		for range b.N {
 			r.firstByte = firstByte(ctx, b, ag)
 		}
-		r.firstByte.report(b)
+		r.firstByte.Report(b)
 	})
 	b.Run("stdin-to-output-via-controller", func(b *testing.B) {
 		for range b.N {
-			r.echoCtl = echo(ctx, b, c.viaController())
+			r.echoCtl = echo(ctx, b, c.ViaController())
 		}
-		r.echoCtl.report(b)
+		r.echoCtl.Report(b)
 	})
 	b.Run("stdin-to-output-direct-to-agent", func(b *testing.B) {
 		for range b.N {
-			r.echoAgent = echo(ctx, b, c.direct())
+			r.echoAgent = echo(ctx, b, c.Direct())
 		}
-		r.echoAgent.report(b)
+		r.echoAgent.Report(b)
 	})
 	b.Run("1GiB-via-controller", func(b *testing.B) {
 		for range b.N {
-			r.tputCtl, r.chunkCtl = throughput(ctx, b, c.viaController())
+			r.tputCtl, r.chunkCtl = throughput(ctx, b, c.ViaController())
 		}
 		b.ReportMetric(r.tputCtl/1e9, "GB/s")
 		b.ReportMetric(r.chunkCtl/1024, "KiB/event")
 	})
 	b.Run("1GiB-via-controller-default-spool", func(b *testing.B) {
 		for range b.N {
-			r.keptDefault = defaultSpool(ctx, b, c.viaController())
+			r.keptDefault = defaultSpool(ctx, b, c.ViaController())
 		}
 		b.ReportMetric(100*r.keptDefault, "%received")
 	})
 	b.Run("1GiB-direct-to-agent", func(b *testing.B) {
 		for range b.N {
-			r.tputAgent, r.chunkAgent = throughput(ctx, b, c.direct())
+			r.tputAgent, r.chunkAgent = throughput(ctx, b, c.Direct())
 		}
 		b.ReportMetric(r.tputAgent/1e9, "GB/s")
 		b.ReportMetric(r.chunkAgent/1024, "KiB/event")
@@ -357,7 +358,7 @@ func sshBaselines(b *testing.B, r *results) {
 				}
 			})
 		}
-		r.sshNew.report(b)
+		r.sshNew.Report(b)
 	})
 	b.Run("ssh-true-controlmaster", func(b *testing.B) {
 		s := sshtest.Start(b, sshtest.Options{})
@@ -370,7 +371,7 @@ func sshBaselines(b *testing.B, r *results) {
 				}
 			})
 		}
-		r.sshMaster.report(b)
+		r.sshMaster.Report(b)
 	})
 	b.Run("ssh-1GiB", func(b *testing.B) {
 		s := sshtest.Start(b, sshtest.Options{})
@@ -411,7 +412,7 @@ func table(b *testing.B, r *results) {
 		if len(l) == 0 {
 			return
 		}
-		w("  %-44s p50 %8.3f ms   p99 %8.3f ms  (n=%d)  %s", name, ms(l.p50()), ms(l.p99()), len(l), note)
+		w("  %-44s p50 %8.3f ms   p99 %8.3f ms  (n=%d)  %s", name, ms(l.P50()), ms(l.P99()), len(l), note)
 	}
 	tput := func(name string, v float64, note string) {
 		if v == 0 {
@@ -420,7 +421,7 @@ func table(b *testing.B, r *results) {
 		w("  %-44s %6.2f GB/s  %s", name, v/1e9, note)
 	}
 	w("")
-	w("dtmux exec benchmark (%s, %d CPUs)", hostDesc(), numCPU())
+	w("dtmux exec benchmark (%s, %d CPUs)", benchenv.HostDesc(), benchenv.NumCPU())
 	w("latency:")
 	lat("local fork/exec `true` from Go (floor)", r.floor, "")
 	lat("gRPC unary via controller (GetAgentInfo)", r.unaryCtl, "")
@@ -444,23 +445,23 @@ func table(b *testing.B, r *results) {
 	tput("ssh host head -c 1G (after the handshake)", r.tputSSH, "")
 	w("against the targets (DESIGN.md):")
 	if len(r.execCtl) > 0 && len(r.floor) > 0 {
-		over := r.execCtl.p50() - r.floor.p50()
-		w("  Exec(true) via controller p50 %.2f ms = floor + %.2f ms (target <= +1 ms): %s", ms(r.execCtl.p50()), ms(over), verdict(over <= time.Millisecond))
+		over := r.execCtl.P50() - r.floor.P50()
+		w("  Exec(true) via controller p50 %.2f ms = floor + %.2f ms (target <= +1 ms): %s", ms(r.execCtl.P50()), ms(over), verdict(over <= time.Millisecond))
 	}
 	if len(r.execCtl) > 0 && len(r.sshMaster) > 0 {
-		x := float64(r.sshMaster.p50()) / float64(r.execCtl.p50())
-		w("  Exec(true) via controller p50 %.2f ms = %.1fx faster than ssh ControlMaster %.2f ms (target >= 5x): %s", ms(r.execCtl.p50()), x, ms(r.sshMaster.p50()), verdict(x >= 5))
+		x := float64(r.sshMaster.P50()) / float64(r.execCtl.P50())
+		w("  Exec(true) via controller p50 %.2f ms = %.1fx faster than ssh ControlMaster %.2f ms (target >= 5x): %s", ms(r.execCtl.P50()), x, ms(r.sshMaster.P50()), verdict(x >= 5))
 	}
 	if len(r.cli) > 0 && len(r.sshNew) > 0 {
-		x := float64(r.sshNew.p50()) / float64(r.cli.p50())
-		w("  dtmux exec CLI p50 %.2f ms = %.1fx faster than ssh new connection %.2f ms (target >= 20x): %s", ms(r.cli.p50()), x, ms(r.sshNew.p50()), verdict(x >= 20))
+		x := float64(r.sshNew.P50()) / float64(r.cli.P50())
+		w("  dtmux exec CLI p50 %.2f ms = %.1fx faster than ssh new connection %.2f ms (target >= 20x): %s", ms(r.cli.P50()), x, ms(r.sshNew.P50()), verdict(x >= 20))
 	}
 	if len(r.cli) > 0 && len(r.sshMaster) > 0 {
-		w("  dtmux exec CLI p50 %.2f ms vs ssh ControlMaster %.2f ms: %s (no target; for reference)", ms(r.cli.p50()), ms(r.sshMaster.p50()), faster("dtmux", r.cli.p50(), "ssh", r.sshMaster.p50()))
+		w("  dtmux exec CLI p50 %.2f ms vs ssh ControlMaster %.2f ms: %s (no target; for reference)", ms(r.cli.P50()), ms(r.sshMaster.P50()), faster("dtmux", r.cli.P50(), "ssh", r.sshMaster.P50()))
 	}
 	if len(r.firstByte) > 0 {
 		w("  first output byte p50 %.3f ms (target <= 2 ms; polling capture-pane every 0.5 s: ~500 ms = %.0fx slower): %s",
-			ms(r.firstByte.p50()), 500/ms(r.firstByte.p50()), verdict(r.firstByte.p50() <= 2*time.Millisecond))
+			ms(r.firstByte.P50()), 500/ms(r.firstByte.P50()), verdict(r.firstByte.P50() <= 2*time.Millisecond))
 	}
 	if r.tputCtl > 0 && r.tputSSH > 0 {
 		x := r.tputCtl / r.tputSSH

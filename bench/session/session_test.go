@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dtmux/dtmux/internal/benchenv"
 	"github.com/dtmux/dtmux/internal/testbin"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
@@ -68,12 +69,12 @@ func BenchmarkSessionKeystroke(b *testing.B) {
 		b.Skip("tmux not installed")
 	}
 	var r results
-	c := startController(b)
+	c := benchenv.StartController(b, wsName)
 	ctx := context.Background()
 
 	// One session for the API and CLI variants: a plain sh, wide enough
 	// that a typed line never wraps.
-	_, err := c.viaController().CreateSession(ctx, &agentv1.CreateSessionRequest{
+	_, err := c.ViaController().CreateSession(ctx, &agentv1.CreateSessionRequest{
 		Name:    "kb",
 		Command: &agentv1.CommandSpec{Argv: []string{"sh"}, Env: map[string]string{"PS1": "$ "}},
 		Size:    &agentv1.TerminalSize{Rows: 50, Cols: 200},
@@ -83,12 +84,12 @@ func BenchmarkSessionKeystroke(b *testing.B) {
 		r.skipped = "the agent does not serve sessions yet (CreateSession: Unimplemented)"
 		b.Log(r.skipped)
 	case err != nil:
-		b.Fatalf("create session: %v\n%s", err, c.readLog())
+		b.Fatalf("create session: %v\n%s", err, c.ReadLog())
 	default:
 		b.Cleanup(func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			if _, err := c.viaController().KillSession(ctx, &agentv1.KillSessionRequest{Name: "kb"}); err != nil {
+			if _, err := c.ViaController().KillSession(ctx, &agentv1.KillSessionRequest{Name: "kb"}); err != nil {
 				b.Errorf("kill session: %v", err)
 			}
 		})
@@ -98,21 +99,21 @@ func BenchmarkSessionKeystroke(b *testing.B) {
 	if r.skipped == "" {
 		b.Run("follow-via-controller", func(b *testing.B) {
 			for range b.N {
-				r.ctl = followLatency(ctx, b, c.viaController(), target, apiIters)
+				r.ctl = followLatency(ctx, b, c.ViaController(), target, apiIters)
 			}
-			r.ctl.report(b)
+			r.ctl.Report(b)
 		})
 		b.Run("follow-direct-to-agent", func(b *testing.B) {
 			for range b.N {
-				r.agent = followLatency(ctx, b, c.direct(), target, apiIters)
+				r.agent = followLatency(ctx, b, c.Direct(), target, apiIters)
 			}
-			r.agent.report(b)
+			r.agent.Report(b)
 		})
 		b.Run("cli-send-to-logs-f", func(b *testing.B) {
 			for range b.N {
 				r.cli = cliLatency(b, c, "kb")
 			}
-			r.cli.report(b)
+			r.cli.Report(b)
 		})
 	}
 
@@ -122,19 +123,19 @@ func BenchmarkSessionKeystroke(b *testing.B) {
 		for range b.N {
 			r.floor = controlModeLatency(b, sock)
 		}
-		r.floor.report(b)
+		r.floor.Report(b)
 	})
 	b.Run("seed-send-keys-capture-pane-10ms", func(b *testing.B) {
 		for range b.N {
 			r.poll10 = pollLatency(b, sock, 10*time.Millisecond, cliIters)
 		}
-		r.poll10.report(b)
+		r.poll10.Report(b)
 	})
 	b.Run("seed-send-keys-capture-pane-500ms", func(b *testing.B) {
 		for range b.N {
 			r.poll500 = pollLatency(b, sock, 500*time.Millisecond, slowIters)
 		}
-		r.poll500.report(b)
+		r.poll500.Report(b)
 	})
 
 	table(b, &r)
@@ -243,11 +244,11 @@ func measure(b *testing.B, n int, f func(i int)) latencies {
 // cliLatency runs a `dtmux session logs WS NAME -f` follower and, for each
 // round, a `dtmux session send WS NAME --enter TEXT` process, timed from
 // the send process's start until the follower prints the output.
-func cliLatency(b *testing.B, c *controller, session string) latencies {
+func cliLatency(b *testing.B, c *benchenv.Controller, session string) latencies {
 	b.Helper()
-	cli := binPath(b, testbin.CLI)
-	follower := exec.Command(cli, "session", "logs", c.ws, session, "-f")
-	follower.Env = c.cliEnv()
+	cli := benchenv.BinPath(b, testbin.CLI)
+	follower := exec.Command(cli, "session", "logs", c.WS, session, "-f")
+	follower.Env = c.CLIEnv()
 	out, err := follower.StdoutPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -278,8 +279,8 @@ func cliLatency(b *testing.B, c *controller, session string) latencies {
 		follower.Wait()
 	}()
 	send := func(typed string) {
-		cmd := exec.Command(cli, "session", "send", c.ws, session, "--enter", "--", typed)
-		cmd.Env = c.cliEnv()
+		cmd := exec.Command(cli, "session", "send", c.WS, session, "--enter", "--", typed)
+		cmd.Env = c.CLIEnv()
 		if o, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("dtmux session send: %v\n%s", err, o)
 		}
@@ -454,10 +455,10 @@ func table(b *testing.B, r *results) {
 		if len(l) == 0 {
 			return
 		}
-		w("  %-52s p50 %8.3f ms   p99 %8.3f ms  (n=%d)", name, ms(l.p50()), ms(l.p99()), len(l))
+		w("  %-52s p50 %8.3f ms   p99 %8.3f ms  (n=%d)", name, ms(l.P50()), ms(l.P99()), len(l))
 	}
 	w("")
-	w("dtmux session keystroke -> output benchmark (%s, %d CPUs)", hostDesc(), numCPU())
+	w("dtmux session keystroke -> output benchmark (%s, %d CPUs)", benchenv.HostDesc(), benchenv.NumCPU())
 	w("typed `echo $((N+1))` + Enter into sh; timed until N+1 reaches the client:")
 	if r.skipped != "" {
 		w("  dtmux rows missing: %s", r.skipped)
@@ -470,19 +471,19 @@ func table(b *testing.B, r *results) {
 	lat("seed: exec send-keys, capture-pane every 0.5 s", r.poll500)
 	w("against the targets (DESIGN.md):")
 	if len(r.ctl) > 0 {
-		w("  via controller p50 %.2f ms (target <= 2 ms): %s", ms(r.ctl.p50()), verdict(r.ctl.p50() <= 2*time.Millisecond))
+		w("  via controller p50 %.2f ms (target <= 2 ms): %s", ms(r.ctl.P50()), verdict(r.ctl.P50() <= 2*time.Millisecond))
 		if len(r.floor) > 0 {
-			w("  via controller p50 = tmux floor %.2f ms + %.2f ms", ms(r.floor.p50()), ms(r.ctl.p50()-r.floor.p50()))
+			w("  via controller p50 = tmux floor %.2f ms + %.2f ms", ms(r.floor.P50()), ms(r.ctl.P50()-r.floor.P50()))
 		}
 		if len(r.poll500) > 0 {
-			w("  via controller p50 is %.0fx faster than the seed's 0.5 s polling (%.0f ms)", float64(r.poll500.p50())/float64(r.ctl.p50()), ms(r.poll500.p50()))
+			w("  via controller p50 is %.0fx faster than the seed's 0.5 s polling (%.0f ms)", float64(r.poll500.P50())/float64(r.ctl.P50()), ms(r.poll500.P50()))
 		}
 		if len(r.poll10) > 0 {
-			w("  via controller p50 is %.1fx faster than polling every 10 ms (%.1f ms)", float64(r.poll10.p50())/float64(r.ctl.p50()), ms(r.poll10.p50()))
+			w("  via controller p50 is %.1fx faster than polling every 10 ms (%.1f ms)", float64(r.poll10.P50())/float64(r.ctl.P50()), ms(r.poll10.P50()))
 		}
 	}
 	if len(r.cli) > 0 {
-		w("  whole CLI send -> logs -f p50 %.2f ms (target <= 10 ms): %s", ms(r.cli.p50()), verdict(r.cli.p50() <= 10*time.Millisecond))
+		w("  whole CLI send -> logs -f p50 %.2f ms (target <= 10 ms): %s", ms(r.cli.P50()), verdict(r.cli.P50() <= 10*time.Millisecond))
 	}
 	fmt.Print(sb.String())
 	b.Log(sb.String())
