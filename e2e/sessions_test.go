@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"syscall"
+	"testing"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+)
+
+// Sessions outlive their agent: an agent killed with SIGKILL and
+// restarted by the local provider's supervisor lists the same sessions,
+// and following one streams new output and then the exit status, all
+// through the controller.
+func TestSessionsSurviveAgentKill(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	ctx := ctlCtx(t)
+	agent := c.Agent("w1")
+	created, err := agent.CreateSession(ctx, &agentv1.CreateSessionRequest{Name: "keep", Command: &agentv1.CommandSpec{Argv: []string{"cat"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := created.GetSession().GetWindows()[0].GetPanes()[0].GetPid()
+
+	old := c.AgentPID("w1")
+	if old == 0 {
+		t.Fatal("no agent pid recorded")
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ctlEventually(t, "a new agent that lists the session", func() error {
+		if pid := c.AgentPID("w1"); pid == old || pid == 0 {
+			return fmt.Errorf("agent pid still %d", pid)
+		}
+		r, err := agent.ListSessions(ctx, &agentv1.ListSessionsRequest{})
+		if err != nil {
+			return err
+		}
+		if len(r.GetSessions()) != 1 || r.GetSessions()[0].GetName() != "keep" {
+			return fmt.Errorf("sessions %v", r.GetSessions())
+		}
+		p := r.GetSessions()[0].GetWindows()[0].GetPanes()[0]
+		if p.GetDead() || p.GetPid() != before {
+			return fmt.Errorf("pane %v, want pid %d alive", p, before)
+		}
+		return nil
+	})
+
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	follow, err := agent.FollowSession(fctx, &agentv1.FollowSessionRequest{Target: &agentv1.PaneTarget{Session: "keep"}, Snapshot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The snapshot comes first: from then on, output is live.
+	if ev, err := follow.Recv(); err != nil || ev.GetSnapshot() == nil {
+		t.Fatalf("first follow event %v, %v; want the snapshot", ev, err)
+	}
+	if _, err := agent.SendInput(ctx, &agentv1.SendInputRequest{Target: &agentv1.PaneTarget{Session: "keep"}, Text: "after-restart", Enter: true}); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	// The tty echoes the line, then cat prints it.
+	for bytes.Count(got.Bytes(), []byte("after-restart\r\n")) < 2 {
+		ev, err := follow.Recv()
+		if err != nil {
+			t.Fatalf("follow after restart: %v; got %q", err, got.Bytes())
+		}
+		got.Write(ev.GetOutput().GetData())
+	}
+	// C-c ends cat: the new agent reports the status tmux keeps.
+	if _, err := agent.SendInput(ctx, &agentv1.SendInputRequest{Target: &agentv1.PaneTarget{Session: "keep"}, Keys: []string{"C-c"}}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := follow.Recv()
+		if err != nil {
+			t.Fatalf("follow: %v before the exit", err)
+		}
+		if x := ev.GetExited(); x != nil {
+			if x.GetSignal() != int32(syscall.SIGINT) {
+				t.Errorf("exited %v, want SIGINT", x)
+			}
+			break
+		}
+	}
+}
