@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a tour of dtmux on the embedded local provider. Starts a
 # controller in a temporary state dir, creates two workspaces, shows
-# streaming, exit codes and a detached run reattached, then stops
-# everything it started.
+# streaming, exit codes, a detached run reattached, a tmux session and a
+# script run in one, then stops everything it started.
 set -euo pipefail
 BIN=${1:?usage: demo.sh BIN_DIR}
 BIN=$(cd "$BIN" && pwd)
@@ -51,5 +51,23 @@ dtmux runs logs demo-a "$run" -f
 
 say "dtmux exec demo-a -- sh -c 'echo \"I am in \$DTMUX_WORKSPACE, run \$DTMUX_RUN_ID\"'"
 dtmux exec demo-a -- sh -c 'echo "I am in $DTMUX_WORKSPACE, run $DTMUX_RUN_ID"'
+# Sessions: a tmux server per workspace, private to its agent.
+run dtmux session new demo-a dev
+say "dtmux session send demo-a dev --enter 'echo hello from tmux'"
+dtmux session send demo-a dev --enter 'echo hello from tmux'
+sleep 0.5
+say "dtmux session capture demo-a dev"
+# (the screen's unused rows are left out here)
+dtmux session capture demo-a dev | awk 'NF { for (; blank > 0; blank--) print ""; print; next } { blank++ }'
+run dtmux session ls demo-a
+
+script=$state/build.sh
+printf '#!/bin/sh\necho "building $1"\nfor p in 25 50 75 100; do echo "$p%%"; sleep 0.2; done\necho "tests failed"\nexit 3\n' >"$script"
+say "cat build.sh"
+cat "$script"
+say "dtmux run demo-a build.sh release; echo \"exit code: \$?\"   # uploaded, run in a tmux window"
+set +e; dtmux run demo-a "$script" release; code=$?; set -e
+echo "exit code: $code"
+
 run dtmux ws ls
 printf '\nDone: the controller, its agents and %s are removed on exit.\n' "$state"
