@@ -1,6 +1,9 @@
 package process
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 // writer persists the metadata of new runs in the background, so that
 // starting a process costs no file creation (a run directory, a temporary
@@ -9,9 +12,9 @@ import "sync"
 // without output needs none).
 //
 // Durability, as before without fsync: metadata reaches the page cache
-// (and so survives an agent crash, not a host crash) as soon as the writer
-// gets to it, normally within a millisecond of the start or the end of a
-// run, and at the latest when the manager closes (Close waits for attached
+// (and so survives an agent crash, not a host crash) within coalesce
+// (plus the time the writes take) of the start or the end of a run, and at
+// the latest when the manager closes (Close waits for attached
 // runs' trailers, then drains the queue). Persisting the trailer before
 // reporting it would put a file creation and a rename on the path of every
 // Exec, which costs more than the fork; so a trailer is written just after
@@ -24,6 +27,8 @@ import "sync"
 // The manager owns the writer's goroutine: loop runs until close.
 type writer struct {
 	wake chan struct{} // capacity 1
+	// now (capacity 1) ends the coalescing wait at once (flush).
+	now  chan struct{}
 	stop chan struct{}
 	done chan struct{}
 
@@ -33,8 +38,13 @@ type writer struct {
 	closed  bool            // guarded by mu
 }
 
+// coalesce is how long the writer lets changes gather before writing: a
+// run that ends within it is written once, start and trailer together,
+// which halves the file creations of short runs.
+const coalesce = 5 * time.Millisecond
+
 func newWriter() *writer {
-	return &writer{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	return &writer{wake: make(chan struct{}, 1), now: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // add queues r for writing, once however often it is added before the
@@ -64,6 +74,16 @@ func (w *writer) loop() {
 		stopping := false
 		select {
 		case <-w.wake:
+			// Most runs end within a few milliseconds: wait that long so
+			// that the start and the trailer become one write.
+			t := time.NewTimer(coalesce)
+			select {
+			case <-t.C:
+			case <-w.now:
+			case <-w.stop:
+				stopping = true
+			}
+			t.Stop()
 		case <-w.stop:
 			stopping = true
 		}
@@ -95,9 +115,11 @@ func (w *writer) flush() {
 	}
 	w.flushes = append(w.flushes, ch)
 	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
+	for _, c := range []chan struct{}{w.wake, w.now} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
 	}
 	<-ch
 }
