@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -149,6 +152,34 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 	if err != nil {
 		return err
 	}
+	// The script lives in its tmux window, not in this stream. Ctrl-C
+	// types C-c into the window (the script ends as in a terminal, and
+	// its status comes back); a second Ctrl-C leaves it running.
+	var paneID atomic.Value // string, once started
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt)
+	defer signal.Stop(sigs)
+	left := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() {
+		for n := 0; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sigs:
+			}
+			pane, _ := paneID.Load().(string)
+			if n > 0 || pane == "" {
+				close(left)
+				cancel()
+				return
+			}
+			_, _ = agent.SendInput(ctx, &agentv1.SendInputRequest{
+				Target: &agentv1.PaneTarget{Session: o.session, Window: pane}, Keys: []string{"C-c"}})
+		}
+	})
 	w := &outputWatcher{waitFor: waitRE, progress: progressRE, bar: newProgressBar(a.Stderr, a.stderrTerminal())}
 	defer w.bar.done()
 	var started *agentv1.WindowStarted
@@ -158,11 +189,26 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 			return fmt.Errorf("the agent ended the run without its exit status")
 		}
 		if err != nil {
+			select {
+			case <-left:
+				w.bar.done()
+				where := o.session
+				if started != nil {
+					where = started.GetSession() + ":" + started.GetWindow()
+				}
+				stop := o.session
+				if pane, _ := paneID.Load().(string); pane != "" {
+					stop = o.session + ":" + pane
+				}
+				return &ExitError{Code: 130, Msg: fmt.Sprintf("interrupted; the script keeps running in %s (stop it: dtmux session send %s %s --keys C-c)", where, o.ws, stop)}
+			default:
+			}
 			return err
 		}
 		switch e := ev.GetEvent().(type) {
 		case *agentv1.RunInSessionResponse_Started:
 			started = e.Started
+			paneID.Store(e.Started.GetPaneId())
 		case *agentv1.RunInSessionResponse_Output:
 			w.bar.clear()
 			if _, err := a.Stdout.Write(e.Output.GetData()); err != nil {

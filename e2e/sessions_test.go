@@ -3,10 +3,16 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/dtmux/dtmux/internal/testbin"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -87,5 +93,42 @@ func TestSessionsSurviveAgentKill(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// Ctrl-C on `dtmux run` types C-c into the script's window, as in a
+// terminal: the script ends and dtmux exits with its status (130). The
+// stream alone going away would leave the script running.
+func TestCLIRunInterrupt(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	script := filepath.Join(t.TempDir(), "long.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho started\nexec sleep 300\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(testbin.Path(t, testbin.CLI), "run", "w1", "--session", "intr", script)
+	cmd.Env = c.Env()
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	eventually(t, "the script's first line", func() string {
+		if s := out.String(); !strings.Contains(s, "started") {
+			return fmt.Sprintf("output so far %q", s)
+		}
+		return ""
+	})
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Errorf("dtmux run after Ctrl-C: %v, output %q; want exit 130", err, out.String())
+	}
+	if scriptRunning(t, c, "w1", "intr", "long") {
+		t.Error("the script still runs after Ctrl-C")
 	}
 }

@@ -433,7 +433,8 @@ func (m *Manager) ResizeSession(ctx context.Context, name string, size Size) err
 }
 
 // Target names a pane: a session and optionally a window name or index
-// (empty: the session's first window). The window's active pane is meant.
+// (empty: the session's first window; the window's active pane is
+// meant), or a pane id of that session ("%3", as RunInSession reports).
 type Target struct {
 	Session string
 	Window  string
@@ -462,6 +463,8 @@ func (m *Manager) resolve(ctx context.Context, t Target) (*Client, string, strin
 		switch {
 		case t.Window == "":
 			match = best == -1 || idx < best || (idx == best && f[3] == "1")
+		case strings.HasPrefix(t.Window, "%"):
+			match = t.Window == f[2]
 		case t.Window == f[4] || t.Window == f[0]:
 			match = pane == "" || f[3] == "1"
 		}
