@@ -88,6 +88,8 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // watchers and the janitor
 
+	wake chan struct{} // tells the janitor an endpoint brought its own idle timeout
+
 	mu      sync.Mutex
 	entries map[string]*entry // guarded by mu
 	closed  bool              // guarded by mu
@@ -133,6 +135,7 @@ func New(cfg Config) *Pool {
 		ctx:     ctx,
 		cancel:  cancel,
 		entries: make(map[string]*entry),
+		wake:    make(chan struct{}, 1),
 	}
 	p.wg.Add(1)
 	go p.janitor()
@@ -223,6 +226,12 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 		cur.cc.Close()
 	}
 	p.entries[name] = ne
+	if ne.idle != p.cfg.IdleTimeout {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
 	p.wg.Add(1)
 	go p.watch(ne)
 	return ne, nil
@@ -454,26 +463,53 @@ func (p *Pool) Evict(name string) {
 	}
 }
 
-// janitor evicts idle connections.
+// janitor evicts idle connections. It sweeps at a quarter of the
+// shortest idle timeout in use, the pool's or an endpoint's own (a
+// Daytona sandbox's is minutes, so that the sandbox can auto-stop), so a
+// connection outlives its idle timeout by at most that quarter.
 func (p *Pool) janitor() {
 	defer p.wg.Done()
-	period := p.cfg.IdleTimeout / 4
+	next := time.Now().Add(p.sweepPeriod())
+	t := time.NewTimer(time.Until(next))
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-p.wake:
+			// An entry with its own idle timeout joined: sweep sooner if
+			// it needs that, never later than planned.
+			if n := time.Now().Add(p.sweepPeriod()); n.Before(next) {
+				next = n
+				t.Reset(time.Until(next))
+			}
+		case <-t.C:
+			p.evictIdle(time.Now())
+			next = time.Now().Add(p.sweepPeriod())
+			t.Reset(time.Until(next))
+		}
+	}
+}
+
+// sweepPeriod is a quarter of the shortest idle timeout in use, between
+// 10 ms and a minute.
+func (p *Pool) sweepPeriod() time.Duration {
+	shortest := p.cfg.IdleTimeout
+	p.mu.Lock()
+	for _, e := range p.entries {
+		if e.idle > 0 && (shortest <= 0 || e.idle < shortest) {
+			shortest = e.idle
+		}
+	}
+	p.mu.Unlock()
+	period := shortest / 4
 	if period <= 0 || period > time.Minute {
 		period = time.Minute
 	}
 	if period < 10*time.Millisecond {
 		period = 10 * time.Millisecond
 	}
-	t := time.NewTicker(period)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.ctx.Done():
-			return
-		case <-t.C:
-			p.evictIdle(time.Now())
-		}
-	}
+	return period
 }
 
 func (p *Pool) evictIdle(now time.Time) {
