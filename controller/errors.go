@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/codes"
@@ -12,6 +13,16 @@ import (
 	"github.com/dtmux/dtmux/controller/pool"
 	"github.com/dtmux/dtmux/controller/provider"
 )
+
+// detail is err's text after sentinel's ("sentinel: detail"), or "" when
+// the sentinel comes last or carries nothing more.
+func detail(err, sentinel error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, sentinel.Error()+": "); i >= 0 {
+		return msg[i+len(sentinel.Error())+2:]
+	}
+	return ""
+}
 
 // toStatus maps domain errors about workspace ws to gRPC status errors.
 // Unknown errors become Internal with a generic message; their detail goes
@@ -27,7 +38,19 @@ func toStatus(log hclog.Logger, ws string, err error) error {
 	case errors.Is(err, provider.ErrNotFound):
 		return status.Errorf(codes.NotFound, "workspace %q not found", ws)
 	case errors.Is(err, provider.ErrNotStarted):
-		return status.Errorf(codes.FailedPrecondition, "workspace %q is not started: start it first", ws)
+		// The provider's detail says why (stopped, archived, in error and
+		// the reason), which "start it first" alone would hide.
+		reason := detail(err, provider.ErrNotStarted)
+		if reason == "" {
+			reason = "start it first"
+		}
+		return status.Errorf(codes.FailedPrecondition, "workspace %q is not started: %s", ws, reason)
+	case errors.Is(err, provider.ErrPrecondition):
+		reason := detail(err, provider.ErrPrecondition)
+		if reason == "" {
+			reason = err.Error()
+		}
+		return status.Errorf(codes.FailedPrecondition, "workspace %q: %s", ws, reason)
 	case errors.Is(err, provider.ErrAlreadyExists):
 		return status.Errorf(codes.AlreadyExists, "workspace %q already exists", ws)
 	case errors.Is(err, provider.ErrInvalid):

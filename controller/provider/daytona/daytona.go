@@ -41,7 +41,8 @@ const (
 
 // ErrNoAPIKey: the sandbox generation needs DAYTONA_API_URL and an API key
 // to mint SSH access tokens.
-var ErrNoAPIKey = errors.New("daytona: no API key (set DAYTONA_API_URL and DAYTONA_API_KEY, or an API key file)")
+// It wraps provider.ErrPrecondition: only the user can fix it.
+var ErrNoAPIKey = fmt.Errorf("%w: daytona: no API key (set DAYTONA_API_URL and DAYTONA_API_KEY, or an API key file)", provider.ErrPrecondition)
 
 // Config configures the provider.
 type Config struct {
@@ -158,7 +159,7 @@ func (p *Provider) apiKey() (string, error) {
 	if p.cfg.APIKeyFile != "" {
 		b, err := os.ReadFile(p.cfg.APIKeyFile)
 		if err != nil {
-			return "", fmt.Errorf("daytona API key file: %w", err)
+			return "", fmt.Errorf("%w: daytona API key file: %v", provider.ErrPrecondition, err)
 		}
 		if k := strings.TrimSpace(string(b)); k != "" {
 			return k, nil
@@ -378,3 +379,17 @@ func (p *Provider) poll(ctx context.Context, wait time.Duration, what string, ge
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 func validName(s string) bool { return nameRE.MatchString(s) }
+
+// reportedState says what Daytona reports for a workspace that cannot be
+// reached, with what to do about it where the user can: the detail reads
+// "state" or "state: reason".
+func reportedState(detail string) string {
+	state, _, _ := strings.Cut(detail, ":")
+	switch state {
+	case "stopped", "archived", "paused":
+		return "daytona reports it " + detail + " (start it first)"
+	case "":
+		return "daytona reports no state"
+	}
+	return "daytona reports it in state " + detail
+}

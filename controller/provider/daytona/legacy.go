@@ -116,7 +116,7 @@ func (p *Provider) legacyWaitStarted(ctx context.Context, v Version, name string
 		case w.State == provider.StateStarted:
 			return w, true, nil
 		case w.State == provider.StateError:
-			return w, true, fmt.Errorf("%s workspace %q: daytona reports %s", verb, name, w.StateDetail)
+			return w, true, fmt.Errorf("%w: %s: daytona reports the workspace in state %s", provider.ErrPrecondition, verb, w.StateDetail)
 		}
 		return w, false, nil
 	})
@@ -183,7 +183,7 @@ func (p *Provider) legacyEndpoint(ctx context.Context, v Version, name string) (
 		return provider.Endpoint{}, err
 	}
 	if w.State != provider.StateStarted && w.State != provider.StateUnknown {
-		return provider.Endpoint{}, fmt.Errorf("%w: workspace %q is %s", provider.ErrNotStarted, name, w.StateDetail)
+		return provider.Endpoint{}, fmt.Errorf("%w: %s", provider.ErrNotStarted, reportedState(w.StateDetail))
 	}
 	argv := []string{p.cfg.Binary, "ssh", name}
 	switch {

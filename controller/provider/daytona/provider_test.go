@@ -281,8 +281,8 @@ func TestLegacyCreateError(t *testing.T) {
 		st["create_state"], st["create_error"] = "error", "unable to pull image"
 	}, nil)
 	_, err := e.p.Create(ctxT(t), provider.CreateOptions{Repository: "https://github.com/o/bad.git"})
-	if err == nil || !strings.Contains(err.Error(), "unable to pull image") {
-		t.Fatalf("want the error state's reason, got %v", err)
+	if !errors.Is(err, provider.ErrPrecondition) || !strings.Contains(err.Error(), "unable to pull image") {
+		t.Fatalf("want a failed precondition with the error state's reason, got %v", err)
 	}
 }
 
@@ -389,7 +389,7 @@ func TestSandboxErrors(t *testing.T) {
 
 	t.Run("missing API key", func(t *testing.T) {
 		t.Setenv("DAYTONA_API_KEY", "")
-		if _, err := e.p.Endpoint(ctx, "dtmux-ws-alpha"); !errors.Is(err, ErrNoAPIKey) {
+		if _, err := e.p.Endpoint(ctx, "dtmux-ws-alpha"); !errors.Is(err, ErrNoAPIKey) || !errors.Is(err, provider.ErrPrecondition) {
 			t.Fatalf("want ErrNoAPIKey, got %v", err)
 		}
 	})
@@ -420,7 +420,7 @@ func TestSandboxErrors(t *testing.T) {
 			st["create_state"], st["create_error"] = "build_failed", "snapshot not found"
 		}, nil)
 		_, err := e.p.Create(ctx, provider.CreateOptions{Name: "bad"})
-		if err == nil || !strings.Contains(err.Error(), "build_failed") {
+		if !errors.Is(err, provider.ErrPrecondition) || !strings.Contains(err.Error(), "build_failed") {
 			t.Fatalf("want the failed state, got %v", err)
 		}
 	})

@@ -87,7 +87,7 @@ func (p *Provider) sandboxWait(ctx context.Context, name string, wait time.Durat
 		case w.State == want:
 			return w, true, nil
 		case w.State == provider.StateError:
-			return w, true, fmt.Errorf("%s sandbox %q: daytona reports %s", verb, name, w.StateDetail)
+			return w, true, fmt.Errorf("%w: %s: daytona reports the sandbox in state %s", provider.ErrPrecondition, verb, w.StateDetail)
 		}
 		return w, false, nil
 	})
@@ -185,14 +185,8 @@ func (p *Provider) sandboxEndpoint(ctx context.Context, name string) (provider.E
 	w := sandboxWorkspace(s)
 	switch w.State {
 	case provider.StateStarted:
-	case provider.StateError:
-		return provider.Endpoint{}, fmt.Errorf("%w: sandbox %q is in state %s", provider.ErrNotStarted, name, w.StateDetail)
 	default:
-		hint := ""
-		if s.State == "archived" || s.State == "stopped" || s.State == "paused" {
-			hint = " (start it first)"
-		}
-		return provider.Endpoint{}, fmt.Errorf("%w: sandbox %q is %s%s", provider.ErrNotStarted, name, s.State, hint)
+		return provider.Endpoint{}, fmt.Errorf("%w: %s", provider.ErrNotStarted, reportedState(w.StateDetail))
 	}
 	if _, err := p.apiKey(); err != nil {
 		return provider.Endpoint{}, err
