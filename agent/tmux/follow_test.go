@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -227,5 +228,48 @@ func TestFollowTailAtExit(t *testing.T) {
 	out := bytes.TrimPrefix(got.Bytes(), []byte("\r\n"))
 	if !bytes.Equal(out, data.Bytes()) {
 		t.Fatalf("got %d bytes ending %q, want %d ending %q", len(out), out[max(0, len(out)-40):], data.Len(), data.Bytes()[data.Len()-40:])
+	}
+}
+
+// A followed pane's log does not keep what the buffer has evicted: its
+// head is punched out, so a long, chatty pane does not fill the disk.
+func TestFollowLogHeadFreed(t *testing.T) {
+	m := newManager(t, func(c *Config) { c.BufferBytes = 64 << 10 })
+	mustCreate(t, m, "chatty", "sh", "-c", "read x; head -c 12000000 /dev/zero | tr '\\0' 'z'; echo; echo DONE; exec sleep 600")
+	f, err := m.Follow(ctx(t), Target{Session: "chatty"}, false, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SendInput(ctx(t), Target{Session: "chatty"}, Input{Enter: true}); err != nil {
+		t.Fatal(err)
+	}
+	c := f.Buffer.NewCursor(0)
+	deadline := time.After(60 * time.Second)
+	var tail []byte
+	for !bytes.Contains(tail, []byte("DONE")) {
+		ch := f.Buffer.Next(c, 1<<20)
+		if ch.Data != nil {
+			tail = append(tail[max(0, len(tail)-16):], ch.Data...)
+			continue
+		}
+		if ch.Gap != nil {
+			continue // evicted: expected with a small buffer
+		}
+		select {
+		case <-ch.Wait:
+		case <-deadline:
+			t.Fatal("no DONE")
+		}
+	}
+	logs, _ := filepath.Glob(filepath.Join(m.cfg.StateDir, "logs", "pane-*.log"))
+	if len(logs) != 1 {
+		t.Fatalf("pane logs %v, want one", logs)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(logs[0], &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; st.Size < 12000000 || used > st.Size/2 {
+		t.Errorf("log size %d, %d bytes on disk: its head was not freed", st.Size, used)
 	}
 }
