@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -342,8 +343,16 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 	return fmt.Errorf("%w: workspace %q: %v", ErrUnreachable, e.name, err)
 }
 
-// cleanReason trims grpc's wording down to the cause.
+// cleanReason trims grpc's wording down to the cause. grpc quotes the
+// dial error (desc = "..."), so a reason that itself holds quotes, such
+// as a workspace name, is unquoted rather than left with backslashes.
 func cleanReason(msg string) string {
+	const desc = "desc = "
+	if i := strings.LastIndex(msg, desc+`"`); i >= 0 {
+		if u, err := strconv.Unquote(msg[i+len(desc):]); err == nil {
+			msg = msg[:i+len(desc)] + u
+		}
+	}
 	for _, p := range []string{"connection error: desc = ", "transport: Error while dialing: ", "transport: "} {
 		if i := strings.LastIndex(msg, p); i >= 0 {
 			msg = msg[i+len(p):]
