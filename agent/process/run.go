@@ -583,6 +583,16 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
+// prepare makes the run's directory unless the run was forgotten.
+func (r *Run) prepare() error {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	if r.forgotten {
+		return nil
+	}
+	return r.prepareDir()
+}
+
 // forget stops the writer from writing r again: it expired and its
 // directory goes.
 func (r *Run) forget() {

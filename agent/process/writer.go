@@ -1,6 +1,7 @@
 package process
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -74,8 +75,17 @@ func (w *writer) loop() {
 		stopping := false
 		select {
 		case <-w.wake:
-			// Most runs end within a few milliseconds: wait that long so
-			// that the start and the trailer become one write.
+			// The directories now, so that a first output need not make
+			// one. Then, as most runs end within a few milliseconds, wait
+			// that long so that the start and the trailer become one write.
+			w.mu.Lock()
+			q := slices.Clone(w.queue)
+			w.mu.Unlock()
+			for _, r := range q {
+				if err := r.prepare(); err != nil {
+					r.log.Debug("run directory", "error", err) // persist reports it
+				}
+			}
 			t := time.NewTimer(coalesce)
 			select {
 			case <-t.C:
