@@ -468,6 +468,7 @@ func wantCode(t *testing.T, d *daytonaEnv, ws string, code codes.Code, words ...
 		t.Errorf("%s: want %v, got %v", ws, code, err)
 	}
 	r := dtmuxCLI(t, d.c, nil, "exec", ws, "--", "true")
+	t.Logf("%s: %s", ws, strings.TrimSpace(r.stderr))
 	if r.code != 255 {
 		t.Errorf("%s: dtmux exec: exit %d, want 255", ws, r.code)
 	}
@@ -476,6 +477,9 @@ func wantCode(t *testing.T, d *daytonaEnv, ws string, code codes.Code, words ...
 			t.Errorf("%s: status message %q does not say %q", ws, status.Convert(err).Message(), w)
 		}
 		oneLineError(t, r, w)
+	}
+	if strings.Contains(r.stderr, `\"`) {
+		t.Errorf("%s: escaped quotes in %q", ws, r.stderr)
 	}
 	noSecrets(t, "error", r.stderr+status.Convert(err).Message())
 }
@@ -522,6 +526,33 @@ func TestDaytonaLegacy(t *testing.T) {
 		wantCode(t, d, "daytona", codes.FailedPrecondition, "error", "devcontainer")
 		wantCode(t, d, "example", codes.FailedPrecondition, "stopped")
 		wantCode(t, d, "nope", codes.NotFound)
+	})
+	t.Run("stop, start, rm", func(t *testing.T) {
+		if w := wsOne(t, mustCLI(t, d.c, "ws", "stop", "Spoon-Knife", "-o", "json")); w.State != "WORKSPACE_STATE_STOPPED" {
+			t.Fatalf("stop: %+v", w)
+		}
+		if pids := d.hops(); len(pids) != 0 {
+			t.Fatalf("hop still open after stop: %v", pids)
+		}
+		if w := wsOne(t, mustCLI(t, d.c, "ws", "start", "Spoon-Knife", "-o", "json")); w.State != "WORKSPACE_STATE_STARTED" {
+			t.Fatalf("start: %+v", w)
+		}
+		if r := mustCLI(t, d.c, "exec", "Spoon-Knife", "--", "echo", "back"); r.stdout != "back\n" {
+			t.Fatalf("exec after start: %q", r.stdout)
+		}
+		// The CLI exits 0 for an unknown workspace here; dtmux does not.
+		r := dtmuxCLI(t, d.c, nil, "ws", "start", "nope")
+		if r.code != 255 {
+			t.Errorf("start unknown: exit %d", r.code)
+		}
+		oneLineError(t, r, "not found")
+		mustCLI(t, d.c, "ws", "rm", "Spoon-Knife")
+		if _, ok := wsList(t, d.c)["Spoon-Knife"]; ok {
+			t.Fatal("Spoon-Knife still listed after rm")
+		}
+		if pids := d.hops(); len(pids) != 0 {
+			t.Fatalf("hop still open after rm: %v", pids)
+		}
 	})
 	noSecrets(t, "controller log", d.c.Log())
 }
