@@ -398,6 +398,15 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 		go r.copyOutput(i, f, r.out[i], copiers)
 	}
 	go r.supervise(copiers)
+	if r.info.Detached {
+		// A detached run is the one a client comes back for, possibly
+		// after an agent crash: record it before its start is reported.
+		// Attached runs are recorded in the background; their client's
+		// stream ends with the agent anyway.
+		if err := r.persist(); err != nil {
+			r.log.Warn("persist detached run", "error", err)
+		}
+	}
 	m.writer.add(r)
 	return nil
 }

@@ -21,9 +21,11 @@ import (
 // Exec, which costs more than the fork; so a trailer is written just after
 // Done closes. What an agent crash inside that window costs: a restarted
 // agent reports the run as AGENT_LOST (with its output intact) although a
-// client may have received the real trailer; a crash between a start and
-// its first write loses the record of the run (the next agent removes the
-// unrecorded directory with any spool files).
+// client may have received the real trailer; a crash between the start of
+// an attached run and its first write loses the record of the run (the
+// next agent removes the unrecorded directory with any spool files).
+// Detached runs are recorded before their start is reported (Start), so a
+// crash never loses one.
 //
 // The manager owns the writer's goroutine: loop runs until close.
 type writer struct {
