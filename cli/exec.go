@@ -174,6 +174,13 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	if err := x.send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: start}}); err != nil {
 		return recvError(stream, err)
 	}
+	if o.detach {
+		// A detached run has no stdin (as docker run -d): close it now,
+		// or a command that reads stdin would wait for input forever.
+		if err := x.send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}}); err != nil {
+			return recvError(stream, err)
+		}
+	}
 	first, err := stream.Recv()
 	if err != nil {
 		return err

@@ -158,3 +158,24 @@ func TestControllerAddress(t *testing.T) {
 		t.Errorf("bad address: %v", err)
 	}
 }
+
+func TestExecDetachClosesStdin(t *testing.T) {
+	addr, f := startFake(t)
+	if r := dtmux(t, addr, "typed\n", "exec", "-d", "ws", "--", "cat"); r.code != 0 {
+		t.Fatalf("exec -d: %+v", r)
+	}
+	// The fake records what followed the start once it has read it (or
+	// once the client hung up without sending anything more).
+	var got []bool
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		f.mu.Lock()
+		got = append([]bool(nil), f.detachStdin...)
+		f.mu.Unlock()
+		if len(got) > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(got) != 1 || !got[0] {
+		t.Errorf("detached run's stdin: closed = %v, want close_stdin right after start", got)
+	}
+}

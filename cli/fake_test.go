@@ -36,6 +36,9 @@ type fakeController struct {
 	files  map[string][]byte
 	rins   []*agentv1.RunInSessionRequest
 	sent   []*agentv1.SendInputRequest
+	// detachStdin has, per detached Exec, whether the message after start
+	// was close_stdin.
+	detachStdin []bool
 }
 
 // startFake serves a fakeController and returns its address.
@@ -130,6 +133,12 @@ func (f *fakeController) Exec(stream agentv1.AgentService_ExecServer) error {
 		return err
 	}
 	if start.GetDetach() {
+		// Record whether the client closed the detached run's stdin; a
+		// client that does not gets here only when it hangs up.
+		m, err := stream.Recv()
+		f.mu.Lock()
+		f.detachStdin = append(f.detachStdin, err == nil && m.GetCloseStdin() != nil)
+		f.mu.Unlock()
 		return nil
 	}
 	out := func(s agentv1.Stream, off uint64, data string) error {

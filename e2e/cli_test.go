@@ -203,6 +203,17 @@ func TestCLIExec(t *testing.T) {
 		}
 	})
 
+	t.Run("detached run has no stdin", func(t *testing.T) {
+		// cat reads stdin: detached, it must see EOF at once rather than
+		// wait for input no one can send.
+		r := mustCLI(t, c, "exec", "-d", "w1", "--", "cat")
+		id := strings.TrimSpace(r.stdout)
+		r = dtmuxCLI(t, c, nil, "runs", "logs", "w1", id, "-f")
+		if r.code != 0 || r.stdout != "" {
+			t.Errorf("runs logs -f of a detached cat: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+	})
+
 	t.Run("same run id runs once", func(t *testing.T) {
 		args := []string{"exec", "w1", "--run-id", "once-1", "--", "sh", "-c", "echo x >> once.txt; echo done"}
 		first := mustCLI(t, c, args...)
