@@ -7,6 +7,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/dtmux/dtmux/internal/errinfo"
 )
 
 // Exit codes of dtmux itself. Commands that run something remotely (exec,
@@ -16,8 +18,16 @@ const (
 	// ExitFailure: dtmux could not do what was asked (controller or agent
 	// unreachable, workspace not found, a call failed). Like ssh's 255.
 	ExitFailure = 255
-	// ExitUsage: bad flags or arguments, found before any call was made.
+	// ExitUsage: invalid input (flags, arguments, names, ids), whether
+	// dtmux caught it before any call or the server rejected it
+	// (InvalidArgument).
 	ExitUsage = 254
+	// ExitCommandNotFound: the remote command does not exist, as a shell
+	// reports it.
+	ExitCommandNotFound = 127
+	// ExitCannotExecute: the remote command exists but cannot be
+	// executed, as a shell reports it.
+	ExitCannotExecute = 126
 	// ExitTimedOut: the run was killed because a deadline (--timeout or
 	// --idle-timeout) passed, as timeout(1) reports it.
 	ExitTimedOut = 124
@@ -105,11 +115,48 @@ func trimDesc(msg string) string {
 	return msg
 }
 
-// ErrorCode is the process exit code for an error returned by a command.
+// ErrorCode is the process exit code for an error returned by a command:
+// an ExitError's code; 127 and 126 for a program that is missing or not
+// executable (as a shell); 254 for input the server rejected; else 255.
 func ErrorCode(err error) int {
 	var ee *ExitError
 	if errors.As(err, &ee) {
 		return ee.Code
 	}
+	switch errinfo.Reason(err) {
+	case errinfo.ProgramNotFound:
+		return ExitCommandNotFound
+	case errinfo.ProgramNotExecutable:
+		return ExitCannotExecute
+	case errinfo.RunIDConflict:
+		return ExitUsage
+	}
+	if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
+		return ExitUsage
+	}
 	return ExitFailure
+}
+
+// startError explains why the agent refused to start argv (as run runID,
+// if one was given): a missing or non-executable program reads as a
+// shell says it, with its exit code; a run id taken by another command
+// says what to do. Anything else is returned as is.
+func startError(err error, argv []string, runID string) error {
+	name := ""
+	if len(argv) > 0 {
+		name = clip(argv[0])
+	}
+	msg := ""
+	if st, ok := status.FromError(err); ok {
+		msg = st.Message()
+	}
+	switch errinfo.Reason(err) {
+	case errinfo.ProgramNotFound:
+		return &ExitError{Code: ExitCommandNotFound, Msg: name + ": command not found"}
+	case errinfo.ProgramNotExecutable:
+		return &ExitError{Code: ExitCannotExecute, Msg: fmt.Sprintf("%s: cannot execute (%s)", name, msg)}
+	case errinfo.RunIDConflict:
+		return &ExitError{Code: ExitUsage, Msg: fmt.Sprintf("run id %q is already used by a different command: choose another --run-id, or leave it out", clip(runID))}
+	}
+	return err
 }

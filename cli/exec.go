@@ -172,18 +172,18 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	}
 	x := &execStream{stream: stream}
 	if err := x.send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: start}}); err != nil {
-		return recvError(stream, err)
+		return startError(recvError(stream, err), o.argv, o.runID)
 	}
 	if o.detach {
 		// A detached run has no stdin (as docker run -d): close it now,
 		// or a command that reads stdin would wait for input forever.
 		if err := x.send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}}); err != nil {
-			return recvError(stream, err)
+			return startError(recvError(stream, err), o.argv, o.runID)
 		}
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		return err
+		return startError(err, o.argv, o.runID)
 	}
 	started := first.GetStarted()
 	if started == nil {

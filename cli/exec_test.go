@@ -179,3 +179,26 @@ func TestExecDetachClosesStdin(t *testing.T) {
 		t.Errorf("detached run's stdin: closed = %v, want close_stdin right after start", got)
 	}
 }
+
+func TestExecRefusalExitCodes(t *testing.T) {
+	addr, _ := startFake(t)
+	for _, tt := range []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"command not found", []string{"exec", "ws", "--", "nosuchcmd", "x"}, 127, "dtmux: nosuchcmd: command not found\n"},
+		{"not executable", []string{"exec", "ws", "--", "noexec"}, 126, "dtmux: noexec: cannot execute (\"noexec\": permission denied)\n"},
+		{"detached, not found", []string{"exec", "-d", "ws", "--", "nosuchcmd"}, 127, "dtmux: nosuchcmd: command not found\n"},
+		{"run id conflict", []string{"exec", "ws", "--run-id", "taken", "--", "both"}, ExitUsage, "dtmux: run id \"taken\" is already used by a different command: choose another --run-id, or leave it out\n"},
+		{"invalid run id rejected by the server", []string{"exec", "ws", "--run-id", "bad id", "--", "both"}, ExitUsage, "dtmux: run id \"bad id\": want 1 to 64 letters, digits, '.', '_' or '-'\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := dtmux(t, addr, "", tt.args...)
+			if r.code != tt.code || r.stderr != tt.stderr || r.stdout != "" {
+				t.Errorf("got %+v, want exit %d and stderr %q", r, tt.code, tt.stderr)
+			}
+		})
+	}
+}

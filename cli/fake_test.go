@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/dtmux/dtmux/internal/errinfo"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 	controllerv1 "github.com/dtmux/dtmux/proto/dtmux/controller/v1"
 )
@@ -125,6 +126,17 @@ func (f *fakeController) Exec(stream agentv1.AgentService_ExecServer) error {
 	f.mu.Unlock()
 	argv := start.GetCommand().GetArgv()
 	runID := start.GetRunId()
+	// Refusals come before the run starts, as the agent's do.
+	switch {
+	case argv[0] == "nosuchcmd":
+		return errinfo.New(codes.InvalidArgument, `"nosuchcmd": program not found in PATH`, errinfo.ProgramNotFound)
+	case argv[0] == "noexec":
+		return errinfo.New(codes.PermissionDenied, `"noexec": permission denied`, errinfo.ProgramNotExecutable)
+	case runID == "taken":
+		return errinfo.New(codes.AlreadyExists, `run "taken" exists with a different command`, errinfo.RunIDConflict)
+	case strings.Contains(runID, " "):
+		return status.Errorf(codes.InvalidArgument, "run id %q: want 1 to 64 letters, digits, '.', '_' or '-'", runID)
+	}
 	if runID == "" {
 		runID = "r1"
 	}

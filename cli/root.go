@@ -37,8 +37,10 @@ func NewRootCmd(app *App) *cobra.Command {
 through a dtmux-controller, which keeps one connection to each workspace's agent.
 
 Exit codes: commands that run something remotely exit with its status
-(128+N for signal N). dtmux's own failures exit 255, usage errors 254,
-and a run killed by --timeout/--idle-timeout exits 124.`,
+(128+N for signal N); a command that does not exist exits 127 and one that
+cannot be executed 126, as in a shell. Invalid input exits 254, whether
+dtmux caught it or the server rejected it; dtmux's other failures exit 255;
+a run killed by --timeout/--idle-timeout exits 124.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -284,6 +284,13 @@ func TestCLIExec(t *testing.T) {
 			oneLineError(t, r, "")
 		}
 
+		// Input the server rejects is invalid input too.
+		r = dtmuxCLI(t, c, nil, "exec", "w1", "--run-id", "bad id", "--", "true")
+		if r.code != 254 {
+			t.Errorf("--run-id 'bad id': exit %d, want 254 (stderr %q)", r.code, r.stderr)
+		}
+		oneLineError(t, r, "bad id")
+
 		secrets := filepath.Join(t.TempDir(), "big.env")
 		if err := os.WriteFile(secrets, []byte("BIG="+strings.Repeat("v", 5<<20)+"\n"), 0o600); err != nil {
 			t.Fatal(err)
@@ -327,6 +334,11 @@ func TestCLIWorkspaces(t *testing.T) {
 		t.Errorf("duplicate create: exit %d", r.code)
 	}
 	oneLineError(t, r, "wa")
+	r = dtmuxCLI(t, c, nil, "ws", "create", "")
+	if r.code != 254 {
+		t.Errorf("ws create '': exit %d, want 254 (stderr %q)", r.code, r.stderr)
+	}
+	oneLineError(t, r, "")
 
 	mustCLI(t, c, "ws", "stop", "wb")
 	r = dtmuxCLI(t, c, nil, "exec", "wb", "--", "true")
@@ -441,8 +453,8 @@ func TestCLISessions(t *testing.T) {
 	mustCLI(t, c, "session", "send", "w1", "s1", "--keys", "C-c")
 
 	r = dtmuxCLI(t, c, nil, "session", "new", "w1", "bad name")
-	if r.code == 0 {
-		t.Error("invalid session name accepted")
+	if r.code != 254 {
+		t.Errorf("invalid session name: exit %d, want 254 (stderr %q)", r.code, r.stderr)
 	}
 	oneLineError(t, r, "")
 	r = dtmuxCLI(t, c, nil, "session", "capture", "w1", "nosuch")
