@@ -3,8 +3,8 @@ package tmux
 import (
 	"context"
 	"fmt"
-	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // Input is what SendInput types, in this order.
@@ -26,13 +26,68 @@ const (
 	pasteThreshold = 64 << 10
 )
 
-var keyRE = regexp.MustCompile(`^(?:[CMS]-)*(?:[A-Za-z][A-Za-z0-9]{0,15}|[A-Za-z0-9])$`)
+// keyNames are the key names tmux knows (key-string.c of 3.3a), lower
+// case: tmux matches them without regard to case. The mouse keys, Any,
+// None and UserN are left out: they mean nothing to send-keys.
+var keyNames = map[string]bool{
+	"f1": true, "f2": true, "f3": true, "f4": true, "f5": true, "f6": true,
+	"f7": true, "f8": true, "f9": true, "f10": true, "f11": true, "f12": true,
+	"ic": true, "insert": true, "dc": true, "delete": true, "home": true, "end": true,
+	"npage": true, "pagedown": true, "pgdn": true, "ppage": true, "pageup": true, "pgup": true,
+	"tab": true, "btab": true, "space": true, "bspace": true, "enter": true, "escape": true,
+	"up": true, "down": true, "left": true, "right": true,
+	"kp/": true, "kp*": true, "kp-": true, "kp+": true, "kp.": true, "kpenter": true,
+	"kp0": true, "kp1": true, "kp2": true, "kp3": true, "kp4": true,
+	"kp5": true, "kp6": true, "kp7": true, "kp8": true, "kp9": true,
+}
 
-// ValidKey reports whether s is an acceptable key name: modifiers and a
-// plain word, never anything tmux could parse as syntax.
+// ctrlUnknown are the characters tmux 3.3a has no control key for: C-$
+// is no key, and send-keys would type the three characters instead.
+const ctrlUnknown = "\"$%&*{|}~"
+
+// ValidKey reports whether s is a key name tmux knows, by tmux's own
+// grammar: optional modifiers (C-, M-, S-, or a leading ^ for Ctrl), then
+// a key name from keyNames or a single printable character. tmux types
+// anything else as literal text, so "Entr" would arrive as five letters;
+// here it is an error instead.
 func ValidKey(s string) error {
-	if !keyRE.MatchString(s) {
-		return fmt.Errorf("%w: key name %q", ErrInvalidArgument, s)
+	bad := func(why string) error {
+		return fmt.Errorf("%w: key %q: %s (want a name such as Enter, Escape, Tab, BSpace, Up, F1, KPEnter, "+
+			"or one character, after optional C-, M-, S- modifiers; send text with --text)", ErrInvalidArgument, s, why)
+	}
+	k, ctrl := s, false
+	if len(k) > 1 && k[0] == '^' {
+		k, ctrl = k[1:], true
+	}
+	for len(k) > 1 && k[1] == '-' {
+		switch k[0] {
+		case 'C', 'c':
+			ctrl = true
+		case 'M', 'm', 'S', 's':
+		default:
+			return bad(fmt.Sprintf("unknown modifier %q", k[:2]))
+		}
+		k = k[2:]
+	}
+	if k == "" {
+		return bad("no key after the modifiers")
+	}
+	if keyNames[strings.ToLower(k)] {
+		return nil
+	}
+	r, n := utf8.DecodeRuneInString(k)
+	if n != len(k) {
+		return bad("unknown key name")
+	}
+	switch {
+	case r == utf8.RuneError:
+		return bad("not UTF-8")
+	case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0):
+		return bad("a control character (use its name, such as C-a or Enter)")
+	case r == ' ':
+		return bad("a bare space (use Space)")
+	case ctrl && r < 0x80 && strings.ContainsRune(ctrlUnknown, r):
+		return bad("no control key for this character")
 	}
 	return nil
 }
@@ -60,7 +115,12 @@ func (m *Manager) SendInput(ctx context.Context, t Target, in Input) error {
 		keys = append(keys[:len(keys):len(keys)], "Enter")
 	}
 	if len(keys) > 0 {
-		if _, err := c.Command(ctx, line("send-keys", "-t", quoteWord(pane), strings.Join(keys, " "))); err != nil {
+		words := []string{"send-keys", "-t", quoteWord(pane), "--"}
+		for _, k := range keys {
+			// A key may be '#', ';' or a quote: one quoted word each.
+			words = append(words, quoteWord(k))
+		}
+		if _, err := c.Command(ctx, line(words...)); err != nil {
 			return fmt.Errorf("send keys: %w", err)
 		}
 	}
