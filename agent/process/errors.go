@@ -13,8 +13,16 @@ var (
 	// ErrInvalidSpec: the command spec or run id is malformed (empty
 	// argv, bad env key, NUL bytes, bad run id, bad size).
 	ErrInvalidSpec = errors.New("invalid run spec")
-	// ErrProgramNotFound: argv[0] is not an executable in PATH.
+	// ErrProgramNotFound: argv[0] is not in PATH, or the path it names
+	// does not exist (a shell says 127).
 	ErrProgramNotFound = errors.New("program not found")
+	// ErrProgramNotExecutable: argv[0] names a file that cannot be
+	// executed: no execute permission, a directory, an unknown format or a
+	// missing interpreter (a shell says 126).
+	ErrProgramNotExecutable = errors.New("program not executable")
+	// ErrRunIDConflict: a run with the requested id exists with a
+	// different command (argv, shell or working directory).
+	ErrRunIDConflict = errors.New("run id conflict")
 	// ErrBadCwd: the working directory does not exist or is not a
 	// directory.
 	ErrBadCwd = errors.New("working directory unusable")

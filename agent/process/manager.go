@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -424,7 +425,7 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY) error {
 		}
 		ptmx, err := pty.StartWithAttrs(cmd, &pty.Winsize{Rows: rows, Cols: cols}, &syscall.SysProcAttr{Setsid: true, Setctty: true})
 		if err != nil {
-			return fmt.Errorf("start %s on a pty: %w", cmd.Path, err)
+			return execError(cmd.Path, err)
 		}
 		r.ptmx, r.stdin = ptmx, ptmx
 		r.outputs = []*os.File{ptmx}
@@ -454,7 +455,7 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY) error {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
 	if err := cmd.Start(); err != nil {
 		closeAll()
-		return fmt.Errorf("start %s: %w", cmd.Path, err)
+		return execError(cmd.Path, err)
 	}
 	// The child holds its ends now.
 	inR.Close()
@@ -466,28 +467,29 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY) error {
 }
 
 // lookPath finds the program the way a shell would, with the run's PATH
-// and working directory.
+// and working directory: a name with a slash is used as it is; a PATH
+// search skips directories and, when it finds only files it may not
+// execute, says so (a shell's 126) rather than "not found" (127).
 func lookPath(name, cwd, pathEnv string) (string, error) {
-	check := func(p string) error {
-		fi, err := os.Stat(p)
-		if err != nil {
-			return err
-		}
-		if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
-			return errors.New("not an executable file")
-		}
-		return nil
-	}
 	if strings.Contains(name, "/") {
 		p := name
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(cwd, p)
 		}
-		if err := check(p); err != nil {
-			return "", fmt.Errorf("%q: %w (%v)", name, ErrProgramNotFound, err)
+		fi, err := os.Stat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
+			return "", fmt.Errorf("%q: no such file or directory: %w", name, ErrProgramNotFound)
+		case err != nil:
+			return "", fmt.Errorf("%q: %w: %w", name, ErrProgramNotExecutable, err)
+		case fi.IsDir():
+			return "", fmt.Errorf("%q: is a directory: %w", name, ErrProgramNotExecutable)
+		case fi.Mode().Perm()&0o111 == 0:
+			return "", fmt.Errorf("%q: permission denied (not executable): %w", name, ErrProgramNotExecutable)
 		}
 		return p, nil
 	}
+	denied := ""
 	for _, dir := range filepath.SplitList(pathEnv) {
 		if dir == "" {
 			dir = "."
@@ -496,11 +498,37 @@ func lookPath(name, cwd, pathEnv string) (string, error) {
 			dir = filepath.Join(cwd, dir)
 		}
 		p := filepath.Join(dir, name)
-		if check(p) == nil {
+		fi, err := os.Stat(p)
+		switch {
+		case err != nil || fi.IsDir():
+		case fi.Mode().Perm()&0o111 != 0:
 			return p, nil
+		case denied == "":
+			denied = p
 		}
 	}
+	if denied != "" {
+		return "", fmt.Errorf("%q: permission denied (%s is not executable): %w", name, denied, ErrProgramNotExecutable)
+	}
 	return "", fmt.Errorf("%q: %w in PATH", name, ErrProgramNotFound)
+}
+
+// execError classifies a failed exec of prog like a shell does: a file
+// the kernel will not execute (no permission, a directory, an unknown
+// format, a script whose interpreter is missing) is ErrProgramNotExecutable.
+func execError(prog string, err error) error {
+	switch {
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("start %s: permission denied (not executable): %w", prog, ErrProgramNotExecutable)
+	case errors.Is(err, syscall.ENOEXEC):
+		return fmt.Errorf("start %s: exec format error: %w", prog, ErrProgramNotExecutable)
+	case errors.Is(err, syscall.ENOENT):
+		// The program was found, so it is its interpreter that is not.
+		return fmt.Errorf("start %s: bad interpreter: no such file or directory: %w", prog, ErrProgramNotExecutable)
+	case errors.Is(err, syscall.EISDIR):
+		return fmt.Errorf("start %s: is a directory: %w", prog, ErrProgramNotExecutable)
+	}
+	return fmt.Errorf("start %s: %w", prog, err)
 }
 
 // closeSpools forgets the run's output: readers get ErrRunNotFound.
