@@ -65,13 +65,18 @@ type Config struct {
 	DialOptions []grpc.DialOption
 }
 
-// Status is the pool's view of one workspace's agent.
+// Status is the pool's view of one workspace's agent. Three cases read
+// apart: connected (Connected); idle, never dialled or closed for want of
+// calls (not Connected, no LastError; Version is kept when the agent was
+// reached before); and failing (LastError set).
 type Status struct {
 	// Connected is true while the connection is ready.
 	Connected bool
-	// Version is the agent's version, once reached.
+	// Version is the agent's version, once reached; it survives the
+	// connection being closed as idle.
 	Version string
-	// LastError says why the last attempt to reach the agent failed.
+	// LastError says why the last attempt to reach the agent failed. It is
+	// cleared when an attempt succeeds.
 	LastError string
 	// LastErrorAt is when it did.
 	LastErrorAt time.Time
@@ -94,6 +99,10 @@ type Pool struct {
 	mu      sync.Mutex
 	entries map[string]*entry // guarded by mu
 	closed  bool              // guarded by mu
+	// reached holds the version of agents whose connection was closed as
+	// idle, so that their status still says which agent answered last.
+	// Guarded by mu; Evict (stop, delete) forgets a workspace.
+	reached map[string]string
 }
 
 // entry is one workspace's connection. Fields below mu are guarded by the
@@ -136,6 +145,7 @@ func New(cfg Config) *Pool {
 		ctx:     ctx,
 		cancel:  cancel,
 		entries: make(map[string]*entry),
+		reached: make(map[string]string),
 		wake:    make(chan struct{}, 1),
 	}
 	p.wg.Add(1)
@@ -222,6 +232,9 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: workspace %q: %v", ErrUnreachable, name, err)
 	}
+	// Until the redialled agent says otherwise, it is the one reached last.
+	ne.version = p.reached[name]
+	delete(p.reached, name)
 	if cur != nil {
 		p.log.Debug("endpoint changed, redialling", "workspace", name)
 		cur.cc.Close()
@@ -395,6 +408,7 @@ func (p *Pool) onReady(e *entry) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.since = time.Now()
+	e.lastErr, e.lastErrAt = "", time.Time{} // reached: the last attempt did not fail
 	if err == nil {
 		e.version = info.GetVersion()
 	}
@@ -431,14 +445,16 @@ func (e *entry) streamTrack(ctx context.Context, desc *grpc.StreamDesc, cc *grpc
 	return streamer(ctx, desc, cc, method, opts...)
 }
 
-// Status reports on one workspace; the zero Status when the pool holds no
-// connection for it.
+// Status reports on one workspace. Without a connection it is not
+// Connected and has no LastError, with the Version of the agent last
+// reached when its connection was closed as idle.
 func (p *Pool) Status(name string) Status {
 	p.mu.Lock()
 	e := p.entries[name]
+	version := p.reached[name]
 	p.mu.Unlock()
 	if e == nil {
-		return Status{}
+		return Status{Version: version}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -461,11 +477,12 @@ func (p *Pool) Len() int {
 }
 
 // Evict closes the workspace's connection, if any (after a stop or
-// delete). Calls in flight on it fail.
+// delete), and forgets its agent's version. Calls in flight on it fail.
 func (p *Pool) Evict(name string) {
 	p.mu.Lock()
 	e := p.entries[name]
 	delete(p.entries, name)
+	delete(p.reached, name)
 	p.mu.Unlock()
 	if e != nil {
 		e.cc.Close()
@@ -531,6 +548,11 @@ func (p *Pool) evictIdle(now time.Time) {
 		if now.Sub(time.Unix(0, e.used.Load())) >= e.idle {
 			delete(p.entries, name)
 			victims = append(victims, e)
+			e.mu.Lock()
+			if e.version != "" {
+				p.reached[name] = e.version
+			}
+			e.mu.Unlock()
 		}
 	}
 	p.mu.Unlock()
@@ -550,6 +572,7 @@ func (p *Pool) Close() error {
 	p.closed = true
 	entries := p.entries
 	p.entries = nil
+	p.reached = nil
 	p.mu.Unlock()
 	p.cancel()
 	var errs []error
