@@ -77,3 +77,23 @@ func TestExecProgramReasons(t *testing.T) {
 		t.Errorf("executable later in PATH: %v %q", r.err, r.stdout)
 	}
 }
+
+// TestExecRunIDConflict: a run id reused with another command is
+// AlreadyExists with RUN_ID_CONFLICT; the same command attaches.
+func TestExecRunIDConflict(t *testing.T) {
+	a := newTestAgent(t, nil)
+	start := func(argv ...string) *agentv1.ExecRequest {
+		return &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: argv}, RunId: "r1"}}}
+	}
+	if r := a.exec(t, start("echo", "one")); r.err != nil || r.stdout != "one\n" {
+		t.Fatalf("first: %v %q", r.err, r.stdout)
+	}
+	if r := a.exec(t, start("echo", "one")); r.err != nil || !r.started.GetAttachedExisting() || r.stdout != "one\n" {
+		t.Errorf("same command: %v %v %q", r.err, r.started, r.stdout)
+	}
+	r := a.exec(t, start("echo", "two"))
+	wantCode(t, r.err, codes.AlreadyExists, "run id r1 already exists with a different command")
+	if got := errinfo.Reason(r.err); got != errinfo.RunIDConflict {
+		t.Errorf("reason %q, want %q", got, errinfo.RunIDConflict)
+	}
+}

@@ -225,6 +225,12 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 			if r.startErr != nil {
 				return nil, false, r.startErr
 			}
+			// A retried start (a fleet retry, a reconnect) attaches; an
+			// id reused for another command must not silently show the
+			// old one's output and status.
+			if !r.sameCommand(spec, m.resolveCwd(spec.Cwd)) {
+				return nil, false, fmt.Errorf("run id %s already exists with a different command: %w", spec.ID, ErrRunIDConflict)
+			}
 			return r, true, nil
 		}
 	}
@@ -281,6 +287,25 @@ func (m *Manager) newRun(id, dir string, fresh bool) *Run {
 	return r
 }
 
+// resolveCwd is the working directory a run with cwd gets.
+func (m *Manager) resolveCwd(cwd string) string {
+	if cwd == "" {
+		return m.cfg.Workdir
+	}
+	if !filepath.IsAbs(cwd) {
+		return filepath.Join(m.cfg.Workdir, cwd)
+	}
+	return cwd
+}
+
+// sameCommand reports whether spec (whose working directory resolves to
+// cwd) asks for the command r runs: the same argv, shell and working
+// directory.
+func (r *Run) sameCommand(spec Spec, cwd string) bool {
+	return slices.Equal(r.info.Argv, spec.Argv) && r.info.Shell == spec.Shell &&
+		filepath.Clean(r.info.Cwd) == filepath.Clean(cwd)
+}
+
 func newRunID() string {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
@@ -290,12 +315,7 @@ func newRunID() string {
 // spawn prepares and starts the process of r. Callers own r exclusively
 // until ready is closed.
 func (m *Manager) spawn(r *Run, spec Spec) error {
-	cwd := spec.Cwd
-	if cwd == "" {
-		cwd = m.cfg.Workdir
-	} else if !filepath.IsAbs(cwd) {
-		cwd = filepath.Join(m.cfg.Workdir, cwd)
-	}
+	cwd := m.resolveCwd(spec.Cwd)
 	if fi, err := os.Stat(cwd); err != nil {
 		return fmt.Errorf("cwd %q: %w: %w", cwd, ErrBadCwd, err)
 	} else if !fi.IsDir() {
