@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/dtmux/dtmux/agent/tmux"
+	"github.com/dtmux/dtmux/internal/errinfo"
 	"github.com/dtmux/dtmux/internal/rpcserver"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
@@ -272,3 +273,27 @@ func TestServicesRPC(t *testing.T) {
 }
 
 func durationpbNew(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
+
+// Input to a dead pane is FailedPrecondition with the PANE_DEAD reason.
+func TestSendInputDeadPaneRPC(t *testing.T) {
+	c := newSessionAgent(t, "")
+	ctx := ctxT(t)
+	if _, err := c.CreateSession(ctx, &agentv1.CreateSessionRequest{Name: "d", Command: &agentv1.CommandSpec{Argv: []string{"sh", "-c", "exit 7"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var pane *agentv1.PaneInfo
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		r, err := c.ListSessions(ctx, &agentv1.ListSessionsRequest{Name: "d"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pane = r.Sessions[0].Windows[0].Panes[0]; pane.Dead && pane.ExitCode == 7 {
+			break
+		}
+	}
+	_, err := c.SendInput(ctx, &agentv1.SendInputRequest{Target: &agentv1.PaneTarget{Session: "d"}, Text: "lost"})
+	want := "pane " + pane.GetId() + " of session d is dead (exit status 7): nothing was sent"
+	if status.Code(err) != codes.FailedPrecondition || status.Convert(err).Message() != want || errinfo.Reason(err) != errinfo.PaneDead {
+		t.Errorf("send to a dead pane: %v (reason %q), want FailedPrecondition %q with reason %s", err, errinfo.Reason(err), want, errinfo.PaneDead)
+	}
+}

@@ -1,6 +1,9 @@
 package tmux
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors; the RPC layer maps them to status codes.
 var (
@@ -20,6 +23,32 @@ var (
 	ErrCommandNotFound = errors.New("command not found")
 	// ErrServiceNotFound: no service with that name in the session.
 	ErrServiceNotFound = errors.New("service not found")
+	// ErrPaneDead: input was sent to a pane whose command has ended
+	// (errors of this kind are *PaneDeadError).
+	ErrPaneDead = errors.New("pane is dead")
 	// ErrClosed: the manager was closed.
 	ErrClosed = errors.New("tmux manager closed")
 )
+
+// PaneDeadError says which pane was dead and how its command ended. Its
+// message is meant for users as is.
+type PaneDeadError struct {
+	Pane, Session string
+	Exit          PaneExit
+	// Known is false when tmux has not reported the status yet.
+	Known bool
+}
+
+func (e *PaneDeadError) Error() string {
+	how := "exit status unknown"
+	switch {
+	case e.Known && e.Exit.Signal != 0:
+		how = fmt.Sprintf("killed by signal %d", e.Exit.Signal)
+	case e.Known:
+		how = fmt.Sprintf("exit status %d", e.Exit.Code)
+	}
+	return fmt.Sprintf("pane %s of session %s is dead (%s): nothing was sent", e.Pane, e.Session, how)
+}
+
+// Is makes errors.Is(err, ErrPaneDead) hold.
+func (e *PaneDeadError) Is(target error) bool { return target == ErrPaneDead }

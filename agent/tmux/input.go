@@ -105,6 +105,20 @@ func (m *Manager) SendInput(ctx context.Context, t Target, in Input) error {
 	if err != nil {
 		return err
 	}
+	// tmux drops input to a dead pane without a word: say so instead.
+	blocks, err := c.Command(ctx, line("display-message", "-p", "-t", quoteWord(pane),
+		quoteWord("#{pane_dead}/#{pane_dead_status}/#{pane_dead_signal}")))
+	if err != nil {
+		return fmt.Errorf("send input: %w", err)
+	}
+	if len(blocks) == 1 && len(blocks[0].Body) == 1 {
+		if e, dead, known := parseDead(string(blocks[0].Body[0])); dead {
+			if !known {
+				m.nudge()
+			}
+			return &PaneDeadError{Pane: pane, Session: t.Session, Exit: e, Known: known}
+		}
+	}
 	for _, part := range [][]byte{in.Text, in.Data} {
 		if err := m.sendBytes(ctx, c, pane, part); err != nil {
 			return err

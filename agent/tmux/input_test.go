@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestValidKey(t *testing.T) {
@@ -95,5 +96,39 @@ func TestSendKeys(t *testing.T) {
 	want := []byte("a#;\"'~$é \t\x01\x02\x1bx\r-\x7f\x1bz")
 	if got := waitFile(t, dir+"/out", len(want)); !bytes.Equal(got, want) {
 		t.Fatalf("pane received %q, want %q", got, want)
+	}
+}
+
+// Input to a dead pane is an error saying so, not silently dropped.
+func TestSendToDeadPane(t *testing.T) {
+	m := newManager(t)
+	s := mustCreate(t, m, "dead", "/bin/sh", "-c", "exit 9")
+	pane := s.Windows[0].Panes[0].ID
+	waitDead(t, m, "dead")
+	for _, in := range []Input{{Text: []byte("hello")}, {Keys: []string{"Enter"}}, {Data: bytes.Repeat([]byte("x"), pasteThreshold+1)}} {
+		err := m.SendInput(ctx(t), Target{Session: "dead"}, in)
+		want := "pane " + pane + " of session dead is dead (exit status 9): nothing was sent"
+		var pd *PaneDeadError
+		if !errors.Is(err, ErrPaneDead) || !errors.As(err, &pd) || err.Error() != want {
+			t.Errorf("send to a dead pane: %v, want %q", err, want)
+		}
+	}
+}
+
+func waitDead(t *testing.T, m *Manager, session string) Pane {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s, err := m.Session(ctx(t), session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := s.Windows[0].Panes[0]; p.Dead && p.Exit.Code >= 0 {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pane of %s did not die: %+v", session, s)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
