@@ -169,3 +169,63 @@ func TestSessionSend(t *testing.T) {
 		t.Errorf("nothing to send: %+v", r)
 	}
 }
+
+func TestUnknownSubcommands(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, "dtmux: unknown command \"bogus\" (did you mean \"logs\"?)\n"},
+		{[]string{"ws", "bogus"}, "dtmux: unknown command \"bogus\" for \"dtmux ws\" (see dtmux ws --help)\n"},
+		{[]string{"ws", "lss"}, "dtmux: unknown command \"lss\" for \"dtmux ws\" (did you mean \"ls\"?)\n"},
+		{[]string{"session", "bogus"}, "dtmux: unknown command \"bogus\" for \"dtmux session\" (did you mean \"logs\"?)\n"},
+		{[]string{"runs", "bogus"}, "dtmux: unknown command \"bogus\" for \"dtmux runs\" (did you mean \"logs\"?)\n"},
+		{[]string{"fleet", "bogus"}, "dtmux: unknown command \"bogus\" for \"dtmux fleet\" (see dtmux fleet --help)\n"},
+		{[]string{"completion", "fish2"}, "dtmux: unknown command \"fish2\" for \"dtmux completion\" (did you mean \"fish\"?)\n"},
+	} {
+		r := dtmux(t, "unix:///nonexistent", "", tt.args...)
+		if r.code != ExitUsage || r.stderr != tt.want || r.stdout != "" {
+			t.Errorf("dtmux %q: %+v, want exit %d and %q", tt.args, r, ExitUsage, tt.want)
+		}
+	}
+	// Alone, a group prints its help.
+	for _, args := range [][]string{{"ws"}, {"session"}, {}} {
+		r := dtmux(t, "unix:///nonexistent", "", args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "Available Commands") {
+			t.Errorf("dtmux %q: %+v, want the help", args, r)
+		}
+	}
+}
+
+func TestTidyErrors(t *testing.T) {
+	addr, _ := startFake(t)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"ws", "rm"}, "dtmux: ws rm: want NAME, got 0 argument(s)\n"},
+		{[]string{"exec"}, "dtmux: exec: want WS -- CMD [ARGS...]\n"},
+		{[]string{"ws", "ls", "--label", "bad"}, "dtmux: --label \"bad\": want KEY=VALUE\n"},
+		{[]string{"ws", "create", "w", "--label", "bad"}, "dtmux: --label \"bad\": want KEY=VALUE\n"},
+		{[]string{"ws", "create", "w", "--opt", "bad"}, "dtmux: --opt \"bad\": want KEY=VALUE\n"},
+		{[]string{"fleet", "ls", "--label", "bad"}, "dtmux: --label \"bad\": want KEY=VALUE\n"},
+		{[]string{"exec", "ws", "ls", "-la"}, "dtmux: unknown shorthand flag: 'l' in -la (put -- before the command: dtmux exec WS -- CMD ARGS...)\n"},
+		{[]string{"run", "ws", "x.sh", "--bogus"}, "dtmux: unknown flag: --bogus (put -- before the script's arguments: dtmux run WS SCRIPT -- ARGS...)\n"},
+	} {
+		r := dtmux(t, addr, "", tt.args...)
+		if r.code != ExitUsage || r.stderr != tt.want {
+			t.Errorf("dtmux %q: %+v, want exit %d and %q", tt.args, r, ExitUsage, tt.want)
+		}
+	}
+
+	// A services file with a typo names the line and the field, not a Go
+	// type.
+	file := filepath.Join(t.TempDir(), "services.yaml")
+	if err := os.WriteFile(file, []byte("services:\n  - name: a\n    command: x\nservics: []\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := dtmux(t, addr, "", "up", "ws", "-f", file)
+	if want := "dtmux: " + file + " line 4: unknown field \"servics\"\n"; r.code != ExitUsage || r.stderr != want {
+		t.Errorf("up with a typo: %+v, want %q", r, want)
+	}
+}

@@ -71,6 +71,10 @@ func errorLine(err error, addr string) string {
 		msg = statusLine(st, addr)
 	}
 	msg = strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", "; ")), " ")
+	// One prefix, even when a message already carries it.
+	for strings.HasPrefix(msg, "dtmux: ") {
+		msg = strings.TrimPrefix(msg, "dtmux: ")
+	}
 	return "dtmux: " + msg
 }
 

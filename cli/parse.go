@@ -78,18 +78,19 @@ func ParseEnvFile(path string) (map[string]string, error) {
 }
 
 // ParseLabel splits one "key=value" label. The key must be non-empty and
-// both must be valid UTF-8 without NUL.
+// both must be valid UTF-8 without NUL. Errors name the entry, not the
+// flag ("\"bad\": want KEY=VALUE"): callers prefix the flag's name.
 func ParseLabel(s string) (key, value string, err error) {
 	key, value, ok := strings.Cut(s, "=")
 	switch {
 	case !ok:
-		return "", "", fmt.Errorf("label %q: want key=value", clip(s))
+		return "", "", fmt.Errorf("%q: want KEY=VALUE", clip(s))
 	case strings.TrimSpace(key) == "":
-		return "", "", fmt.Errorf("label %q: empty key", clip(s))
+		return "", "", fmt.Errorf("%q: empty key", clip(s))
 	case strings.ContainsRune(s, 0):
-		return "", "", fmt.Errorf("label %q: contains a NUL byte", clip(key))
+		return "", "", fmt.Errorf("%q: contains a NUL byte", clip(key))
 	case !utf8.ValidString(s):
-		return "", "", fmt.Errorf("label %q: not valid UTF-8", clip(key))
+		return "", "", fmt.Errorf("%q: not valid UTF-8", clip(key))
 	}
 	return key, value, nil
 }
@@ -107,7 +108,7 @@ func ParseLabels(entries []string) (map[string]string, error) {
 			return nil, err
 		}
 		if old, dup := m[k]; dup && old != v {
-			return nil, fmt.Errorf("label %q given twice", k)
+			return nil, fmt.Errorf("%q given twice with different values", k)
 		}
 		m[k] = v
 	}

@@ -51,14 +51,91 @@ a run killed by --timeout/--idle-timeout exits 124.`,
 	root.SetIn(app.Stdin)
 	root.SetOut(app.Stdout)
 	root.SetErr(app.Stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
-		return &ExitError{Code: ExitUsage, Msg: err.Error()}
-	})
+	root.SetFlagErrorFunc(flagError)
 	for _, c := range commands {
 		root.AddCommand(c(app))
 	}
+	// Added now rather than by Execute, so that the walk below covers it.
+	root.InitDefaultCompletionCmd()
+	rejectUnknownSubcommands(root)
 	addWorkspaceCompletion(app, root)
 	return root
+}
+
+// rejectUnknownSubcommands makes every command that only groups others
+// (dtmux, ws, session, fleet, completion...) print its help when called
+// alone and fail with a one-line usage error on an unknown subcommand;
+// cobra would print the help and exit 0 for "dtmux ws bogus".
+func rejectUnknownSubcommands(cmd *cobra.Command) {
+	for _, c := range cmd.Commands() {
+		rejectUnknownSubcommands(c)
+	}
+	if !cmd.HasSubCommands() || cmd.Run != nil || cmd.RunE != nil {
+		return
+	}
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return cmd.Help()
+		}
+		return unknownCommand(cmd, args[0])
+	}
+}
+
+// unknownCommand is the usage error for an unknown subcommand name of
+// cmd, with cobra's suggestions.
+func unknownCommand(cmd *cobra.Command, name string) error {
+	where := ""
+	if cmd.HasParent() {
+		where = fmt.Sprintf(" for %q", cmd.CommandPath())
+	}
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2 // cobra's own default
+	}
+	hint := fmt.Sprintf("see %s --help", cmd.CommandPath())
+	if s := cmd.SuggestionsFor(name); len(s) > 0 {
+		hint = fmt.Sprintf("did you mean %q?", s[0])
+	}
+	return usageErrorf("unknown command %q%s (%s)", clip(name), where, hint)
+}
+
+// flagError is a one-line usage error for a bad flag. A flag that
+// belongs to the remote command (dtmux exec WS ls -la) says how to pass
+// it.
+func flagError(cmd *cobra.Command, err error) error {
+	msg := err.Error()
+	if strings.Contains(cmd.Use, "-- CMD") && (strings.HasPrefix(msg, "unknown flag") || strings.HasPrefix(msg, "unknown shorthand flag")) {
+		msg += fmt.Sprintf(" (put -- before the command: %s -- CMD ARGS...)", commandSynopsis(cmd))
+	}
+	if strings.Contains(cmd.Use, "SCRIPT [ARGS...]") && (strings.HasPrefix(msg, "unknown flag") || strings.HasPrefix(msg, "unknown shorthand flag")) {
+		msg += fmt.Sprintf(" (put -- before the script's arguments: %s SCRIPT -- ARGS...)", commandSynopsis(cmd))
+	}
+	return &ExitError{Code: ExitUsage, Msg: msg}
+}
+
+// commandSynopsis is cmd's path and its leading positional arguments
+// ("dtmux exec WS"), as far as the first flag or separator in its Use.
+func commandSynopsis(cmd *cobra.Command) string {
+	parts := []string{cmd.CommandPath()}
+	for _, w := range strings.Fields(cmd.Use)[1:] {
+		if strings.HasPrefix(w, "[") || strings.HasPrefix(w, "(") || w == "--" || w == "SCRIPT" {
+			break
+		}
+		parts = append(parts, w)
+	}
+	return strings.Join(parts, " ")
+}
+
+// commandName is cmd's path without the program name ("ws rm"), for
+// messages that dtmux already prefixes with "dtmux: ".
+func commandName(cmd *cobra.Command) string {
+	p := cmd.CommandPath()
+	if cmd.HasParent() {
+		if _, rest, ok := strings.Cut(p, " "); ok {
+			return rest
+		}
+	}
+	return p
 }
 
 // Main runs dtmux with args (without the program name) and returns the
@@ -103,7 +180,7 @@ func isCobraUsage(err error) bool {
 func exactArgs(n int, names string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != n {
-			return usageErrorf("%s: want %s, got %d argument(s)", cmd.CommandPath(), names, len(args))
+			return usageErrorf("%s: want %s, got %d argument(s)", commandName(cmd), names, len(args))
 		}
 		return nil
 	}
@@ -113,7 +190,7 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 func minArgs(n int, names string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) < n {
-			return usageErrorf("%s: want %s", cmd.CommandPath(), names)
+			return usageErrorf("%s: want %s", commandName(cmd), names)
 		}
 		return nil
 	}

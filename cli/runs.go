@@ -31,7 +31,7 @@ func newRunsLsCmd(app *App) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lm, err := ParseLabels(labels)
 			if err != nil {
-				return usageErrorf("%v", err)
+				return usageErrorf("--label %v", err)
 			}
 			return app.runRunsLs(cmd.Context(), args[0], lm)
 		},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -52,7 +53,7 @@ func ParseServices(data []byte) (session string, specs []*agentv1.ServiceSpec, e
 		if errors.Is(err, io.EOF) {
 			return "", nil, errors.New("empty services file")
 		}
-		return "", nil, err
+		return "", nil, yamlError(err)
 	}
 	if f.Session != "" && !validName(f.Session) {
 		return "", nil, fmt.Errorf("session %q: use letters, digits, '-' and '_'", f.Session)
@@ -110,6 +111,39 @@ func ParseServices(data []byte) (session string, specs []*agentv1.ServiceSpec, e
 	return f.Session, specs, nil
 }
 
+var (
+	yamlUnknownField = regexp.MustCompile(`^line (\d+): field (.+) not found in type \S+$`)
+	yamlWrongType    = regexp.MustCompile(`^line (\d+): cannot unmarshal !!(\w+)(?: (.*))? into \S+$`)
+)
+
+// yamlError rewrites yaml.v3's messages, which name Go types ("field
+// servics not found in type cli.servicesFile"), in the file's terms:
+// `line 2: unknown field "servics"`. Several errors are joined with "; ".
+func yamlError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	kinds := map[string]string{"str": "a string", "map": "a mapping", "seq": "a list", "int": "a number", "float": "a number", "bool": "a boolean"}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		if m := yamlUnknownField.FindStringSubmatch(e); m != nil {
+			e = fmt.Sprintf("line %s: unknown field %q", m[1], m[2])
+		} else if m := yamlWrongType.FindStringSubmatch(e); m != nil {
+			what := kinds[m[2]]
+			if what == "" {
+				what = m[2]
+			}
+			e = fmt.Sprintf("line %s: cannot use %s here", m[1], what)
+			if m[3] != "" {
+				e = fmt.Sprintf("line %s: cannot use %s (%s) here", m[1], what, clip(m[3]))
+			}
+		}
+		msgs = append(msgs, e)
+	}
+	return errors.New(strings.Join(msgs, "; "))
+}
+
 // validName is the agent's rule for session and service names.
 func validName(s string) bool {
 	if s == "" || len(s) > 64 {
@@ -139,6 +173,9 @@ func newUpCmd(app *App) *cobra.Command {
 			}
 			fileSession, specs, err := ParseServices(data)
 			if err != nil {
+				if strings.HasPrefix(err.Error(), "line ") {
+					return usageErrorf("%s %v", file, err) // services.yaml line 3: ...
+				}
 				return usageErrorf("%s: %v", file, err)
 			}
 			if session == "" {

@@ -39,7 +39,7 @@ func TestParseServicesErrors(t *testing.T) {
 	tests := map[string]string{
 		"":                                       "empty",
 		"services: []":                           "no services",
-		"servics: [{name: a, command: x}]":       "servics",
+		"servics: [{name: a, command: x}]":       `line 1: unknown field "servics"`,
 		"services: [{name: a}]":                  "missing command",
 		"services: [{command: x}]":               "missing name",
 		"services: [{name: 'a b', command: x}]":  "name must be",
@@ -51,11 +51,12 @@ func TestParseServicesErrors(t *testing.T) {
 		"services: [{name: a, command: x, env: {'': v}}]":          "env",
 		"services: [{name: a, command: x, nope: 1}]":               "nope",
 		"session: 'bad name'\nservices: [{name: a, command: x}]":   "session",
-		"services: {name: a}":                                      "cannot unmarshal",
+		"services: {name: a}":                                      "line 1: cannot use a mapping here",
+		"services:\n  - name: a\n    comand: x":                    `line 3: unknown field "comand"`,
 	}
 	for doc, want := range tests {
 		_, _, err := ParseServices([]byte(doc))
-		if err == nil || !strings.Contains(err.Error(), want) {
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "cli.") {
 			t.Errorf("ParseServices(%q) error = %v, want one containing %q", doc, err, want)
 		}
 	}

@@ -44,7 +44,7 @@ func (a *App) runWsLs(ctx context.Context, labels []string) error {
 	}
 	for _, l := range labels {
 		if _, _, err := ParseLabel(l); err != nil {
-			return usageErrorf("%v", err)
+			return usageErrorf("--label %v", err)
 		}
 	}
 	c, err := a.Workspaces()
@@ -105,11 +105,11 @@ func newWsCreateCmd(app *App) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lm, err := ParseLabels(labels)
 			if err != nil {
-				return usageErrorf("%v", err)
+				return usageErrorf("--label %v", err)
 			}
 			om, err := ParseLabels(opts)
 			if err != nil {
-				return usageErrorf("option: %v", err)
+				return usageErrorf("--opt %v", err)
 			}
 			req := &controllerv1.CreateWorkspaceRequest{
 				Name: args[0], Labels: lm, Repository: repo, Image: image, Options: om,
