@@ -52,3 +52,9 @@ func (e *PaneDeadError) Error() string {
 
 // Is makes errors.Is(err, ErrPaneDead) hold.
 func (e *PaneDeadError) Is(target error) bool { return target == ErrPaneDead }
+
+// serviceNotFoundError names the service; its message is for users as is.
+type serviceNotFoundError struct{ name string }
+
+func (e *serviceNotFoundError) Error() string        { return fmt.Sprintf("service %q not found", e.name) }
+func (e *serviceNotFoundError) Is(target error) bool { return target == ErrServiceNotFound }

@@ -100,6 +100,19 @@ func (m *Manager) servicePanes(ctx context.Context, c *Client, session string) (
 	return panes, nil
 }
 
+// isServicesSession reports whether a session holds services: the
+// default one, or one with service specs on file.
+func (m *Manager) isServicesSession(session string) bool {
+	if session == DefaultServicesSession {
+		return true
+	}
+	if ValidName(session) != nil {
+		return false
+	}
+	_, err := os.Stat(m.specFile(session))
+	return err == nil
+}
+
 func serviceSession(s string) string {
 	if s == "" {
 		return DefaultServicesSession
@@ -199,6 +212,10 @@ func (m *Manager) ApplyServices(ctx context.Context, session string, specs []Ser
 func (m *Manager) ListServices(ctx context.Context, session string) ([]ServiceStatus, error) {
 	session = serviceSession(session)
 	c, err := m.client(ctx, session)
+	if errors.Is(err, ErrSessionNotFound) {
+		// Before the first apply or after a stop: no services.
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package tmux
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -62,4 +63,52 @@ func TestServicesApplyIdempotent(t *testing.T) {
 	if _, err := m.Session(ctx(t), DefaultServicesSession); err == nil {
 		t.Error("session left after stop")
 	}
+}
+
+// Before the first apply and after a stop there are no services, which is
+// not an error; a service that does not exist is named as a service, not
+// as a window.
+func TestServicesMissing(t *testing.T) {
+	m := newManager(t)
+	check := func(when string) {
+		t.Helper()
+		if list, err := m.ListServices(ctx(t), ""); err != nil || len(list) != 0 {
+			t.Errorf("%s: list = %+v, %v; want no services", when, list, err)
+		}
+		for _, tg := range []Target{{Session: DefaultServicesSession, Window: "nosuch"}} {
+			_, err := m.Capture(ctx(t), tg, CaptureOptions{})
+			if !errors.Is(err, ErrServiceNotFound) || err.Error() != `service "nosuch" not found` {
+				t.Errorf("%s: capture of a missing service: %v", when, err)
+			}
+			_, err = m.Follow(ctx(t), tg, true, 0)
+			if !errors.Is(err, ErrServiceNotFound) || err.Error() != `service "nosuch" not found` {
+				t.Errorf("%s: follow of a missing service: %v", when, err)
+			}
+		}
+	}
+	check("before apply")
+	if _, err := m.ApplyServices(ctx(t), "", []ServiceSpec{{Name: "web", Command: Command{Argv: []string{"sleep", "600"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := m.ListServices(ctx(t), ""); err != nil || len(list) != 1 {
+		t.Fatalf("after apply: %+v %v", list, err)
+	}
+	// Named session with specs on file: the same.
+	if _, err := m.ApplyServices(ctx(t), "mine", []ServiceSpec{{Name: "web", Command: Command{Argv: []string{"sleep", "600"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Capture(ctx(t), Target{Session: "mine", Window: "nosuch"}, CaptureOptions{}); !errors.Is(err, ErrServiceNotFound) {
+		t.Errorf("capture of a missing service in a named services session: %v", err)
+	}
+	// A plain session keeps its window errors.
+	mustCreate(t, m, "plain", "sleep", "600")
+	if _, err := m.Capture(ctx(t), Target{Session: "plain", Window: "nosuch"}, CaptureOptions{}); !errors.Is(err, ErrWindowNotFound) {
+		t.Errorf("capture of a missing window: %v", err)
+	}
+	for _, s := range []string{"", "mine"} {
+		if err := m.StopServices(ctx(t), s, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("after stop")
 }

@@ -440,8 +440,18 @@ type Target struct {
 	Window  string
 }
 
-// resolve finds the pane of a target.
+// resolve finds the pane of a target. A window missing from a services
+// session is a service that does not exist, and is reported as one.
 func (m *Manager) resolve(ctx context.Context, t Target) (*Client, string, string, error) {
+	c, pane, window, err := m.resolvePane(ctx, t)
+	if (errors.Is(err, ErrWindowNotFound) || errors.Is(err, ErrSessionNotFound)) &&
+		t.Window != "" && !strings.HasPrefix(t.Window, "%") && m.isServicesSession(t.Session) {
+		return nil, "", "", &serviceNotFoundError{name: t.Window}
+	}
+	return c, pane, window, err
+}
+
+func (m *Manager) resolvePane(ctx context.Context, t Target) (*Client, string, string, error) {
 	c, err := m.client(ctx, t.Session)
 	if err != nil {
 		return nil, "", "", err
