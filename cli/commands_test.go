@@ -229,3 +229,21 @@ func TestTidyErrors(t *testing.T) {
 		t.Errorf("up with a typo: %+v, want %q", r, want)
 	}
 }
+
+func TestLabelsValidated(t *testing.T) {
+	addr, f := startFake(t)
+	for _, args := range [][]string{
+		{"ws", "create", "w3", "--label", "bad label=x"},
+		{"ws", "create", "w3", "--label", "k=line\nbreak"},
+		{"ws", "ls", "--label", strings.Repeat("k", 64) + "=v"},
+		{"runs", "ls", "ws", "--label", "k=" + strings.Repeat("v", 257)},
+	} {
+		r := dtmux(t, addr, "", args...)
+		if r.code != ExitUsage || !strings.HasPrefix(r.stderr, "dtmux: --label \"") || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("dtmux %q: %+v, want a one-line --label error, exit %d", args, r, ExitUsage)
+		}
+	}
+	if n := f.callCount(); n != 0 {
+		t.Errorf("%d calls reached the server; invalid labels must be refused before any call", n)
+	}
+}

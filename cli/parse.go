@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
@@ -77,10 +78,44 @@ func ParseEnvFile(path string) (map[string]string, error) {
 	return m, nil
 }
 
-// ParseLabel splits one "key=value" label. The key must be non-empty and
-// both must be valid UTF-8 without NUL. Errors name the entry, not the
-// flag ("\"bad\": want KEY=VALUE"): callers prefix the flag's name.
+// Label limits, as Kubernetes has them for a label's name part (with
+// '/' allowed for prefixes) and a generous bound on values.
+const (
+	maxLabelKey   = 63
+	maxLabelValue = 256
+)
+
+// ParseLabel splits one "key=value" label. The key is 1 to 63 bytes of
+// letters, digits, '.', '_', '/' and '-'; the value is at most 256 bytes
+// of valid UTF-8 without control characters. Errors name the entry, not
+// the flag ("\"bad\": want KEY=VALUE"): callers prefix the flag's name.
 func ParseLabel(s string) (key, value string, err error) {
+	key, value, err = parseKeyValue(s)
+	if err != nil {
+		return "", "", err
+	}
+	if len(key) > maxLabelKey {
+		return "", "", fmt.Errorf("%q: key longer than %d bytes", clip(key), maxLabelKey)
+	}
+	for _, c := range []byte(key) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '/' || c == '-') {
+			return "", "", fmt.Errorf("%q: the key may only hold letters, digits, '.', '_', '/' and '-'", clip(key))
+		}
+	}
+	if len(value) > maxLabelValue {
+		return "", "", fmt.Errorf("%q: value longer than %d bytes", clip(key), maxLabelValue)
+	}
+	for _, r := range value {
+		if unicode.IsControl(r) {
+			return "", "", fmt.Errorf("%q: the value holds a control character (%q)", clip(key), r)
+		}
+	}
+	return key, value, nil
+}
+
+// parseKeyValue splits "key=value" with a non-empty key, both valid UTF-8
+// without NUL: the rule for provider options, which are not labels.
+func parseKeyValue(s string) (key, value string, err error) {
 	key, value, ok := strings.Cut(s, "=")
 	switch {
 	case !ok:
@@ -93,6 +128,23 @@ func ParseLabel(s string) (key, value string, err error) {
 		return "", "", fmt.Errorf("%q: not valid UTF-8", clip(key))
 	}
 	return key, value, nil
+}
+
+// parseOptions reads provider options ("key=value", repeatable; a later
+// entry for the same key wins).
+func parseOptions(entries []string) (map[string]string, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	m := make(map[string]string, len(entries))
+	for _, e := range entries {
+		k, v, err := parseKeyValue(e)
+		if err != nil {
+			return nil, err
+		}
+		m[k] = v
+	}
+	return m, nil
 }
 
 // ParseLabels reads "key=value" labels into a map; a key given twice is an

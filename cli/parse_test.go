@@ -101,7 +101,12 @@ func TestParseLabels(t *testing.T) {
 	if m["team"] != "web" || m["tier"] != "" || m["a"] != "b=c" || len(m) != 3 {
 		t.Errorf("ParseLabels = %v", m)
 	}
-	for _, in := range [][]string{{"team"}, {"=web"}, {" =web"}, {"team=web", "team=api"}, {"k=\xff"}} {
+	long := strings.Repeat("k", 63)
+	if _, err := ParseLabels([]string{long + "=" + strings.Repeat("v", 256), "a.b/c_d-E9=x y"}); err != nil {
+		t.Errorf("labels at the limits: %v", err)
+	}
+	for _, in := range [][]string{{"team"}, {"=web"}, {" =web"}, {"team=web", "team=api"}, {"k=\xff"},
+		{"bad label=x"}, {"k:x=1"}, {"ключ=v"}, {long + "k=v"}, {"k=" + strings.Repeat("v", 257)}, {"k=a\nb"}, {"k=a\tb"}, {"k=\x7f"}} {
 		if _, err := ParseLabels(in); err == nil {
 			t.Errorf("ParseLabels(%q) accepted", in)
 		}
@@ -168,7 +173,8 @@ func FuzzParseLabel(f *testing.F) {
 		if k+"="+v != s {
 			t.Fatalf("round trip: %q -> %q, %q", s, k, v)
 		}
-		if strings.TrimSpace(k) == "" || strings.Contains(k, "=") || strings.ContainsRune(s, 0) || !utf8.ValidString(s) {
+		if strings.TrimSpace(k) == "" || strings.Contains(k, "=") || strings.ContainsRune(s, 0) || !utf8.ValidString(s) ||
+			len(k) > 63 || strings.ContainsAny(k, " \t:") || len(v) > 256 || strings.ContainsAny(v, "\n\r\t") {
 			t.Fatalf("accepted bad label %q", s)
 		}
 	})

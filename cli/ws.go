@@ -107,7 +107,7 @@ func newWsCreateCmd(app *App) *cobra.Command {
 			if err != nil {
 				return usageErrorf("--label %v", err)
 			}
-			om, err := ParseLabels(opts)
+			om, err := parseOptions(opts)
 			if err != nil {
 				return usageErrorf("--opt %v", err)
 			}
