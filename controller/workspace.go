@@ -69,6 +69,11 @@ func (s *WorkspaceService) CreateWorkspace(ctx context.Context, req *controllerv
 	if err := needName(req.GetName()); err != nil {
 		return nil, err
 	}
+	// Every provider gets labels it can list and select by; the local one
+	// checks again for callers that use it directly.
+	if err := provider.ValidateLabels(req.GetLabels()); err != nil {
+		return nil, toStatus(s.log, req.GetName(), err)
+	}
 	w, err := s.prov.Create(ctx, provider.CreateOptions{
 		Name:        req.GetName(),
 		Labels:      req.GetLabels(),

@@ -242,10 +242,8 @@ func (p *Provider) Create(ctx context.Context, o provider.CreateOptions) (provid
 	if o.Repository != "" || o.Image != "" {
 		return provider.Workspace{}, fmt.Errorf("%w: the local provider takes no repository or image", provider.ErrInvalid)
 	}
-	for k := range o.Labels {
-		if k == "" {
-			return provider.Workspace{}, fmt.Errorf("%w: empty label key", provider.ErrInvalid)
-		}
+	if err := provider.ValidateLabels(o.Labels); err != nil {
+		return provider.Workspace{}, err
 	}
 	dir := filepath.Join(p.root, o.Name)
 	if n := len(socketPath(dir)); n > MaxSocketPath {
