@@ -656,8 +656,10 @@ func TestRestartKeepsRuns(t *testing.T) {
 	if string(res.stdout) != "partial\n" || res.trailer.Reason != process.ReasonAgentLost {
 		t.Errorf("in-flight run after restart: %q %+v", res.stdout, res.trailer)
 	}
-	if _, existing, err := m2.Start(process.Spec{ID: "finished", Argv: []string{"false"}}); err != nil || !existing {
-		t.Errorf("same id after restart: existing %v err %v", existing, err)
+	// The id is still taken: another command under it is refused (the
+	// same command attaches: TestRunIDConflict).
+	if _, _, err := m2.Start(process.Spec{ID: "finished", Argv: []string{"false"}}); !errors.Is(err, process.ErrRunIDConflict) {
+		t.Errorf("same id, other command after restart: err %v, want ErrRunIDConflict", err)
 	}
 }
 
