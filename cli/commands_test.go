@@ -11,9 +11,12 @@ import (
 func TestWsLs(t *testing.T) {
 	addr, _ := startFake(t)
 	r := dtmux(t, addr, "", "ws", "ls")
-	want := "NAME   STATE    AGENT         LABELS\n" +
-		"ws     started  connected v1  a=1,team=web\n" +
-		"other  stopped  -             -\n"
+	// An agent without a connection is idle (dialled on first use), not
+	// down; a failed one shows why, shortened to fit.
+	want := "NAME   STATE    AGENT                                                       LABELS\n" +
+		"ws     started  connected v1                                                a=1,team=web\n" +
+		"other  stopped  idle                                                        -\n" +
+		"far    started  error: dial: ssh: connect to host far port 22: connecti...  -\n"
 	if r.code != 0 || r.stdout != want {
 		t.Errorf("ws ls:\n%s\nwant:\n%s(code %d, stderr %q)", r.stdout, want, r.code, r.stderr)
 	}
@@ -28,7 +31,7 @@ func TestWsLs(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
 		t.Fatalf("ws ls -o json: %v\n%s", err, r.stdout)
 	}
-	if len(got.Workspaces) != 2 || got.Workspaces[0].Name != "ws" || got.Workspaces[0].State != "WORKSPACE_STATE_STARTED" || got.Workspaces[0].Labels["team"] != "web" {
+	if len(got.Workspaces) != 3 || got.Workspaces[0].Name != "ws" || got.Workspaces[0].State != "WORKSPACE_STATE_STARTED" || got.Workspaces[0].Labels["team"] != "web" {
 		t.Errorf("json = %+v", got)
 	}
 	if r := dtmux(t, addr, "", "ws", "ls", "-o", "yaml"); r.code != ExitUsage {
@@ -140,7 +143,7 @@ func TestCompletion(t *testing.T) {
 func TestCompleteWorkspaces(t *testing.T) {
 	addr, _ := startFake(t)
 	r := dtmux(t, addr, "", "__complete", "exec", "")
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "ws\nother\n:4\n") {
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "ws\nother\nfar\n:4\n") {
 		t.Errorf("exec WS completion: %+v", r)
 	}
 	r = dtmux(t, addr, "", "__complete", "session", "ls", "o")

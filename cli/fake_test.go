@@ -96,6 +96,8 @@ func (f *fakeController) ListWorkspaces(ctx context.Context, req *controllerv1.L
 		{Name: "ws", Provider: "local", State: controllerv1.WorkspaceState_WORKSPACE_STATE_STARTED,
 			Labels: map[string]string{"team": "web", "a": "1"}, Agent: &controllerv1.AgentStatus{Connected: true, Version: "v1"}},
 		{Name: "other", Provider: "local", State: controllerv1.WorkspaceState_WORKSPACE_STATE_STOPPED},
+		{Name: "far", Provider: "ssh", State: controllerv1.WorkspaceState_WORKSPACE_STATE_STARTED,
+			Agent: &controllerv1.AgentStatus{LastError: "dial: ssh: connect to host far port 22: connection refused\nmore"}},
 	}}, nil
 }
 

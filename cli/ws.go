@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -78,7 +79,10 @@ func workspaceState(w *controllerv1.Workspace) string {
 	return s
 }
 
-// agentStatus summarises the controller's view of an agent.
+// agentStatus summarises the controller's view of an agent: connected
+// (with its version when known); idle when the controller holds no
+// connection and none failed (it dials on first use and drops idle ones,
+// so this is not "down"); or the last failure's reason, shortened.
 func agentStatus(s *controllerv1.AgentStatus) string {
 	switch {
 	case s.GetConnected() && s.GetVersion() != "":
@@ -86,10 +90,25 @@ func agentStatus(s *controllerv1.AgentStatus) string {
 	case s.GetConnected():
 		return "connected"
 	case s.GetLastError() != "":
-		return "unreachable"
+		return "error: " + shortReason(s.GetLastError())
 	default:
-		return "-"
+		return "idle"
 	}
+}
+
+// shortReason keeps a table cell readable: the error's first line, at
+// most 48 bytes (cut at a rune boundary).
+func shortReason(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	const max = 48
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 func newWsCreateCmd(app *App) *cobra.Command {
