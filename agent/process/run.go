@@ -62,13 +62,14 @@ type Run struct {
 	queued     atomic.Bool // waits in the writer's queue
 
 	mu          sync.Mutex
-	notify      chan struct{} // guarded by mu; closed and replaced on change
-	trailer     *Trailer      // guarded by mu
-	killReason  Reason        // guarded by mu; why the agent is ending it
-	killDetail  string        // guarded by mu
-	killGrace   time.Duration // guarded by mu; before SIGKILL follows
-	clients     int           // guarded by mu; readers streaming now
-	execClients int           // guarded by mu; Exec streams attached now
+	notify      chan struct{}  // guarded by mu; closed and replaced on change
+	trailer     *Trailer       // guarded by mu
+	killReason  Reason         // guarded by mu; why the agent is ending it
+	killDetail  string         // guarded by mu
+	killSignal  syscall.Signal // guarded by mu; the agent's first teardown signal
+	killGrace   time.Duration  // guarded by mu; before SIGKILL follows
+	clients     int            // guarded by mu; readers streaming now
+	execClients int            // guarded by mu; Exec streams attached now
 }
 
 // ID is the run's id.
@@ -206,7 +207,7 @@ func (r *Run) Signal(sig syscall.Signal) error {
 		return fmt.Errorf("signal run %s: %w", r.info.ID, ErrRunFinished)
 	}
 	if sig == syscall.SIGKILL {
-		r.setKillReason(ReasonKilled, "killed on request")
+		r.setKill(ReasonKilled, "killed on request", syscall.SIGKILL, r.m.cfg.KillGrace)
 	}
 	if err := syscall.Kill(-r.info.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("signal run %s: %w", r.info.ID, err)
@@ -264,14 +265,10 @@ func (r *Run) Resize(rows, cols uint16) error {
 	return pty.Setsize(r.ptmx, &pty.Winsize{Rows: rows, Cols: cols})
 }
 
-func (r *Run) setKillReason(reason Reason, detail string) {
-	r.setKill(reason, detail, r.m.cfg.KillGrace)
-}
-
-func (r *Run) setKill(reason Reason, detail string, grace time.Duration) {
+func (r *Run) setKill(reason Reason, detail string, sig syscall.Signal, grace time.Duration) {
 	r.mu.Lock()
 	if r.killReason == ReasonUnknown {
-		r.killReason, r.killDetail, r.killGrace = reason, detail, grace
+		r.killReason, r.killDetail, r.killSignal, r.killGrace = reason, detail, sig, grace
 	}
 	r.mu.Unlock()
 }
@@ -283,7 +280,7 @@ func (r *Run) terminate(reason Reason, detail string, sig syscall.Signal, grace 
 	if r.finished() || r.cmd == nil {
 		return
 	}
-	r.setKill(reason, detail, grace)
+	r.setKill(reason, detail, sig, grace)
 	// The agent is ending the run: its output no longer waits for the
 	// owner, or a stalled owner would keep the run alive forever.
 	r.disown()
@@ -459,8 +456,16 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 		t.Signal = int(ws.Signal())
 	}
 	r.mu.Lock()
-	reason, detail := r.killReason, r.killDetail
+	reason, detail, killSig := r.killReason, r.killDetail, r.killSignal
 	r.mu.Unlock()
+	tried := ""
+	if reason == ReasonKilled && !(ws.Signaled() && (ws.Signal() == killSig || ws.Signal() == syscall.SIGKILL)) {
+		// KILLED means the agent's own teardown signal (or the SIGKILL
+		// after its grace) ended the process. One that outlived it and
+		// exited by itself, or died of something else, is classified as
+		// if the agent had not tried; the detail says what it tried.
+		reason, tried = ReasonUnknown, detail
+	}
 	lim := r.info.Limits
 	oom := slices.Contains(exceeded, cgroup.LimitMemory)
 	switch {
@@ -470,9 +475,6 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 		t.Detail = fmt.Sprintf("memory_bytes limit %d exceeded", lim.MemoryBytes)
 	case reason != ReasonUnknown:
 		t.Reason, t.Detail = reason, detail
-		if ws.Exited() && reason == ReasonKilled {
-			t.ExitCode = ws.ExitStatus()
-		}
 	case slices.Contains(exceeded, cgroup.LimitPids):
 		// A refused fork ends the run, also when the leader exited before
 		// the supervisor saw it.
@@ -498,7 +500,17 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 			t.Detail = rlimitsInForce(lim)
 		}
 	}
+	if tried != "" {
+		t.Detail = joinDetail(t.Detail, "ended by itself while the agent was ending it ("+tried+")")
+	}
 	return t
+}
+
+func joinDetail(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
 
 // rlimitsInForce names the rlimits of a run that failed. A process that
