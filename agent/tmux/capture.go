@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -95,5 +96,34 @@ func (c *Client) capture(ctx context.Context, pane string, o CaptureOptions) (Ca
 	cp.AlternateScreen = n[3] == 1
 	cp.Size = Size{Cols: n[4], Rows: n[5]}
 	cp.Dead = n[6] == 1
+	if cp.Dead {
+		cp.Content = trimDeadScreen(cp.Content)
+	}
 	return cp, nil
+}
+
+// deadBanner is the line tmux writes under a dead pane's output when
+// remain-on-exit-format is not empty (always before 3.3), such as "Pane is
+// dead (status 9, Fri Nov 27 23:39:52 2026)".
+var deadBanner = regexp.MustCompile(`^Pane is dead \(.*\)$`)
+
+// trimDeadScreen drops what follows a dead pane's last output: the
+// screen's unused lines and tmux's "Pane is dead" line. The command
+// cannot write any more, so nothing of its own is lost.
+func trimDeadScreen(b []byte) []byte {
+	trim := func(b []byte) []byte {
+		end := len(b)
+		for end > 0 && (b[end-1] == '\n' || b[end-1] == ' ') {
+			end--
+		}
+		return b[:end]
+	}
+	b = trim(b)
+	if i := bytes.LastIndexByte(b, '\n') + 1; deadBanner.Match(b[i:]) {
+		b = trim(b[:i])
+	}
+	if len(b) == 0 {
+		return nil
+	}
+	return append(b[:len(b):len(b)], '\n')
 }

@@ -206,6 +206,12 @@ func (m *Manager) configText() string {
 	fmt.Fprintf(&b, "set-option -s exit-empty off\n")
 	fmt.Fprintf(&b, "set-option -s escape-time 0\n")
 	fmt.Fprintf(&b, "set-option -g remain-on-exit on\n")
+	if m.version.AtLeast(3, 3) {
+		// No "Pane is dead (status 9, ...)" line under a dead pane's
+		// output: captures (dtmux logs) show the command's output only.
+		// The option is new in 3.3; Capture strips the line 3.2 prints.
+		fmt.Fprintf(&b, "set-option -g remain-on-exit-format ''\n")
+	}
 	fmt.Fprintf(&b, "set-option -g automatic-rename off\n")
 	fmt.Fprintf(&b, "set-option -g allow-rename off\n")
 	fmt.Fprintf(&b, "set-option -g history-limit %d\n", m.cfg.HistoryLimit)
