@@ -250,3 +250,61 @@ func TestLabelsValidated(t *testing.T) {
 		t.Errorf("%d calls reached the server; invalid labels must be refused before any call", n)
 	}
 }
+
+func TestJSONOutput(t *testing.T) {
+	addr, _ := startFake(t)
+	decode := func(args []string, v any) {
+		t.Helper()
+		r := dtmux(t, addr, "", args...)
+		if r.code != 0 {
+			t.Fatalf("dtmux %q: %+v", args, r)
+		}
+		if err := json.Unmarshal([]byte(r.stdout), v); err != nil {
+			t.Fatalf("dtmux %q: not JSON: %v\n%s", args, err, r.stdout)
+		}
+	}
+
+	var v struct {
+		Client     string `json:"client"`
+		Controller struct {
+			Address string `json:"address"`
+			Version string `json:"version"`
+		} `json:"controller"`
+	}
+	decode([]string{"version", "-o", "json"}, &v)
+	if v.Client != "dev" || v.Controller.Version != "v9.9.9" || v.Controller.Address != addr {
+		t.Errorf("version -o json = %+v", v)
+	}
+
+	var run struct {
+		RunID string `json:"run_id"`
+	}
+	decode([]string{"exec", "-d", "-o", "json", "ws", "--run-id", "bg-1", "--", "both"}, &run)
+	if run.RunID != "bg-1" {
+		t.Errorf("exec -d -o json = %+v", run)
+	}
+
+	var sess struct {
+		Name    string `json:"name"`
+		Windows []struct {
+			Name string `json:"name"`
+		} `json:"windows"`
+	}
+	decode([]string{"session", "new", "ws", "s1", "-o", "json"}, &sess)
+	if sess.Name != "s1" || len(sess.Windows) != 1 || sess.Windows[0].Name != "main" {
+		t.Errorf("session new -o json = %+v", sess)
+	}
+
+	var capture struct {
+		Content     []byte `json:"content"`
+		HistorySize int    `json:"history_size"`
+	}
+	decode([]string{"session", "capture", "ws", "s1", "-o", "json"}, &capture)
+	if capture.HistorySize != fakePaneHistory || !strings.HasPrefix(string(capture.Content), "s1\n") {
+		t.Errorf("session capture -o json = %+v", capture)
+	}
+
+	if r := dtmux(t, addr, "", "version", "-o", "yaml"); r.code != ExitUsage {
+		t.Errorf("version -o yaml: %+v", r)
+	}
+}

@@ -137,6 +137,10 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	if o.timeout < 0 || o.idleTimeout < 0 {
 		return usageErrorf("timeouts must not be negative")
 	}
+	asJSON, err := a.JSON()
+	if err != nil {
+		return err
+	}
 	start := &agentv1.ExecStart{Command: spec, RunId: o.runID, Detach: o.detach}
 	if o.timeout > 0 {
 		start.Timeout = durationpb.New(o.timeout)
@@ -190,6 +194,9 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 		return fmt.Errorf("agent sent %T before the run started", first.GetEvent())
 	}
 	if o.detach {
+		if asJSON {
+			return printJSON(a.Stdout, started)
+		}
 		fmt.Fprintln(a.Stdout, started.GetRunId())
 		return nil
 	}

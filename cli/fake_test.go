@@ -319,3 +319,48 @@ func (f *fakeController) SendInput(ctx context.Context, req *agentv1.SendInputRe
 	f.mu.Unlock()
 	return &agentv1.SendInputResponse{}, nil
 }
+
+// CreateSession answers with the session it would create; a name with a
+// space is InvalidArgument, as the agent says.
+func (f *fakeController) CreateSession(ctx context.Context, req *agentv1.CreateSessionRequest) (*agentv1.CreateSessionResponse, error) {
+	if err := f.workspace(ctx); err != nil {
+		return nil, err
+	}
+	if strings.Contains(req.GetName(), " ") {
+		return nil, status.Errorf(codes.InvalidArgument, "session name %q: use letters, digits, '-' and '_'", req.GetName())
+	}
+	return &agentv1.CreateSessionResponse{Session: &agentv1.SessionInfo{
+		Name: req.GetName(), Windows: []*agentv1.WindowInfo{{Index: 0, Name: "main"}}, Size: &agentv1.TerminalSize{Rows: 24, Cols: 80}}}, nil
+}
+
+// fakePaneHistory and fakePaneScreen are the fake pane: 50 lines of
+// scrollback ("h1".."h50") above a 24-row screen showing "s1".."s5" and
+// then blank rows, as tmux renders it.
+const fakePaneHistory, fakePaneScreen = 50, 5
+
+// CapturePane renders the fake pane as tmux's capture-pane would:
+// history_lines of scrollback (or all of it), then the whole screen.
+func (f *fakeController) CapturePane(ctx context.Context, req *agentv1.CapturePaneRequest) (*agentv1.CapturePaneResponse, error) {
+	if err := f.workspace(ctx); err != nil {
+		return nil, err
+	}
+	if req.GetTarget().GetSession() != "s1" {
+		return nil, status.Errorf(codes.NotFound, "session %q not found", req.GetTarget().GetSession())
+	}
+	var b strings.Builder
+	from := fakePaneHistory - min(int(req.GetHistoryLines()), fakePaneHistory)
+	if req.GetAllHistory() {
+		from = 0
+	}
+	for i := from + 1; i <= fakePaneHistory; i++ {
+		b.WriteString("h" + strconv.Itoa(i) + "\n")
+	}
+	for i := 1; i <= 24; i++ {
+		if i <= fakePaneScreen {
+			b.WriteString("s" + strconv.Itoa(i))
+		}
+		b.WriteString("\n")
+	}
+	return &agentv1.CapturePaneResponse{Content: []byte(b.String()), CursorY: fakePaneScreen, HistorySize: fakePaneHistory,
+		Size: &agentv1.TerminalSize{Rows: 24, Cols: 80}}, nil
+}

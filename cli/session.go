@@ -109,6 +109,10 @@ func newSessionNewCmd(app *App) *cobra.Command {
 				return usageErrorf("%v", err)
 			}
 			spec.Env = em
+			asJSON, err := app.JSON()
+			if err != nil {
+				return err
+			}
 			agent, ctx, err := app.Agent(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -118,6 +122,9 @@ func newSessionNewCmd(app *App) *cobra.Command {
 			})
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				return printJSON(app.Stdout, resp.GetSession())
 			}
 			fmt.Fprintln(app.Stdout, resp.GetSession().GetName())
 			return nil
@@ -220,6 +227,10 @@ func newSessionCaptureCmd(app *App) *cobra.Command {
 		Short: "Print a pane's screen and scrollback",
 		Args:  exactArgs(2, "WS NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			asJSON, err := app.JSON()
+			if err != nil {
+				return err
+			}
 			agent, ctx, err := app.Agent(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -230,6 +241,9 @@ func newSessionCaptureCmd(app *App) *cobra.Command {
 			})
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				return printJSON(app.Stdout, resp)
 			}
 			_, err = app.Stdout.Write(resp.GetContent())
 			return err

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -32,43 +33,102 @@ func newVersionCmd(app *App) *cobra.Command {
 	return cmd
 }
 
+// versionInfo is what dtmux version -o json prints.
+type versionInfo struct {
+	Client     string             `json:"client"`
+	Controller *controllerVersion `json:"controller"`
+	Agent      *agentVersion      `json:"agent,omitempty"`
+}
+
+type controllerVersion struct {
+	Address string `json:"address"`
+	// Version is empty when the controller did not report one.
+	Version string `json:"version,omitempty"`
+	// Error says why the controller could not be reached.
+	Error string `json:"error,omitempty"`
+}
+
+type agentVersion struct {
+	Workspace   string `json:"workspace"`
+	Version     string `json:"version"`
+	OS          string `json:"os"`
+	Arch        string `json:"arch"`
+	TmuxVersion string `json:"tmux_version,omitempty"`
+	TmuxError   string `json:"tmux_error,omitempty"`
+}
+
 func (a *App) runVersion(ctx context.Context, ws string) error {
-	fmt.Fprintf(a.Stdout, "dtmux %s\n", version.Version)
+	asJSON, err := a.JSON()
+	if err != nil {
+		return err
+	}
+	v, err := a.versions(ctx, ws)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(a.Stdout, "%s\n", b)
+		return err
+	}
+	fmt.Fprintf(a.Stdout, "dtmux %s\n", v.Client)
+	switch c := v.Controller; {
+	case c.Error != "":
+		fmt.Fprintf(a.Stdout, "controller: not reachable (%s)\n", c.Error)
+	case c.Version != "":
+		fmt.Fprintf(a.Stdout, "controller %s at %s\n", c.Version, c.Address)
+	default:
+		fmt.Fprintf(a.Stdout, "controller at %s (version not reported)\n", c.Address)
+	}
+	if ag := v.Agent; ag != nil {
+		tmux := ag.TmuxVersion
+		if tmux == "" {
+			tmux = "unavailable: " + ag.TmuxError
+		}
+		fmt.Fprintf(a.Stdout, "agent %s in %s (%s/%s, tmux %s)\n", ag.Version, ag.Workspace, ag.OS, ag.Arch, tmux)
+	}
+	return nil
+}
+
+// versions asks the controller (and ws's agent, when given) for their
+// versions. An unreachable controller is reported in the result, not as
+// an error; an agent that cannot be asked is an error.
+func (a *App) versions(ctx context.Context, ws string) (*versionInfo, error) {
+	v := &versionInfo{Client: version.Version}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	addr, err := a.ControllerAddress()
 	if err != nil {
-		return err
+		return nil, err
 	}
+	v.Controller = &controllerVersion{Address: addr.String()}
 	c, err := a.Workspaces()
 	if err != nil {
-		fmt.Fprintf(a.Stdout, "controller: not reachable (%s)\n", errorLine(err, addr.String())[len("dtmux: "):])
-		return nil
+		v.Controller.Error = errorLine(err, addr.String())[len("dtmux: "):]
+		return v, nil
 	}
 	var header metadata.MD
 	if _, err := c.ListWorkspaces(ctx, &controllerv1.ListWorkspacesRequest{}, grpc.Header(&header)); err != nil {
-		fmt.Fprintf(a.Stdout, "controller: not reachable (%s)\n", errorLine(err, addr.String())[len("dtmux: "):])
-		return nil
+		v.Controller.Error = errorLine(err, addr.String())[len("dtmux: "):]
+		return v, nil
 	}
 	if h := header.Get(VersionHeader); len(h) > 0 {
-		fmt.Fprintf(a.Stdout, "controller %s at %s\n", h[0], addr)
-	} else {
-		fmt.Fprintf(a.Stdout, "controller at %s (version not reported)\n", addr)
+		v.Controller.Version = h[0]
 	}
 	if ws != "" {
 		agent, actx, err := a.Agent(ctx, ws)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		info, err := agent.GetAgentInfo(actx, &agentv1.GetAgentInfoRequest{})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		tmux := info.GetTmuxVersion()
-		if tmux == "" {
-			tmux = "unavailable: " + info.GetTmuxError()
-		}
-		fmt.Fprintf(a.Stdout, "agent %s in %s (%s/%s, tmux %s)\n", info.GetVersion(), ws, info.GetOs(), info.GetArch(), tmux)
+		v.Agent = &agentVersion{Workspace: ws, Version: info.GetVersion(), OS: info.GetOs(), Arch: info.GetArch(),
+			TmuxVersion: info.GetTmuxVersion(), TmuxError: info.GetTmuxError()}
 	}
-	return nil
+	return v, nil
 }
