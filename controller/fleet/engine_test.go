@@ -172,10 +172,10 @@ func TestTargetTimeoutKills(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr := c.finals["w01"].Trailer
-	if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_TIMED_OUT || ExitCode(tr) != 137 {
-		t.Errorf("w01 trailer %v, want timed out by SIGKILL", tr)
+	if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_TIMED_OUT || ExitCode(tr) != 124 {
+		t.Errorf("w01 trailer %v, want timed out (124)", tr)
 	}
-	if sum.Succeeded != 1 || sum.Failed != 1 || sum.WorstExitCode != 137 {
+	if sum.Succeeded != 1 || sum.Failed != 1 || sum.WorstExitCode != 124 {
 		t.Errorf("summary %+v", sum)
 	}
 }
@@ -287,6 +287,9 @@ func TestExitCode(t *testing.T) {
 		{&agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_EXITED, ExitCode: 42}, 42},
 		{&agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_SIGNALED, ExitCode: -1, Signal: 2}, 130},
 		{&agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_TIMED_OUT, ExitCode: -1}, 124},
+		{&agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_TIMED_OUT, ExitCode: -1, Signal: 15}, 124},
+		{&agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_TIMED_OUT, ExitCode: -1, Signal: 9}, 124},
+		{&agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_KILLED, ExitCode: -1, Signal: 9}, 137},
 		{&agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_AGENT_LOST, ExitCode: -1}, 255},
 		{nil, 1},
 	} {

@@ -145,8 +145,8 @@ type Summary struct {
 	Skipped     int
 	Cancelled   int
 	Duration    time.Duration
-	// WorstExitCode is the highest exit code among failed targets (128+N
-	// for a signal), 0 when none failed.
+	// WorstExitCode is the highest exit code among failed targets (as
+	// ExitCode: 124 for a timeout, 128+N for a signal), 0 when none failed.
 	WorstExitCode int
 	// FailedWorkspaces are the failed, unreachable and cancelled ones, in
 	// selection order.
@@ -159,18 +159,19 @@ type Summary struct {
 type Emit func(Event) error
 
 // ExitCode maps a trailer to a process-style exit code: the exit status,
-// 128+N for a signal, 124 for a deadline without a signal (as timeout(1)),
-// 255 when the agent was lost (as ssh), otherwise 1.
+// 124 for a timeout whatever signal ended the command (as timeout(1), and
+// as dtmux exec --timeout), 128+N for another signal, 255 when the agent
+// was lost (as ssh), otherwise 1.
 func ExitCode(t *agentv1.RunTrailer) int {
 	switch {
 	case t == nil:
 		return 1
 	case t.GetReason() == agentv1.ExitReason_EXIT_REASON_EXITED:
 		return int(t.GetExitCode())
-	case t.GetSignal() > 0:
-		return 128 + int(t.GetSignal())
 	case t.GetReason() == agentv1.ExitReason_EXIT_REASON_TIMED_OUT:
 		return 124
+	case t.GetSignal() > 0:
+		return 128 + int(t.GetSignal())
 	case t.GetReason() == agentv1.ExitReason_EXIT_REASON_AGENT_LOST:
 		return 255
 	default:
