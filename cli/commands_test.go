@@ -308,3 +308,27 @@ func TestJSONOutput(t *testing.T) {
 		t.Errorf("version -o yaml: %+v", r)
 	}
 }
+
+func TestCaptureLines(t *testing.T) {
+	addr, _ := startFake(t)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		// The last N lines of the content: screen lines first, then
+		// scrollback above them; blank rows below the output don't count.
+		{[]string{"--lines", "3"}, "s3\ns4\ns5\n"},
+		{[]string{"-n", "7"}, "h49\nh50\ns1\ns2\ns3\ns4\ns5\n"},
+		// --history is the old meaning: scrollback above the whole screen.
+		{[]string{"--history", "2"}, "h49\nh50\ns1\ns2\ns3\ns4\ns5\n" + strings.Repeat("\n", 19)},
+	} {
+		r := dtmux(t, addr, "", append([]string{"session", "capture", "ws", "s1"}, tt.args...)...)
+		if r.code != 0 || r.stdout != tt.want {
+			t.Errorf("capture %q = %q (exit %d, %s), want %q", tt.args, r.stdout, r.code, r.stderr, tt.want)
+		}
+	}
+	r := dtmux(t, addr, "", "session", "capture", "ws", "s1", "-n", "1000")
+	if got := strings.Count(r.stdout, "\n"); got != fakePaneHistory+fakePaneScreen || !strings.HasPrefix(r.stdout, "h1\n") {
+		t.Errorf("-n 1000: %d lines, want all %d", got, fakePaneHistory+fakePaneScreen)
+	}
+}

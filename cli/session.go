@@ -217,15 +217,19 @@ afterwards.`,
 
 func newSessionCaptureCmd(app *App) *cobra.Command {
 	var (
-		lines   uint32
-		all     bool
-		escapes bool
-		window  string
+		lines, history uint32
+		all            bool
+		escapes        bool
+		window         string
 	)
 	cmd := &cobra.Command{
 		Use:   "capture WS NAME",
 		Short: "Print a pane's screen and scrollback",
-		Args:  exactArgs(2, "WS NAME"),
+		Long: `Print a pane's visible screen. --lines N prints the last N lines of the pane's
+content (scrollback and screen, without the blank rows below the last output),
+as tail -n does; --history N prints N lines of scrollback above the whole
+screen; --all prints the whole scrollback and the screen.`,
+		Args: exactArgs(2, "WS NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			asJSON, err := app.JSON()
 			if err != nil {
@@ -235,12 +239,21 @@ func newSessionCaptureCmd(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			resp, err := agent.CapturePane(ctx, &agentv1.CapturePaneRequest{
-				Target: splitTarget(args[1], window), HistoryLines: lines, AllHistory: all,
+			req := &agentv1.CapturePaneRequest{
+				Target: splitTarget(args[1], window), HistoryLines: history, AllHistory: all,
 				Escapes: escapes, JoinWrapped: true,
-			})
+			}
+			if lines > 0 && !all {
+				// N lines of scrollback always hold the last N lines,
+				// however much of the screen is blank.
+				req.HistoryLines = max(lines, history)
+			}
+			resp, err := agent.CapturePane(ctx, req)
 			if err != nil {
 				return err
+			}
+			if lines > 0 {
+				resp.Content = lastLines(trimTrailingBlankLines(resp.GetContent()), int(lines))
 			}
 			if asJSON {
 				return printJSON(app.Stdout, resp)
@@ -250,7 +263,8 @@ func newSessionCaptureCmd(app *App) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.Uint32VarP(&lines, "lines", "n", 0, "lines of scrollback above the screen to include")
+	f.Uint32VarP(&lines, "lines", "n", 0, "print the last N lines of the pane's content (scrollback and screen)")
+	f.Uint32Var(&history, "history", 0, "lines of scrollback to print above the whole screen")
 	f.BoolVar(&all, "all", false, "include the whole scrollback")
 	f.BoolVar(&escapes, "escapes", false, "keep colour and attribute escape sequences")
 	f.StringVar(&window, "window", "", "window name or index (default the first; or NAME:WINDOW)")
@@ -337,4 +351,21 @@ func trimTrailingBlankLines(b []byte) []byte {
 	}
 	out := b[:end:end]
 	return append(out, '\n')
+}
+
+// lastLines keeps the last n lines of b (each ending in '\n').
+func lastLines(b []byte, n int) []byte {
+	end := len(b)
+	if end > 0 && b[end-1] == '\n' {
+		end--
+	}
+	for i := end - 1; i >= 0; i-- {
+		if b[i] == '\n' {
+			n--
+			if n == 0 {
+				return b[i+1:]
+			}
+		}
+	}
+	return b
 }

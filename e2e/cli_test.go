@@ -470,6 +470,17 @@ func TestCLISessions(t *testing.T) {
 	}
 	oneLineError(t, r, "s1")
 
+	t.Run("capture --lines is the last N lines", func(t *testing.T) {
+		mustCLI(t, c, "session", "new", "w1", "s3", "--", "sh", "-c", "seq 1 60; exec cat")
+		t.Cleanup(func() { dtmuxCLI(t, c, nil, "session", "kill", "w1", "s3") })
+		eventually(t, "capture --lines 5", func() string {
+			if got := mustCLI(t, c, "session", "capture", "w1", "s3", "--lines", "5").stdout; got != "56\n57\n58\n59\n60\n" {
+				return fmt.Sprintf("got %q, want 56..60", got)
+			}
+			return ""
+		})
+	})
+
 	t.Run("logs -f follows live output", func(t *testing.T) {
 		mustCLI(t, c, "session", "new", "w1", "s2", "--", "sh", "-c", "echo first; read x; echo second-$x; exit 4")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
