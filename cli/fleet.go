@@ -149,7 +149,11 @@ func newFleetExecCmd(app *App) *cobra.Command {
 		Long: `Run a command on every selected workspace, at most --max-parallel at a
 time, and stream the output as whole lines prefixed with the workspace name
 ("name | line"; stdout to stdout, stderr to stderr), then a summary on
-stderr.
+stderr. Lines from different workspaces never mix, however long: a line is
+held until its newline and printed in one piece. Only a line longer than
+4 MiB is cut, into 4 MiB pieces: the first after "name | ", each further
+piece after "name + " (a continuation, as tools reading the output can
+join), so that no byte is lost and memory stays bounded.
 
 A target whose agent cannot be reached is retried (--retries, doubling
 --retry-backoff) and then reported unreachable. A command that started is

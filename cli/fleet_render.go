@@ -50,10 +50,12 @@ type fleetRenderer interface {
 	finish(sum *controllerv1.FleetSummary) error
 }
 
-// maxPartialLine bounds a buffered partial line: a longer run of bytes
-// without a newline is printed as a line of its own, so that a target
-// printing no newlines cannot make dtmux hold unbounded memory.
-const maxPartialLine = 64 << 10
+// maxPartialLine bounds a buffered partial line per workspace and
+// stream. Lines up to this long are printed whole; a longer one is
+// printed in pieces of this size, the first after "name | " and the rest
+// after "name + " (continuation), so that a target printing no newlines
+// cannot make dtmux hold unbounded memory, and no byte is lost.
+const maxPartialLine = 4 << 20
 
 // prefixRenderer prints each whole line as "name | line", stdout lines to
 // stdout and stderr lines to stderr. Partial lines wait in a buffer per
@@ -63,31 +65,50 @@ type prefixRenderer struct {
 	stdout, stderr io.Writer
 	color          bool
 	width          int
-	partial        map[string]*bytes.Buffer // key: stream + workspace
-	line           bytes.Buffer             // scratch: one line, written in one Write
+	partial        map[string]*partialLine // key: stream + workspace
+	line           bytes.Buffer            // scratch: one line, written in one Write
 }
 
+// partialLine is the unfinished line of one workspace and stream.
+type partialLine struct {
+	bytes.Buffer
+	// cont: a piece of this line was printed already; what follows is a
+	// continuation.
+	cont bool
+}
+
+// Markers between a name and its text: a line (or a line's first piece),
+// and the continuation of an over-long line.
+const (
+	markLine = " | "
+	markCont = " + "
+)
+
 func newPrefixRenderer(stdout, stderr io.Writer, color bool) *prefixRenderer {
-	return &prefixRenderer{stdout: stdout, stderr: stderr, color: color, partial: map[string]*bytes.Buffer{}}
+	return &prefixRenderer{stdout: stdout, stderr: stderr, color: color, partial: map[string]*partialLine{}}
 }
 
 // colors are the ANSI foregrounds names cycle through (no red: that
 // means failure).
 var colors = []string{"32", "33", "34", "35", "36", "92", "93", "94", "95", "96"}
 
-func (p *prefixRenderer) prefix(ws string) string {
+func (p *prefixRenderer) prefix(ws, mark string) string {
 	pad := strings.Repeat(" ", max(0, p.width-len(ws)))
 	if !p.color {
-		return ws + pad + " | "
+		return ws + pad + mark
 	}
 	h := fnv.New32a()
 	h.Write([]byte(ws))
-	return "\x1b[" + colors[h.Sum32()%uint32(len(colors))] + "m" + ws + "\x1b[0m" + pad + " | "
+	return "\x1b[" + colors[h.Sum32()%uint32(len(colors))] + "m" + ws + "\x1b[0m" + pad + mark
 }
 
 func (p *prefixRenderer) writeLine(w io.Writer, ws string, text []byte) error {
+	return p.writeMarked(w, ws, markLine, text)
+}
+
+func (p *prefixRenderer) writeMarked(w io.Writer, ws, mark string, text []byte) error {
 	p.line.Reset()
-	p.line.WriteString(p.prefix(ws))
+	p.line.WriteString(p.prefix(ws, mark))
 	p.line.Write(text)
 	if len(text) == 0 || text[len(text)-1] != '\n' {
 		p.line.WriteByte('\n')
@@ -140,32 +161,56 @@ func (p *prefixRenderer) output(ws string, o *agentv1.RunOutput) error {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			if buf == nil {
-				buf = &bytes.Buffer{}
+				buf = &partialLine{}
 				p.partial[key] = buf
 			}
-			buf.Write(data)
-			if buf.Len() >= maxPartialLine {
-				if err := p.writeLine(w, ws, buf.Bytes()); err != nil {
-					return err
+			for len(data) > 0 {
+				// A full buffer is printed only when more of the line
+				// comes: a line of exactly maxPartialLine stays whole.
+				if buf.Len() >= maxPartialLine {
+					if err := p.writePiece(w, ws, buf); err != nil {
+						return err
+					}
 				}
-				buf.Reset()
+				n := min(len(data), maxPartialLine-buf.Len())
+				buf.Write(data[:n])
+				data = data[n:]
 			}
 			return nil
 		}
 		line := data[:i+1]
-		if buf != nil && buf.Len() > 0 {
-			buf.Write(line)
-			line = buf.Bytes()
+		mark := markLine
+		if buf != nil {
+			if buf.cont {
+				mark = markCont
+			}
+			if buf.Len() > 0 {
+				buf.Write(line)
+				line = buf.Bytes()
+			}
 		}
-		if err := p.writeLine(w, ws, line); err != nil {
+		if err := p.writeMarked(w, ws, mark, line); err != nil {
 			return err
 		}
 		if buf != nil {
 			buf.Reset()
+			buf.cont = false
 		}
 		data = data[i+1:]
 	}
 	return nil
+}
+
+// writePiece prints a full buffer as a piece of an over-long line.
+func (p *prefixRenderer) writePiece(w io.Writer, ws string, buf *partialLine) error {
+	mark := markLine
+	if buf.cont {
+		mark = markCont
+	}
+	err := p.writeMarked(w, ws, mark, buf.Bytes())
+	buf.Reset()
+	buf.cont = true
+	return err
 }
 
 // flush prints the workspace's partial lines.
@@ -176,7 +221,7 @@ func (p *prefixRenderer) flush(ws string) error {
 	}{{"1" + ws, p.stdout}, {"2" + ws, p.stderr}} {
 		if buf := p.partial[s.key]; buf != nil {
 			if buf.Len() > 0 {
-				if err := p.writeLine(s.w, ws, buf.Bytes()); err != nil {
+				if err := p.writePiece(s.w, ws, buf); err != nil {
 					return err
 				}
 			}

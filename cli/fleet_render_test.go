@@ -103,15 +103,49 @@ func TestPrefixRendererWholeLinesOnly(t *testing.T) {
 	}
 }
 
-func TestPrefixRendererBoundsPartialLines(t *testing.T) {
+// Long lines are printed whole, never cut where an event ended, even
+// while other workspaces print; only a line longer than maxPartialLine
+// is printed in pieces, the rest marked as continuation ("name + ").
+func TestPrefixRendererLongLines(t *testing.T) {
 	var out bytes.Buffer
 	r := newPrefixRenderer(&out, &bytes.Buffer{}, false)
-	big := strings.Repeat("x", maxPartialLine)
-	feed(t, r, evStarted("f", "a"), evOut("a", stdout, big), evOut("a", stdout, "y\n"))
-	if want := "a | " + big + "\na | y\n"; out.String() != want {
-		t.Errorf("got %d bytes, want %d", out.Len(), len(want))
+	long := strings.Repeat("a", 200000)
+	feed(t, r, evStarted("f", "f01", "f03"),
+		evOut("f03", stdout, long[:65536]), evOut("f01", stdout, "short\n"),
+		evOut("f03", stdout, long[65536:150000]), evOut("f01", stdout, "again\n"),
+		evOut("f03", stdout, long[150000:]+"\n"))
+	if want := "f01 | short\nf01 | again\nf03 | " + long + "\n"; out.String() != want {
+		t.Errorf("200000-byte line: got %d bytes %q..., want %d", out.Len(), clipTest(out.String()), len(want))
+	}
+
+	out.Reset()
+	exact := strings.Repeat("x", maxPartialLine)
+	feed(t, r, evOut("f01", stdout, exact), evOut("f01", stdout, "\n"))
+	if want := "f01 | " + exact + "\n"; out.String() != want {
+		t.Errorf("line of exactly maxPartialLine: got %d bytes %q..., want %d", out.Len(), clipTest(out.String()), len(want))
+	}
+
+	out.Reset()
+	huge := strings.Repeat("y", 2*maxPartialLine+10)
+	var evs []*controllerv1.FleetEvent
+	for i := 0; i < len(huge); i += 1 << 20 {
+		evs = append(evs, evOut("f01", stdout, huge[i:min(len(huge), i+1<<20)]))
+	}
+	feed(t, r, append(evs, evOut("f01", stdout, "z\n"), evOut("f01", stdout, "next\n"))...)
+	want := "f01 | " + huge[:maxPartialLine] + "\nf01 + " + huge[maxPartialLine:2*maxPartialLine] + "\nf01 + " + huge[2*maxPartialLine:] + "z\nf01 | next\n"
+	if out.String() != want {
+		t.Errorf("over-long line: got %d bytes %q..., want %d", out.Len(), clipTest(out.String()), len(want))
+	}
+
+	// Unfinished at exit: the rest is a continuation too.
+	out.Reset()
+	feed(t, r, evOut("f03", stdout, huge[:maxPartialLine+5]), evExit("f03", 0))
+	if want := "f03 | " + huge[:maxPartialLine] + "\nf03 + " + huge[maxPartialLine:maxPartialLine+5] + "\n"; out.String() != want {
+		t.Errorf("over-long unfinished line: got %d bytes %q..., want %d", out.Len(), clipTest(out.String()), len(want))
 	}
 }
+
+func clipTest(s string) string { return s[:min(len(s), 80)] }
 
 func TestPrefixRendererColorsNames(t *testing.T) {
 	var out bytes.Buffer
