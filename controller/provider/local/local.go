@@ -21,7 +21,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dtmux/dtmux/controller/provider"
-	"github.com/dtmux/dtmux/internal/tmuxserver"
 	"github.com/dtmux/dtmux/internal/transport"
 )
 
@@ -366,7 +365,9 @@ func (p *Provider) startAndWait(ctx context.Context, w *workspace, wait time.Dur
 }
 
 // Stop implements provider.Provider: SIGTERM to the agent, SIGKILL after
-// the grace period.
+// the grace period, then its tmux server and whatever its runs left
+// running end too (see endWorkspace). Start brings up a fresh agent with
+// no sessions.
 func (p *Provider) Stop(ctx context.Context, name string) (provider.Workspace, error) {
 	p.mu.Lock()
 	w, err := p.lookup(name)
@@ -382,7 +383,8 @@ func (p *Provider) Stop(ctx context.Context, name string) (provider.Workspace, e
 	return p.Get(ctx, name)
 }
 
-// stopLocked records the stop and ends the agent. Callers hold w.op.
+// stopLocked records the stop, ends the agent, then everything the
+// workspace still runs. Callers hold w.op.
 func (p *Provider) stopLocked(w *workspace) error {
 	p.mu.Lock()
 	m := w.meta
@@ -399,11 +401,12 @@ func (p *Provider) stopLocked(w *workspace) error {
 		p.log.Info("agent stopped", "workspace", w.meta.Name, "pid", pid)
 	}
 	os.Remove(pidFile(w.dir))
+	p.endWorkspace(w)
 	return nil
 }
 
-// Delete implements provider.Provider: stop the agent and its tmux
-// server, then remove the directory.
+// Delete implements provider.Provider: stop the agent, its tmux server
+// and what its runs left running, then remove the directory.
 func (p *Provider) Delete(_ context.Context, name string, _ bool) error {
 	p.mu.Lock()
 	w, err := p.lookup(name)
@@ -418,14 +421,6 @@ func (p *Provider) Delete(_ context.Context, name string, _ bool) error {
 	defer w.op.Unlock()
 	if err := p.stopLocked(w); err != nil {
 		return err
-	}
-	// The agent's tmux server outlives the agent by design (sessions
-	// survive agent restarts); a deleted workspace leaves no processes.
-	kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	err = tmuxserver.KillUnder(kctx, filepath.Join(w.dir, "agent"))
-	cancel()
-	if err != nil {
-		p.log.Warn("stop the workspace's tmux server", "workspace", name, "error", err)
 	}
 	if err := os.RemoveAll(w.dir); err != nil {
 		return fmt.Errorf("delete workspace %q: %w", name, err)
