@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -82,16 +83,22 @@ func TestRunScript(t *testing.T) {
 		}
 	}
 	req := f.rins[0]
-	if req.GetSession() != DefaultRunSession || !req.GetCreateSession() || req.GetWindowName() != "build" ||
+	if req.GetSession() != DefaultRunSession || !req.GetCreateSession() || !regexp.MustCompile(`^build-[0-9a-f]{4}$`).MatchString(req.GetWindowName()) || !req.GetCloseWindow() ||
 		!strings.HasPrefix(req.GetCommand().GetArgv()[0], "/ws/.dtmux/scripts/") || req.GetCommand().GetArgv()[1] != "3" {
 		t.Errorf("RunInSession request = %v", req)
 	}
 
 	// --wait-for matches across chunk boundaries ("RE" + "ADY") and returns
-	// before the trailer's exit code 3.
-	r = dtmux(t, addr, "", "run", "ws", "--wait-for", "^READY$", script, "3")
-	if r.code != 0 || strings.Contains(r.stdout, "step 100%") || !strings.Contains(r.stderr, "keeps running") {
+	// before the trailer's exit code 3; the hint names the run's own
+	// window, which another run of the same script does not share.
+	r = dtmux(t, addr, "", "run", "ws", "--keep-window", "--wait-for", "^READY$", script, "3")
+	win := f.rins[1].GetWindowName()
+	if r.code != 0 || strings.Contains(r.stdout, "step 100%") || !strings.Contains(r.stderr, "keeps running") ||
+		!strings.Contains(r.stderr, "dtmux session logs ws "+DefaultRunSession+":"+win+" -f") {
 		t.Errorf("--wait-for: %+v", r)
+	}
+	if f.rins[1].GetCloseWindow() || win == req.GetWindowName() {
+		t.Errorf("--keep-window run: window %q (first run's %q), close_window %v", win, req.GetWindowName(), f.rins[1].GetCloseWindow())
 	}
 
 	// --progress without a terminal prints plain lines, split across chunks.

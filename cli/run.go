@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -39,6 +40,9 @@ type runOptions struct {
 	waitFor  string
 	progress string
 	env      []string
+	// keepWindow leaves the script's window (dead, with its status) after
+	// the script ends.
+	keepWindow bool
 }
 
 func newRunCmd(app *App) *cobra.Command {
@@ -49,6 +53,8 @@ func newRunCmd(app *App) *cobra.Command {
 		Long: `Upload SCRIPT into the workspace (.dtmux/scripts/<sha>-<name>, mode 0755), run it
 with ARGS in a new window of a tmux session (created when missing), stream its
 output and exit with its exit status (128+N for signal N, 124 on --timeout).
+The window is named after the script with a random suffix (build-3f9a) and is
+closed when the script ends, unless --keep-window is given.
 
 --wait-for REGEX returns 0 as soon as the pattern appears in the output; the
 script keeps running in its window. --progress REGEX takes a pattern whose
@@ -67,6 +73,7 @@ or use -- before ARGS that look like flags.`,
 	f.StringVar(&o.waitFor, "wait-for", "", "return 0 as soon as output matches this regex (the script keeps running)")
 	f.StringVar(&o.progress, "progress", "", "regex whose first group is a percentage, shown as a progress bar")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
+	f.BoolVar(&o.keepWindow, "keep-window", false, "keep the script's window, dead with its status, after the script ends (default: close it)")
 	return cmd
 }
 
@@ -92,13 +99,17 @@ func sanitizeName(s string) string {
 	return string(b)
 }
 
-// windowName is a session-safe window name for a script.
+// windowName is a session-safe window name for one run of a script: its
+// name and a short random suffix, so that parallel runs of the same
+// script never share a window name ("build-3f9a").
 func windowName(script string) string {
 	n := strings.ReplaceAll(sanitizeName(strings.TrimSuffix(filepath.Base(script), filepath.Ext(script))), ".", "-")
 	if len(n) > 32 {
 		n = n[:32]
 	}
-	return n
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	return n + "-" + hex.EncodeToString(b[:])
 }
 
 func (a *App) runScript(ctx context.Context, o runOptions) error {
@@ -142,6 +153,9 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 		WindowName:    windowName(o.script),
 		Command:       &agentv1.CommandSpec{Argv: append([]string{path}, o.args...), Env: em},
 		CreateSession: true,
+		// A finished run's window is litter in the session, unless asked
+		// for to look at.
+		CloseWindow: !o.keepWindow,
 	}
 	if o.timeout > 0 {
 		req.Timeout = durationpb.New(o.timeout)

@@ -521,6 +521,21 @@ func TestCLIRunScript(t *testing.T) {
 	if r.code != 3 || !strings.Contains(r.stdout, "start arg1") || !strings.Contains(r.stdout, "building 100%") {
 		t.Errorf("run: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}
+	// The finished run's window is closed: no dead "build-..." window
+	// is left behind in the scripts session.
+	eventually(t, "the finished script's window closed", func() string {
+		if out := mustCLI(t, c, "session", "ls", "w1").stdout; strings.Contains(out, "build") {
+			return out
+		}
+		return ""
+	})
+	r = dtmuxCLI(t, c, nil, "run", "w1", "--keep-window", script, "x", "5")
+	if r.code != 5 {
+		t.Errorf("run --keep-window: exit %d stderr %q", r.code, r.stderr)
+	}
+	if out := mustCLI(t, c, "session", "ls", "w1").stdout; !regexp.MustCompile(`build-[0-9a-f]{4}\(exit 5\)`).MatchString(out) {
+		t.Errorf("run --keep-window: no dead build-XXXX window with its status:\n%s", out)
+	}
 	r = dtmuxCLI(t, c, nil, "run", "w1", "--progress", `(\d+)%`, script, "x", "0")
 	if r.code != 0 || !strings.Contains(r.stderr, "progress: 10%\nprogress: 50%\nprogress: 100%\n") {
 		t.Errorf("--progress: exit %d stderr %q", r.code, r.stderr)
@@ -534,11 +549,15 @@ func TestCLIRunScript(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, "keeps running") {
 		t.Errorf("--wait-for: exit %d stderr %q", r.code, r.stderr)
 	}
-	// The script is still running in its window.
+	// The hint names the run's own window (server-XXXX).
+	m := regexp.MustCompile(`dtmux session logs w1 srv:(server-[0-9a-f]{4}) -f`).FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("--wait-for: no follow hint naming the window in %q", r.stderr)
+	}
 	// The script is still running in its window: the CLI's cancelled
 	// stream did not end it.
 	eventually(t, "the waited-for script is running", func() string {
-		if !scriptRunning(t, c, "w1", "srv", "server") {
+		if !scriptRunning(t, c, "w1", "srv", m[1]) {
 			return mustCLI(t, c, "session", "ls", "w1").stdout
 		}
 		return ""
@@ -552,7 +571,9 @@ func TestCLIRunScript(t *testing.T) {
 }
 
 // scriptRunning reports whether window win of session sess has a live
-// pane running sleep (what the test scripts exec into).
+// pane running sleep (what the test scripts exec into). win is a window
+// name, or a script's base name matching any of its runs' windows
+// (dtmux run names them win-XXXX).
 func scriptRunning(t *testing.T, c *Controller, ws, sess, win string) bool {
 	t.Helper()
 	r := mustCLI(t, c, "session", "ls", ws, "-o", "json")
@@ -573,7 +594,7 @@ func scriptRunning(t *testing.T, c *Controller, ws, sess, win string) bool {
 	}
 	for _, s := range got.Sessions {
 		for _, w := range s.Windows {
-			if s.Name == sess && w.Name == win && len(w.Panes) == 1 &&
+			if s.Name == sess && (w.Name == win || runWindow.MatchString(w.Name) && strings.HasPrefix(w.Name, win+"-")) && len(w.Panes) == 1 &&
 				!w.Panes[0].Dead && w.Panes[0].CurrentCommand == "sleep" {
 				return true
 			}
@@ -581,6 +602,9 @@ func scriptRunning(t *testing.T, c *Controller, ws, sess, win string) bool {
 	}
 	return false
 }
+
+// runWindow is the shape of a dtmux run window's name.
+var runWindow = regexp.MustCompile(`^.+-[0-9a-f]{4}$`)
 
 func TestCLIServices(t *testing.T) {
 	c := StartController(t, ControllerOptions{})
