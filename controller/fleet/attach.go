@@ -54,10 +54,11 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 
 	// Phase 1: which agents have the run.
 	type probe struct {
-		name   string
-		client agentv1.AgentServiceClient
-		has    bool
-		err    error
+		name    string
+		client  agentv1.AgentServiceClient
+		has     bool
+		started time.Time // the run's start on this target, if known
+		err     error
 	}
 	probes := make([]probe, 0, len(targets))
 	for _, t := range targets {
@@ -73,10 +74,13 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 			return
 		}
 		p.client = c
-		_, err = c.GetRun(ctx, &agentv1.GetRunRequest{RunId: spec.RunID})
+		resp, err := c.GetRun(ctx, &agentv1.GetRunRequest{RunId: spec.RunID})
 		switch {
 		case err == nil:
 			p.has = true
+			if ts := resp.GetRun().GetStartedAt(); ts != nil {
+				p.started = ts.AsTime()
+			}
 		case status.Code(err) == codes.NotFound:
 		default:
 			p.err = err
@@ -116,6 +120,10 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 	}
 
 	// Phase 2: stream each target's run from the first byte.
+	span := &runSpan{}
+	for _, p := range have {
+		span.start(p.started)
+	}
 	parallel(ctx, len(have), spec.MaxParallel, func(i int) {
 		p := have[i]
 		f := &follower{targets: e.targets, out: out, name: p.name, runID: spec.RunID, reconnects: spec.Retries, backoff: spec.RetryBackoff}
@@ -132,9 +140,13 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 		}
 		switch {
 		case tr == nil && err == nil:
-			return // still running; not following
+			span.end(time.Now()) // still running; not following
+			return
 		case tr == nil:
 			tr = &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_AGENT_LOST, ExitCode: -1, Detail: errMessage(err)}
+			span.end(time.Now())
+		default:
+			span.ended(p.started, tr)
 		}
 		if Succeeded(tr) {
 			t.set(p.name, resSucceeded, 0)
@@ -149,7 +161,55 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 	if err := ctx.Err(); err != nil {
 		return Summary{}, err
 	}
-	return t.summary(spec.RunID, time.Since(began)), nil
+	return t.summary(spec.RunID, span.duration(time.Since(began))), nil
+}
+
+// runSpan is the time a fleet run took on its targets: from the earliest
+// start to the latest end, as the agents recorded them (not how long
+// collecting it took). Safe for concurrent use.
+type runSpan struct {
+	mu          sync.Mutex
+	first, last time.Time // guarded by mu
+}
+
+func (s *runSpan) start(t time.Time) {
+	if t.IsZero() {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.first.IsZero() || t.Before(s.first) {
+		s.first = t
+	}
+}
+
+func (s *runSpan) end(t time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.After(s.last) {
+		s.last = t
+	}
+}
+
+// ended records a target's end from its trailer: ended_at, else its start
+// plus the trailer's duration.
+func (s *runSpan) ended(started time.Time, tr *agentv1.RunTrailer) {
+	switch {
+	case tr.GetEndedAt() != nil:
+		s.end(tr.GetEndedAt().AsTime())
+	case tr.GetDuration() != nil && !started.IsZero():
+		s.end(started.Add(tr.GetDuration().AsDuration()))
+	}
+}
+
+// duration is the span, or fallback when it is not known.
+func (s *runSpan) duration(fallback time.Duration) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.first.IsZero() || s.last.IsZero() || s.last.Before(s.first) {
+		return fallback
+	}
+	return s.last.Sub(s.first)
 }
 
 // parallel calls fn(0..n-1) with at most limit calls at once and returns

@@ -298,3 +298,39 @@ func TestExitCode(t *testing.T) {
 		}
 	}
 }
+
+// An attach reports how long the run took on its targets (earliest start
+// to latest end, as the agents recorded them), not how long collecting a
+// finished run took.
+func TestAttachDurationIsTheRunsSpan(t *testing.T) {
+	f := startFleet(t, 2)
+	e := New(f, nil)
+	if _, err := e.Exec(testCtx(t), Spec{Selector: Selector{All: true}, Command: sh("sleep 1"), RunID: "fleet-span-1"}, newCollected().emit); err != nil {
+		t.Fatal(err)
+	}
+	a := newCollected()
+	sum, err := e.Attach(testCtx(t), AttachSpec{RunID: "fleet-span-1", Follow: true}, a.emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first, last time.Time
+	for _, n := range f.names {
+		c, err := f.Client(testCtx(t), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.GetRun(testCtx(t), &agentv1.GetRunRequest{RunId: "fleet-span-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := r.GetRun().GetStartedAt().AsTime(); first.IsZero() || st.Before(first) {
+			first = st
+		}
+		if end := a.finals[n].Trailer.GetEndedAt().AsTime(); end.After(last) {
+			last = end
+		}
+	}
+	if want := last.Sub(first); sum.Duration != want || want < time.Second {
+		t.Errorf("attach summary duration %v, want the run's span %v (the command slept 1s)", sum.Duration, want)
+	}
+}
