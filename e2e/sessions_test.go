@@ -132,3 +132,80 @@ func TestCLIRunInterrupt(t *testing.T) {
 		t.Error("the script still runs after Ctrl-C")
 	}
 }
+
+// Key names are checked, not typed as text; input to a dead pane is an
+// error, not dropped.
+func TestCLISessionsKeysAndDeadPanes(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	mustCLI(t, c, "session", "new", "w1", "s1", "--", "cat")
+
+	r := dtmuxCLI(t, c, nil, "session", "send", "w1", "s1", "--keys", "NotAKey", "Entr")
+	if r.code != 254 {
+		t.Errorf("unknown key: exit %d, want 254 (invalid argument)", r.code)
+	}
+	oneLineError(t, r, `"NotAKey"`)
+	mustCLI(t, c, "session", "send", "w1", "s1", "--keys", "m", "a", "r", "k", "#", "Enter")
+	eventually(t, "typed keys in capture", func() string {
+		got := mustCLI(t, c, "session", "capture", "w1", "s1").stdout
+		if !strings.Contains(got, "mark#\nmark#\n") { // the tty's echo, then cat's
+			return fmt.Sprintf("capture:\n%s", got)
+		}
+		return ""
+	})
+	if got := mustCLI(t, c, "session", "capture", "w1", "s1").stdout; strings.Contains(got, "NotAKey") || strings.Contains(got, "Entr") {
+		t.Errorf("rejected keys were typed:\n%s", got)
+	}
+
+	mustCLI(t, c, "session", "new", "w1", "s2", "--", "sh", "-c", "exit 9")
+	eventually(t, "the pane to die", func() string {
+		r := mustCLI(t, c, "session", "ls", "w1", "-o", "json")
+		if !strings.Contains(r.stdout, `"exit_code": 9`) && !strings.Contains(r.stdout, `"exitCode": 9`) {
+			return r.stdout
+		}
+		return ""
+	})
+	r = dtmuxCLI(t, c, nil, "session", "send", "w1", "s2", "--enter", "hello")
+	if r.code == 0 {
+		t.Error("send to a dead pane exited 0")
+	}
+	oneLineError(t, r, "of session s2 is dead (exit status 9): nothing was sent")
+}
+
+// ps before up and after down lists nothing and succeeds; logs of a
+// service that does not exist says so; logs of an exited service is its
+// output, without tmux's screen padding or dead-pane line.
+func TestCLIServicesMissingAndExited(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	if r := dtmuxCLI(t, c, nil, "ps", "w1"); r.code != 0 || strings.Contains(r.stdout, "services") || r.stderr != "" {
+		t.Errorf("ps before up: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	r := dtmuxCLI(t, c, nil, "logs", "w1", "nosuch")
+	if r.code == 0 {
+		t.Error("logs of a missing service exited 0")
+	}
+	oneLineError(t, r, `service "nosuch" not found`)
+
+	file := filepath.Join(t.TempDir(), "services.yaml")
+	if err := os.WriteFile(file, []byte("services:\n  - name: crasher\n    command: [sh, -c, 'echo starting; echo crashed; exit 9']\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, c, "up", "w1", "-f", file)
+	eventually(t, "crasher exited", func() string {
+		if out := mustCLI(t, c, "ps", "w1").stdout; !strings.Contains(out, "exited") {
+			return out
+		}
+		return ""
+	})
+	if out := mustCLI(t, c, "logs", "w1", "crasher").stdout; out != "starting\ncrashed\n" {
+		t.Errorf("logs of an exited service = %q, want %q", out, "starting\ncrashed\n")
+	}
+	r = dtmuxCLI(t, c, nil, "logs", "w1", "nosuch")
+	oneLineError(t, r, `service "nosuch" not found`)
+
+	mustCLI(t, c, "down", "w1")
+	if r := dtmuxCLI(t, c, nil, "ps", "w1"); r.code != 0 || strings.Contains(r.stdout, "crasher") || r.stderr != "" {
+		t.Errorf("ps after down: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+}
