@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -250,4 +251,52 @@ func TestFleetUnreachable(t *testing.T) {
 	if !slices.Equal(order, []string{"a1", "a2", "a3", "a0"}) {
 		t.Errorf("targets ended in order %v, want a0 last", order)
 	}
+}
+
+// Exit codes, long lines and durations as a user sees them: a timeout is
+// 124 as for dtmux exec; a 200000-byte line is one prefixed line; attach
+// reports how long the run took, not how long collecting it took.
+func TestFleetTimeoutLongLinesAttachDuration(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	for _, n := range []string{"f01", "f02", "f03"} {
+		c.CreateWorkspace(t, n, nil)
+	}
+
+	t.Run("timeout exits 124", func(t *testing.T) {
+		r := dtmuxCLI(t, c, nil, "fleet", "exec", "--all", "--timeout", "1s", "--", "sleep", "30")
+		if r.code != 124 {
+			t.Errorf("exit %d, want 124\nstderr: %s", r.code, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "worst exit code 124") {
+			t.Errorf("stderr: %s", r.stderr)
+		}
+	})
+
+	t.Run("long lines stay whole", func(t *testing.T) {
+		r := dtmuxCLI(t, c, nil, "fleet", "exec", "--ws", "f01,f03", "--", "sh", "-c",
+			`case $DTMUX_WORKSPACE in f01) for i in $(seq 200); do echo "short $i"; done;; *) head -c 200000 /dev/zero | tr "\0" a; echo;; esac`)
+		if r.code != 0 {
+			t.Fatalf("exit %d\nstderr: %s", r.code, r.stderr)
+		}
+		out := prefixedLines(t, r.stdout)
+		if got := out["f03"]; len(got) != 1 || got[0] != strings.Repeat("a", 200000) {
+			t.Errorf("f03 printed %d lines, want one line of 200000 a's", len(got))
+		}
+		if got := out["f01"]; len(got) != 200 {
+			t.Errorf("f01 printed %d lines, want 200", len(got))
+		}
+	})
+
+	t.Run("attach reports the run's duration", func(t *testing.T) {
+		mustCLI(t, c, "fleet", "exec", "--all", "--run-id", "span-1", "--", "sleep", "2")
+		r := mustCLI(t, c, "fleet", "attach", "span-1")
+		m := regexp.MustCompile(`3/3 succeeded in (\S+)\n`).FindStringSubmatch(r.stderr)
+		if m == nil {
+			t.Fatalf("no summary line in %q", r.stderr)
+		}
+		// A lower bound that always holds: the command slept 2s.
+		if d, err := time.ParseDuration(m[1]); err != nil || d < 2*time.Second {
+			t.Errorf("attach says the run took %s (%v), but the command slept 2s", m[1], err)
+		}
+	})
 }
