@@ -89,12 +89,13 @@ func (s *WorkspaceService) CreateWorkspace(ctx context.Context, req *controllerv
 	return &controllerv1.CreateWorkspaceResponse{Workspace: s.toProto(w)}, nil
 }
 
-// DeleteWorkspace drops the connection to the workspace's agent and
-// deletes the workspace.
+// DeleteWorkspace kills the workspace's runs, drops the connection to its
+// agent and deletes the workspace.
 func (s *WorkspaceService) DeleteWorkspace(ctx context.Context, req *controllerv1.DeleteWorkspaceRequest) (*controllerv1.DeleteWorkspaceResponse, error) {
 	if err := needName(req.GetName()); err != nil {
 		return nil, err
 	}
+	s.killRuns(ctx, req.GetName())
 	s.pool.Evict(req.GetName())
 	if err := s.prov.Delete(ctx, req.GetName(), req.GetForce()); err != nil {
 		return nil, toStatus(s.log, req.GetName(), err)
@@ -115,11 +116,13 @@ func (s *WorkspaceService) StartWorkspace(ctx context.Context, req *controllerv1
 	return &controllerv1.StartWorkspaceResponse{Workspace: s.toProto(w)}, nil
 }
 
-// StopWorkspace stops a workspace and drops the connection to its agent.
+// StopWorkspace kills the workspace's runs (as stopping a machine
+// would), stops the workspace and drops the connection to its agent.
 func (s *WorkspaceService) StopWorkspace(ctx context.Context, req *controllerv1.StopWorkspaceRequest) (*controllerv1.StopWorkspaceResponse, error) {
 	if err := needName(req.GetName()); err != nil {
 		return nil, err
 	}
+	s.killRuns(ctx, req.GetName())
 	w, err := s.prov.Stop(ctx, req.GetName())
 	s.pool.Evict(req.GetName())
 	if err != nil {

@@ -8,10 +8,12 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -355,5 +357,89 @@ func TestControllerStaticProvider(t *testing.T) {
 	}
 	if _, err := c.Workspaces().CreateWorkspace(ctx, &controllerv1.CreateWorkspaceRequest{Name: "y"}); status.Code(err) != codes.Unimplemented {
 		t.Errorf("create on static: %v", err)
+	}
+}
+
+// wsProcesses lists the live processes whose environment says they came
+// from workspace ws of controller c (its HOME, or DTMUX_WORKSPACE with a
+// HOME under c's state dir, so that other tests' workspaces of the same
+// name never count), keyed by pid, with their command lines.
+func wsProcesses(c *Controller, ws string) map[int]string {
+	home := filepath.Join(c.StateDir, "workspaces", ws, "home")
+	out := map[int]string{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !processAlive(pid) {
+			continue
+		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			continue
+		}
+		vars := strings.Split(string(env), "\x00")
+		if !slices.Contains(vars, "HOME="+home) && !(slices.Contains(vars, "DTMUX_WORKSPACE="+ws) && slices.ContainsFunc(vars, func(v string) bool {
+			return strings.HasPrefix(v, "HOME="+c.StateDir+"/")
+		})) {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		out[pid] = strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))
+	}
+	return out
+}
+
+// `ws rm` and `ws stop` end everything in the workspace, as stopping a
+// machine would: a detached run and the daemon it left with setsid, what
+// an attached run left with nohup, and a tmux session (with a daemon it
+// left). After a stop, the detached run reads KILLED (the controller
+// killed it through the agent) and a started workspace has no sessions.
+func TestControllerStopAndDeleteEndEverything(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	for _, op := range []string{"rm", "stop"} {
+		t.Run(op, func(t *testing.T) {
+			ws := "end-" + op
+			c.CreateWorkspace(t, ws, nil)
+			runID := strings.TrimSpace(mustCLI(t, c, "exec", "-d", ws, "--", "sh", "-c", "setsid sleep 301 & sleep 302").stdout)
+			mustCLI(t, c, "exec", ws, "--", "sh", "-c", "nohup sleep 303 >/dev/null 2>&1 &")
+			mustCLI(t, c, "session", "new", ws, "s", "--", "sh", "-c", "setsid sleep 304 & sleep 305")
+
+			want := []string{"sleep 301", "sleep 302", "sleep 303", "sleep 304", "sleep 305"}
+			var before map[int]string
+			eventually(t, "the workspace's processes to start", func() string {
+				before = wsProcesses(c, ws)
+				for _, w := range want {
+					if !slices.Contains(slices.Collect(maps.Values(before)), w) {
+						return fmt.Sprintf("no %q among %v", w, before)
+					}
+				}
+				return ""
+			})
+
+			mustCLI(t, c, "ws", op, ws)
+			if left := wsProcesses(c, ws); len(left) > 0 {
+				t.Fatalf("after ws %s, still running: %v (before: %v)", op, left, before)
+			}
+			for pid, cmd := range before {
+				if processAlive(pid) {
+					t.Errorf("after ws %s, pid %d (%s) still running", op, pid, cmd)
+				}
+			}
+			if op != "stop" {
+				return
+			}
+			mustCLI(t, c, "ws", "start", ws)
+			g, err := c.Agent(ws).GetRun(ctlCtx(t), &agentv1.GetRunRequest{RunId: runID})
+			if err != nil {
+				t.Fatalf("run %q after stop and start: %v", runID, err)
+			}
+			if r := g.GetRun().GetTrailer().GetReason(); r != agentv1.ExitReason_EXIT_REASON_KILLED {
+				t.Errorf("detached run after stop: %v (%s), want KILLED", r, g.GetRun().GetTrailer().GetDetail())
+			}
+			ls, err := c.Agent(ws).ListSessions(ctlCtx(t), &agentv1.ListSessionsRequest{})
+			if err != nil || len(ls.GetSessions()) != 0 {
+				t.Errorf("sessions after stop and start: %v, %v; want none", ls.GetSessions(), err)
+			}
+		})
 	}
 }
