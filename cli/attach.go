@@ -140,7 +140,12 @@ loop:
 			if ctx.Err() != nil {
 				return &ExitError{Code: ExitFailure, Msg: "attach ended by a signal; the session keeps running"}
 			}
-			return err
+			return a.lostError(err, ws, lostHints{
+				during:     "while attached to session " + name,
+				controller: fmt.Sprintf("the session keeps running; reattach with: dtmux attach %s %s", ws, name),
+				agent:      fmt.Sprintf("tmux sessions outlive the agent; reattach once it is back: dtmux attach %s %s", ws, name),
+				removed:    "its sessions ended with it",
+			})
 		}
 	}
 	restore()

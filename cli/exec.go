@@ -268,7 +268,16 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	}
 	restore()
 	if r.err != nil {
-		return r.err
+		if ctx.Err() != nil {
+			return r.err
+		}
+		id := started.GetRunId()
+		return a.lostError(r.err, o.ws, lostHints{
+			during:     "during run " + id,
+			controller: fmt.Sprintf("an attached run is hung up when its client goes away; start long jobs with -d and reattach with: dtmux runs logs %s %s -f", o.ws, id),
+			agent:      fmt.Sprintf("the run's exit status is unknown; see what became of it with: dtmux runs ls %s", o.ws),
+			removed:    "its runs ended with it",
+		})
 	}
 	if r.trailer == nil {
 		return fmt.Errorf("run %s: the stream ended without the run's exit status", started.GetRunId())

@@ -1,11 +1,16 @@
 package cli
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
 func TestExecStreamsAndExitCodes(t *testing.T) {
@@ -201,4 +206,72 @@ func TestExecRefusalExitCodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestExecLostStream(t *testing.T) {
+	addr, _ := startFake(t)
+	r := dtmux(t, addr, "", "exec", "ws", "--", "agentlost")
+	want := "dtmux: lost the connection to workspace ws's agent during run r1 (the run's exit status is unknown; see what became of it with: dtmux runs ls ws)\n"
+	if r.code != ExitFailure || r.stdout != "partial" || r.stderr != want {
+		t.Errorf("agent lost: %+v, want exit 255 and %q", r, want)
+	}
+	r = dtmux(t, addr, "", "exec", "ws", "--", "removed")
+	want = "dtmux: workspace ws was removed during run r1 (its runs ended with it)\n"
+	if r.code != ExitFailure || r.stderr != want {
+		t.Errorf("workspace removed: %+v, want exit 255 and %q", r, want)
+	}
+}
+
+// TestExecControllerLost kills the (fake) controller in the middle of a
+// run: the CLI says it lost the controller, not "unavailable: EOF".
+func TestExecControllerLost(t *testing.T) {
+	dir, err := os.MkdirTemp("", "dt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "c.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	started := make(chan struct{})
+	agentv1.RegisterAgentServiceServer(s, &hangingAgent{started: started})
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = s.Serve(l)
+	}()
+	t.Cleanup(func() {
+		s.Stop()
+		<-served
+	})
+	go func() {
+		<-started
+		s.Stop() // the controller goes away mid-run
+	}()
+	r := dtmux(t, "unix://"+sock, "", "exec", "ws", "--", "sleep", "300")
+	want := "dtmux: lost the connection to the controller during run h1 on ws (an attached run is hung up when its client goes away; start long jobs with -d and reattach with: dtmux runs logs ws h1 -f)\n"
+	if r.code != ExitFailure || r.stderr != want {
+		t.Errorf("controller lost: %+v, want exit 255 and %q", r, want)
+	}
+}
+
+// hangingAgent starts a run and then waits until its server is stopped.
+type hangingAgent struct {
+	agentv1.UnimplementedAgentServiceServer
+	started chan struct{}
+}
+
+func (h *hangingAgent) Exec(stream agentv1.AgentService_ExecServer) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	if err := stream.Send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Started{Started: &agentv1.RunStarted{RunId: "h1"}}}); err != nil {
+		return err
+	}
+	close(h.started)
+	<-stream.Context().Done()
+	return stream.Context().Err()
 }

@@ -40,6 +40,8 @@ type fakeController struct {
 	// detachStdin has, per detached Exec, whether the message after start
 	// was close_stdin.
 	detachStdin []bool
+	// removed makes GetWorkspace say "ws" no longer exists.
+	removed bool
 }
 
 // startFake serves a fakeController and returns its address.
@@ -176,6 +178,18 @@ func (f *fakeController) Exec(stream agentv1.AgentService_ExecServer) error {
 		return exited(0)
 	case "exit":
 		return exited(arg(1))
+	case "agentlost":
+		// What the controller's proxy says when the agent's connection
+		// breaks mid-stream.
+		if err := out(agentv1.Stream_STREAM_STDOUT, 0, "partial"); err != nil {
+			return err
+		}
+		return status.Error(codes.Unavailable, "error reading from server: EOF")
+	case "removed":
+		f.mu.Lock()
+		f.removed = true
+		f.mu.Unlock()
+		return status.Error(codes.Canceled, "context canceled")
 	case "notrailer":
 		return out(agentv1.Stream_STREAM_STDOUT, 0, "partial")
 	case "signal":
@@ -363,4 +377,15 @@ func (f *fakeController) CapturePane(ctx context.Context, req *agentv1.CapturePa
 	}
 	return &agentv1.CapturePaneResponse{Content: []byte(b.String()), CursorY: fakePaneScreen, HistorySize: fakePaneHistory,
 		Size: &agentv1.TerminalSize{Rows: 24, Cols: 80}}, nil
+}
+
+// GetWorkspace knows "ws" (until an Exec of "removed") and nothing else.
+func (f *fakeController) GetWorkspace(ctx context.Context, req *controllerv1.GetWorkspaceRequest) (*controllerv1.GetWorkspaceResponse, error) {
+	f.mu.Lock()
+	removed := f.removed
+	f.mu.Unlock()
+	if req.GetName() != "ws" || removed {
+		return nil, status.Errorf(codes.NotFound, "workspace %q not found", req.GetName())
+	}
+	return &controllerv1.GetWorkspaceResponse{Workspace: &controllerv1.Workspace{Name: "ws", State: controllerv1.WorkspaceState_WORKSPACE_STATE_STARTED}}, nil
 }

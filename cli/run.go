@@ -217,7 +217,18 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 				return &ExitError{Code: 130, Msg: fmt.Sprintf("interrupted; the script keeps running in %s (stop it: dtmux session send %s %s --keys C-c)", where, o.ws, stop)}
 			default:
 			}
-			return err
+			if started == nil || ctx.Err() != nil {
+				return err
+			}
+			// The script belongs to its window, not to this stream.
+			where := started.GetSession() + ":" + started.GetWindow()
+			follow := fmt.Sprintf("the script keeps running in its window; follow it with: dtmux session logs %s %s -f", o.ws, where)
+			return a.lostError(err, o.ws, lostHints{
+				during:     "during script " + where,
+				controller: follow,
+				agent:      "tmux outlives the agent: " + follow,
+				removed:    "its sessions ended with it",
+			})
 		}
 		switch e := ev.GetEvent().(type) {
 		case *agentv1.RunInSessionResponse_Started:

@@ -128,7 +128,16 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 	}
 	trailer, err := a.copyRunOutput(func() (runEvent, error) { return stream.Recv() }, "\n")
 	if err != nil {
-		return err
+		if ctx.Err() != nil {
+			return err
+		}
+		id := req.GetRunId()
+		return a.lostError(err, ws, lostHints{
+			during:     "while following run " + id,
+			controller: fmt.Sprintf("a detached run goes on; reattach with: dtmux runs logs %s %s -f", ws, id),
+			agent:      fmt.Sprintf("see what became of the run with: dtmux runs ls %s", ws),
+			removed:    "its runs ended with it",
+		})
 	}
 	if !req.GetFollow() {
 		return nil

@@ -748,3 +748,87 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestCLILostConnection breaks a running `dtmux exec` three ways: the
+// agent dies, the workspace is removed, the controller dies. Each time
+// the CLI says in one line what was lost and what to do, and exits 255.
+func TestCLILostConnection(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	c.CreateWorkspace(t, "w2", nil)
+
+	// execUntil starts `dtmux exec ws -- ...` that prints "ready" and
+	// sleeps, calls breakIt once "ready" is out, and returns the result.
+	execUntil := func(t *testing.T, ws string, breakIt func()) cliResult {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", ws, "--run-id", "long-"+ws, "--", "sh", "-c", "echo ready; exec sleep 300")
+		cmd.Env = c.Env()
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var errb syncBuffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+			t.Fatalf("first line %q, %v", line, err)
+		}
+		breakIt()
+		err = cmd.Wait()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return cliResult{"", errb.String(), code}
+	}
+
+	t.Run("agent killed", func(t *testing.T) {
+		r := execUntil(t, "w1", func() {
+			if pid := c.AgentPID("w1"); pid <= 0 || syscall.Kill(pid, syscall.SIGKILL) != nil {
+				t.Fatalf("cannot kill w1's agent (pid %d)", pid)
+			}
+		})
+		if r.code != 255 {
+			t.Errorf("exit %d, want 255 (stderr %q)", r.code, r.stderr)
+		}
+		oneLineError(t, r, "lost the connection to workspace w1's agent during run long-w1")
+	})
+
+	t.Run("workspace removed", func(t *testing.T) {
+		// Either the run's trailer (killed by the removal) or the stream's
+		// end reaches the CLI first; both must say what happened.
+		r := execUntil(t, "w2", func() { mustCLI(t, c, "ws", "rm", "--force", "w2") })
+		switch r.code {
+		case 255:
+			oneLineError(t, r, "workspace w2 was removed during run long-w2")
+		case 128 + int(syscall.SIGKILL):
+			oneLineError(t, r, "run long-w2 was killed")
+		default:
+			t.Errorf("exit %d, want 255 or 137 (stderr %q)", r.code, r.stderr)
+		}
+		if strings.Contains(r.stderr, "canceled") {
+			t.Errorf("stderr %q: want what happened, not \"canceled\"", r.stderr)
+		}
+	})
+
+	t.Run("controller killed", func(t *testing.T) {
+		eventually(t, "w1's agent back", func() string {
+			if r := dtmuxCLI(t, c, nil, "exec", "w1", "--", "true"); r.code != 0 {
+				return r.stderr
+			}
+			return ""
+		})
+		r := execUntil(t, "w1", c.Kill)
+		if r.code != 255 {
+			t.Errorf("exit %d, want 255 (stderr %q)", r.code, r.stderr)
+		}
+		oneLineError(t, r, "lost the connection to the controller during run long-w1 on w1 (an attached run is hung up when its client goes away; start long jobs with -d and reattach with: dtmux runs logs w1 long-w1 -f)")
+	})
+}
