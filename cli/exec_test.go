@@ -271,6 +271,11 @@ func (h *hangingAgent) Exec(stream agentv1.AgentService_ExecServer) error {
 	if err := stream.Send(&agentv1.ExecResponse{Event: &agentv1.ExecResponse_Started{Started: &agentv1.RunStarted{RunId: "h1"}}}); err != nil {
 		return err
 	}
+	// The client closes stdin (it is empty) once it has the start: only
+	// then is the run under way on its side.
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
 	close(h.started)
 	<-stream.Context().Done()
 	return stream.Context().Err()

@@ -105,7 +105,7 @@ func TestAttachRestoresTerminal(t *testing.T) {
 		stderr    string
 	}{
 		{"detach", "q", 0, "[detached (from session dbg)]\n"},
-		{"stream error", "x", ExitFailure, "dtmux: unavailable: agent went away\n"},
+		{"agent lost", "x", ExitFailure, "dtmux: lost the connection to workspace ws's agent while attached to session dbg (tmux sessions outlive the agent; reattach once it is back: dtmux attach ws dbg)\n"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			app, ptm, pts, errb := ptyApp(t, addr)
