@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/dtmux/dtmux/controller/provider"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -19,8 +20,12 @@ const TeardownTimeout = 5 * time.Second
 // processes may still be alive; then it waits, within TeardownTimeout,
 // for the running ones to finish, so that their trailers say KILLED
 // rather than AGENT_LOST. Nothing here fails the stop or delete: errors
-// are logged.
+// are logged. Providers that never stop or delete (provider.Lifecycle)
+// are left alone.
 func (s *WorkspaceService) killRuns(ctx context.Context, name string) {
+	if !provider.ManagesLifecycle(s.prov) {
+		return // the stop or delete will fail: leave the runs alone
+	}
 	ctx, cancel := context.WithTimeout(ctx, TeardownTimeout)
 	defer cancel()
 	log := s.log.With("workspace", name)

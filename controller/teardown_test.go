@@ -97,6 +97,19 @@ func TestStopWorkspaceKillsRuns(t *testing.T) {
 	log := hclog.NewNullLogger()
 	pl := pool.New(pool.Config{Resolve: prov.Endpoint, Logger: log})
 	t.Cleanup(func() { pl.Close() })
+	// A provider that never stops or deletes (ssh hosts, static agents)
+	// fails the call and leaves the runs alone.
+	_, err = NewWorkspaceService(fixedProvider{prov}, pl, log).StopWorkspace(ctxFor(t, ""), &controllerv1.StopWorkspaceRequest{Name: "w"})
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("stop on a fixed provider: %v, want Unimplemented", err)
+	}
+	agent.mu.Lock()
+	n := len(agent.killed)
+	agent.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("a stop that cannot happen killed %d runs", n)
+	}
+
 	svc := NewWorkspaceService(prov, pl, log)
 	if _, err := svc.StopWorkspace(ctxFor(t, ""), &controllerv1.StopWorkspaceRequest{Name: "w"}); err != nil {
 		t.Fatal(err)
@@ -107,4 +120,13 @@ func TestStopWorkspaceKillsRuns(t *testing.T) {
 	if want := []string{"detached", "lost", "running"}; !slices.Equal(killed, want) {
 		t.Errorf("killed %v, want %v", killed, want)
 	}
+}
+
+// fixedProvider is a provider whose workspaces cannot be stopped.
+type fixedProvider struct{ *fakeProvider }
+
+func (fixedProvider) ManagesLifecycle() bool { return false }
+
+func (fixedProvider) Stop(context.Context, string) (provider.Workspace, error) {
+	return provider.Workspace{}, provider.ErrUnsupported
 }
