@@ -415,6 +415,14 @@ func TestControllerStopAndDeleteEndEverything(t *testing.T) {
 				}
 				return ""
 			})
+			// Should the fix regress, the escapes outlive the test: end them.
+			t.Cleanup(func() {
+				for pid := range before {
+					if processAlive(pid) {
+						_ = syscall.Kill(pid, syscall.SIGKILL)
+					}
+				}
+			})
 
 			mustCLI(t, c, "ws", op, ws)
 			if left := wsProcesses(c, ws); len(left) > 0 {
