@@ -258,6 +258,9 @@ func (m *Manager) RestartService(ctx context.Context, session, name string) (Ser
 		return ServiceStatus{}, err
 	}
 	c, err := m.client(ctx, session)
+	if errors.Is(err, ErrSessionNotFound) {
+		return ServiceStatus{}, &serviceNotFoundError{name: name}
+	}
 	if err != nil {
 		return ServiceStatus{}, err
 	}

@@ -84,6 +84,9 @@ func TestServicesMissing(t *testing.T) {
 			if !errors.Is(err, ErrServiceNotFound) || err.Error() != `service "nosuch" not found` {
 				t.Errorf("%s: follow of a missing service: %v", when, err)
 			}
+			if _, err := m.RestartService(ctx(t), "", "nosuch"); !errors.Is(err, ErrServiceNotFound) {
+				t.Errorf("%s: restart of a missing service: %v", when, err)
+			}
 		}
 	}
 	check("before apply")
