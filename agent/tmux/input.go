@@ -53,7 +53,7 @@ const ctrlUnknown = "\"$%&*{|}~"
 func ValidKey(s string) error {
 	bad := func(why string) error {
 		return fmt.Errorf("%w: key %q: %s (want a name such as Enter, Escape, Tab, BSpace, Up, F1, KPEnter, "+
-			"or one character, after optional C-, M-, S- modifiers; send text with --text)", ErrInvalidArgument, s, why)
+			"or one character, after optional C-, M-, S- modifiers)", ErrInvalidArgument, s, why)
 	}
 	k, ctrl := s, false
 	if len(k) > 1 && k[0] == '^' {
