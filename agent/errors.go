@@ -43,6 +43,7 @@ var codeOf = []struct {
 	{tmux.ErrSessionExists, codes.AlreadyExists, ""},
 	{tmux.ErrInvalidName, codes.InvalidArgument, ""},
 	{tmux.ErrInvalidArgument, codes.InvalidArgument, ""},
+	{tmux.ErrPaneDead, codes.FailedPrecondition, errinfo.PaneDead},
 	{tmux.ErrCommandNotFound, codes.InvalidArgument, ""},
 	{tmux.ErrUnsupported, codes.FailedPrecondition, ""},
 	{tmux.ErrClosed, codes.Unavailable, ""},

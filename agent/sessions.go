@@ -2,16 +2,13 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/dtmux/dtmux/agent/tmux"
-	"github.com/dtmux/dtmux/internal/errinfo"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -138,9 +135,6 @@ func (s *Server) SendInput(ctx context.Context, req *agentv1.SendInputRequest) (
 		err = m.SendInput(ctx, targetFromProto(req.GetTarget()), tmux.Input{
 			Text: []byte(req.GetText()), Data: req.GetData(), Keys: req.GetKeys(), Enter: req.GetEnter(),
 		})
-	}
-	if errors.Is(err, tmux.ErrPaneDead) {
-		return nil, errinfo.New(codes.FailedPrecondition, err.Error(), errinfo.PaneDead)
 	}
 	if err != nil {
 		return nil, toStatus(s.log, err)
