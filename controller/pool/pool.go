@@ -333,12 +333,9 @@ func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Cont
 // until a health check passes or fails. The failure's reason is in the
 // error.
 func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
-	if e.cc.GetState() == connectivity.TransientFailure {
-		e.cc.ResetConnectBackoff()
-	}
-	e.cc.Connect()
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	defer cancel()
+	settle(ctx, e.cc)
 	r, err := healthpb.NewHealthClient(e.cc).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		err = fmt.Errorf("agent health is %s", r.GetStatus())
@@ -354,6 +351,34 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 	}
 	e.setErr(err.Error())
 	return fmt.Errorf("%w: workspace %q: %v", ErrUnreachable, e.name, err)
+}
+
+// freshAttemptWait bounds the wait for grpc to start a new connection
+// attempt after its backoff was reset.
+const freshAttemptWait = 2 * time.Second
+
+// settle waits until cc has the result of a connection attempt made now:
+// Ready, or a failure. A connection still failing from before (an agent
+// that was down and is back) gets its backoff reset and a fresh attempt;
+// without waiting for it, the health check would fail fast on the old
+// failure and the first call after an agent restart would be refused.
+func settle(ctx context.Context, cc *grpc.ClientConn) {
+	if st := cc.GetState(); st == connectivity.TransientFailure {
+		cc.ResetConnectBackoff()
+		wctx, cancel := context.WithTimeout(ctx, freshAttemptWait)
+		cc.WaitForStateChange(wctx, st)
+		cancel()
+	}
+	cc.Connect()
+	for {
+		st := cc.GetState()
+		if st == connectivity.Ready || st == connectivity.TransientFailure || st == connectivity.Shutdown {
+			return
+		}
+		if !cc.WaitForStateChange(ctx, st) {
+			return
+		}
+	}
 }
 
 // cleanReason trims grpc's wording down to the cause. grpc quotes the
