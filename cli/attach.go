@@ -30,6 +30,15 @@ while attached and is restored on every way out.`,
 	}
 }
 
+// terminalReset undoes what a tmux client sets up on the outer terminal,
+// for when it could not do so itself: normal attributes, the whole screen
+// as scroll region, mouse and focus reporting, bracketed paste and
+// application keypad/cursor keys off, the cursor shown, and the main
+// screen back from the alternate one.
+const terminalReset = "\x1b[0m\x1b[r" +
+	"\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1004l\x1b[?2004l" +
+	"\x1b[?1l\x1b>\x1b[?25h\x1b[?1049l"
+
 func (a *App) runAttach(ctx context.Context, ws, name string) error {
 	inFD, inTTY := a.stdinTerminal()
 	outFD := fdOf(a.Stdout)
@@ -118,6 +127,17 @@ func (a *App) runAttach(ctx context.Context, ws, name string) error {
 		wg.Wait()
 	}()
 
+	// On any end but a detach, tmux had no chance to put the terminal
+	// back: leave its alternate screen, scroll region, modes and
+	// attributes behind us before the mode is restored.
+	ended := false
+	defer func() {
+		if !ended {
+			_, _ = io.WriteString(a.Stdout, terminalReset)
+		}
+		restore()
+	}()
+
 	detached := ""
 	ev := first
 loop:
@@ -129,6 +149,7 @@ loop:
 			}
 		case *agentv1.AttachSessionResponse_Detached:
 			detached = e.Detached
+			ended = true
 			break loop
 		}
 		ev, err = stream.Recv()
@@ -136,6 +157,8 @@ loop:
 			break
 		}
 		if err != nil {
+			_, _ = io.WriteString(a.Stdout, terminalReset)
+			ended = true
 			restore()
 			if ctx.Err() != nil {
 				return &ExitError{Code: ExitFailure, Msg: "attach ended by a signal; the session keeps running"}
@@ -147,6 +170,11 @@ loop:
 				removed:    "its sessions ended with it",
 			})
 		}
+	}
+	if !ended {
+		// The stream ended without a detach.
+		_, _ = io.WriteString(a.Stdout, terminalReset)
+		ended = true
 	}
 	restore()
 	if detached != "" && detached != "detached" {

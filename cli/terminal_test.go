@@ -88,6 +88,22 @@ func expect(t *testing.T, ptm *os.File, want string) {
 	}
 }
 
+// readUntil reads the pty master until want appears and returns what
+// was read.
+func readUntil(t *testing.T, ptm *os.File, want string) string {
+	t.Helper()
+	var got []byte
+	buf := make([]byte, 1024)
+	for !bytes.Contains(got, []byte(want)) {
+		n, err := ptm.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			t.Fatalf("waiting for %q: %v; got %q", want, err, got)
+		}
+	}
+	return string(got)
+}
+
 func termios(t *testing.T, f *os.File) *unix.Termios {
 	t.Helper()
 	tio, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
@@ -129,6 +145,17 @@ func TestAttachRestoresTerminal(t *testing.T) {
 			code := <-done
 			if code != tt.code || errb.String() != tt.stderr {
 				t.Errorf("exit %d stderr %q; want %d %q", code, errb.String(), tt.code, tt.stderr)
+			}
+			// Everything dtmux wrote is in the pty by now; a marker ends
+			// it, so that reading never waits for bytes that won't come.
+			if _, err := io.WriteString(pts, "END-MARK"); err != nil {
+				t.Fatal(err)
+			}
+			rest := readUntil(t, ptm, "END-MARK")
+			if hasReset := strings.Contains(rest, terminalReset); hasReset != (tt.code != 0) {
+				// After an abnormal end tmux could not undo its screen
+				// setup, so dtmux must; after a detach tmux did.
+				t.Errorf("terminal reset written: %v, want %v (output %q)", hasReset, tt.code != 0, rest)
 			}
 			if after := termios(t, pts); *after != *before {
 				t.Errorf("terminal not restored:\nbefore %+v\nafter  %+v", before, after)
