@@ -132,7 +132,7 @@ func TestVersion(t *testing.T) {
 
 func TestUnimplementedIsOneLine(t *testing.T) {
 	addr, _ := startFake(t)
-	r := dtmux(t, addr, "", "session", "ls", "ws")
+	r := dtmux(t, addr, "", "ps", "ws")
 	if r.code != ExitFailure || !strings.HasPrefix(r.stderr, "dtmux: not implemented by the server: ") || strings.Count(r.stderr, "\n") != 1 {
 		t.Errorf("got %+v", r)
 	}
@@ -156,6 +156,26 @@ func TestCompleteWorkspaces(t *testing.T) {
 	r = dtmux(t, addr, "", "__complete", "session", "ls", "o")
 	if !strings.Contains(r.stdout, "other") {
 		t.Errorf("session ls WS completion: %+v", r)
+	}
+	// The second argument: sessions of WS, or its runs with their state
+	// and command; nothing after that, and nothing for a new name.
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"attach", "ws", ""}, "dbg\nscripts\n:4\n"},
+		{[]string{"session", "kill", "ws", ""}, "dbg\nscripts\n:4\n"},
+		{[]string{"session", "capture", "ws", "d"}, "dbg\nscripts\n:4\n"},
+		{[]string{"runs", "logs", "ws", ""}, "r1\trunning: make test\nr2\texited: true\n:4\n"},
+		{[]string{"runs", "kill", "ws", ""}, "r1\trunning: make test\nr2\texited: true\n:4\n"},
+		{[]string{"runs", "kill", "ws", "r1", ""}, ":4\n"},
+		{[]string{"session", "new", "ws", ""}, ":0\n"},
+		{[]string{"attach", "nope", ""}, ":4\n"},
+	} {
+		r := dtmux(t, addr, "", append([]string{"__complete"}, tt.args...)...)
+		if r.code != 0 || r.stdout != tt.want {
+			t.Errorf("complete %q: %q, want %q (stderr %q)", tt.args, r.stdout, tt.want, r.stderr)
+		}
 	}
 }
 

@@ -389,3 +389,23 @@ func (f *fakeController) GetWorkspace(ctx context.Context, req *controllerv1.Get
 	}
 	return &controllerv1.GetWorkspaceResponse{Workspace: &controllerv1.Workspace{Name: "ws", State: controllerv1.WorkspaceState_WORKSPACE_STATE_STARTED}}, nil
 }
+
+// ListSessions lists two sessions.
+func (f *fakeController) ListSessions(ctx context.Context, _ *agentv1.ListSessionsRequest) (*agentv1.ListSessionsResponse, error) {
+	if err := f.workspace(ctx); err != nil {
+		return nil, err
+	}
+	return &agentv1.ListSessionsResponse{Sessions: []*agentv1.SessionInfo{{Name: "dbg"}, {Name: "scripts"}}}, nil
+}
+
+// ListRuns lists a running run and a finished one.
+func (f *fakeController) ListRuns(ctx context.Context, _ *agentv1.ListRunsRequest) (*agentv1.ListRunsResponse, error) {
+	if err := f.workspace(ctx); err != nil {
+		return nil, err
+	}
+	return &agentv1.ListRunsResponse{Runs: []*agentv1.RunInfo{
+		{RunId: "r1", State: agentv1.RunState_RUN_STATE_RUNNING, Argv: []string{"make", "test"}},
+		{RunId: "r2", State: agentv1.RunState_RUN_STATE_FINISHED, Argv: []string{"true"},
+			Trailer: &agentv1.RunTrailer{Reason: agentv1.ExitReason_EXIT_REASON_EXITED}},
+	}}, nil
+}
