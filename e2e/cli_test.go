@@ -284,6 +284,25 @@ func TestCLIExec(t *testing.T) {
 			oneLineError(t, r, "")
 		}
 
+		// A missing or non-executable program exits as a shell says.
+		r = dtmuxCLI(t, c, nil, "exec", "w1", "--", "nosuchcmd", "x")
+		if r.code != 127 || r.stderr != "dtmux: nosuchcmd: command not found\n" {
+			t.Errorf("missing program: exit %d stderr %q, want 127 and \"dtmux: nosuchcmd: command not found\"", r.code, r.stderr)
+		}
+		mustCLI(t, c, "exec", "w1", "--", "sh", "-c", "printf 'echo hi\n' > noexec.sh; chmod 0644 noexec.sh")
+		r = dtmuxCLI(t, c, nil, "exec", "w1", "--", "./noexec.sh")
+		if r.code != 126 {
+			t.Errorf("non-executable program: exit %d stderr %q, want 126", r.code, r.stderr)
+		}
+		oneLineError(t, r, "./noexec.sh: cannot execute")
+		// A run id taken by another command is refused plainly.
+		mustCLI(t, c, "exec", "w1", "--run-id", "taken-1", "--", "true")
+		r = dtmuxCLI(t, c, nil, "exec", "w1", "--run-id", "taken-1", "--", "false")
+		if r.code != 254 {
+			t.Errorf("run id conflict: exit %d, want 254 (stderr %q)", r.code, r.stderr)
+		}
+		oneLineError(t, r, `run id "taken-1" is already used by a different command`)
+
 		// Input the server rejects is invalid input too.
 		r = dtmuxCLI(t, c, nil, "exec", "w1", "--run-id", "bad id", "--", "true")
 		if r.code != 254 {
