@@ -851,3 +851,55 @@ func TestCLILostConnection(t *testing.T) {
 		oneLineError(t, r, "lost the connection to the controller during run long-w1 on w1 (an attached run is hung up when its client goes away; start long jobs with -d and reattach with: dtmux runs logs w1 long-w1 -f)")
 	})
 }
+
+// TestCLIAttachAgentLost kills the workspace's agent while `dtmux attach`
+// shows a session in a real terminal (an outer tmux pane): dtmux says
+// what was lost, exits 255, and leaves the terminal as it found it — not
+// in the inner tmux's alternate screen.
+func TestCLIAttachAgentLost(t *testing.T) {
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Skip("tmux not installed")
+	}
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	mustCLI(t, c, "session", "new", "w1", "dbg", "--", "sh")
+
+	sock := filepath.Join(shortTempDir(t), "outer")
+	outer := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("tmux", append([]string{"-S", sock, "-f", "/dev/null"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("outer tmux %q: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	t.Cleanup(func() { _ = exec.Command("tmux", "-S", sock, "kill-server").Run() })
+	envArgs := []string{}
+	for _, e := range c.Env() {
+		if strings.HasPrefix(e, "DTMUX_") {
+			envArgs = append(envArgs, "-e", e)
+		}
+	}
+	pane := strings.TrimSpace(outer(append(append([]string{"new-session", "-d", "-x", "120", "-y", "40", "-P", "-F", "#{pane_id}"}, envArgs...),
+		testbin.Path(t, testbin.CLI)+" attach w1 dbg; echo attach-exit-$?; sleep 300")...))
+	alternate := func() string { return strings.TrimSpace(outer("display-message", "-p", "-t", pane, "#{alternate_on}")) }
+	eventually(t, "the inner tmux on the outer terminal's alternate screen", func() string {
+		if a := alternate(); a != "1" {
+			return "alternate_on=" + a
+		}
+		return ""
+	})
+	if pid := c.AgentPID("w1"); pid <= 0 || syscall.Kill(pid, syscall.SIGKILL) != nil {
+		t.Fatalf("cannot kill w1's agent (pid %d)", pid)
+	}
+	eventually(t, "dtmux attach exits 255 with a one-line reason", func() string {
+		s := outer("capture-pane", "-p", "-J", "-t", pane)
+		if !strings.Contains(s, "attach-exit-255") || !strings.Contains(s, "lost the connection to workspace w1's agent while attached to session dbg") {
+			return s
+		}
+		return ""
+	})
+	if a := alternate(); a != "0" {
+		t.Errorf("the outer terminal is left on the alternate screen (alternate_on=%s)", a)
+	}
+}
