@@ -300,7 +300,9 @@ func TestDetachedRunAttachAndSameID(t *testing.T) {
 	if _, err := stream.Recv(); err != nil {
 		t.Fatal(err)
 	}
-	cancel() // a detached run outlives its client
+	// This stream stays until the end: when the last Exec stream goes,
+	// stdin is closed (TestDetachedRunStdinClosedWhenClientsGone).
+	defer cancel()
 
 	// Not following: what is spooled, no trailer while it runs.
 	for {
@@ -337,6 +339,38 @@ func TestDetachedRunAttachAndSameID(t *testing.T) {
 	list, err = a.client.ListRuns(ctxT(t), &agentv1.ListRunsRequest{Labels: map[string]string{"team": "db"}})
 	if err != nil || len(list.GetRuns()) != 0 {
 		t.Errorf("list by other label: %v %v", err, list)
+	}
+}
+
+// TestDetachedRunStdinClosedWhenClientsGone: a detached run keeps going
+// after its client, but with stdin at end-of-file, since nobody can write
+// it any more: `echo hi | dtmux exec -d WS -- cat` ends.
+func TestDetachedRunStdinClosedWhenClientsGone(t *testing.T) {
+	a := newTestAgent(t, nil)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	stream, err := a.client.Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: []string{"cat"}}, RunId: "cat-1", Detach: true}
+	for _, m := range []*agentv1.ExecRequest{{Msg: &agentv1.ExecRequest_Start{Start: st}}, {Msg: &agentv1.ExecRequest_Stdin{Stdin: []byte("hi\n")}}} {
+		if err := stream.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(ev.GetOutput().GetData()) == "hi\n" {
+			break
+		}
+	}
+	cancel() // without close_stdin
+	run := a.waitFinished(t, "cat-1")
+	if tr := run.GetTrailer(); tr.GetReason() != agentv1.ExitReason_EXIT_REASON_EXITED || tr.GetExitCode() != 0 || tr.GetStdoutBytes() != 3 {
+		t.Errorf("detached cat after its client left: %v", tr)
 	}
 }
 

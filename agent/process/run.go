@@ -170,10 +170,13 @@ func (r *Run) finished() bool {
 }
 
 // AddClient registers a reader of the run for listings. exec says the
-// reader is an Exec stream: when the last Exec stream of an attached (not
-// detached) run goes away, the process group gets SIGHUP, then SIGKILL
-// after the hang-up grace. Call the returned function exactly once when the
-// stream ends.
+// reader is an Exec stream, the only kind that writes stdin: when the last
+// Exec stream goes away, the process's stdin is closed (end-of-file: no
+// one can write to it any more), and an attached (not detached) run's
+// process group gets SIGHUP, then SIGKILL after the hang-up grace. A
+// PTY's input stays open: end-of-file there is a typed ^D, which a
+// detached shell would take as "log out". Call the returned function
+// exactly once when the stream ends.
 func (r *Run) AddClient(exec bool) (release func()) {
 	r.mu.Lock()
 	r.clients++
@@ -186,12 +189,18 @@ func (r *Run) AddClient(exec bool) (release func()) {
 		once.Do(func() {
 			r.mu.Lock()
 			r.clients--
-			hangup := false
+			last, hangup := false, false
 			if exec {
 				r.execClients--
-				hangup = r.execClients == 0 && !r.info.Detached
+				last = r.execClients == 0
+				hangup = last && !r.info.Detached
 			}
 			r.mu.Unlock()
+			if last && r.ptmx == nil {
+				if err := r.CloseStdin(); err != nil {
+					r.log.Debug("close stdin after the last client", "error", err)
+				}
+			}
 			if hangup && !r.finished() {
 				r.log.Debug("last client went away; hanging up")
 				r.terminate(ReasonKilled, "client went away", syscall.SIGHUP, r.m.cfg.HangupGrace)
