@@ -166,6 +166,8 @@ func run(args []string) error {
 		return runStdio(log, f, args)
 	}
 
+	// Before anything is started: no run may inherit an ignored SIGHUP.
+	defer resetIgnoredSignals(log)()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 

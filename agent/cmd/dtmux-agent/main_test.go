@@ -91,13 +91,21 @@ type agentProc struct {
 
 func startAgent(t *testing.T, state string) *agentProc {
 	t.Helper()
+	return startAgentVia(t, state, nil)
+}
+
+// startAgentVia starts the agent through wrapper, a command that ends by
+// exec'ing its arguments (nil: none).
+func startAgentVia(t *testing.T, state string, wrapper []string) *agentProc {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "dt")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	a := &agentProc{sock: filepath.Join(dir, "s", "agent.sock"), state: state, exited: make(chan struct{})}
-	a.cmd = exec.Command(agentBin, "--listen", "unix://"+a.sock, "--state-dir", state, "--workspace", "e2e", "--workdir", t.TempDir(), "--log-level", "debug")
+	argv := append(append([]string(nil), wrapper...), agentBin, "--listen", "unix://"+a.sock, "--state-dir", state, "--workspace", "e2e", "--workdir", t.TempDir(), "--log-level", "debug")
+	a.cmd = exec.Command(argv[0], argv[1:]...)
 	a.cmd.Stderr = os.Stderr
 	// The agent's tmux server outlives it by design: end it after the
 	// agent (cleanups run last-registered first).
