@@ -409,6 +409,8 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	}
 	r.cmd = cmd
 	r.info.PID = cmd.Process.Pid
+	// Read now, before the supervisor can reap the leader and free its pid.
+	r.info.StartTicks = startTicks(r.info.PID)
 	r.info.StartedAt = time.Now()
 	r.lastOutput.Store(r.info.StartedAt.UnixNano())
 	r.log.Debug("run started", "pid", r.info.PID, "argc", len(argv), "pty", r.info.PTY, "detached", r.info.Detached)
@@ -804,6 +806,7 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 	info.Trailer = nil
 	r.info = info
 	r.trailer = t
+	r.orphan = t.Reason == ReasonAgentLost && info.PID > 0
 	return r, nil
 }
 

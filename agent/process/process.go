@@ -150,12 +150,16 @@ type Info struct {
 	SecretEnvKeys []string          `json:"secret_env_keys,omitempty"`
 	State         State             `json:"state"`
 	PID           int               `json:"pid"`
-	StartedAt     time.Time         `json:"started_at"`
-	Trailer       *Trailer          `json:"trailer,omitempty"`
-	Detached      bool              `json:"detached,omitempty"`
-	PTY           bool              `json:"pty,omitempty"`
-	Labels        map[string]string `json:"labels,omitempty"`
-	Limits        Limits            `json:"limits"`
+	// StartTicks is the leader's start time (clock ticks after boot, from
+	// /proc/PID/stat), which tells the run's process from a later one
+	// with the same pid; 0 when unknown.
+	StartTicks uint64            `json:"start_ticks,omitempty"`
+	StartedAt  time.Time         `json:"started_at"`
+	Trailer    *Trailer          `json:"trailer,omitempty"`
+	Detached   bool              `json:"detached,omitempty"`
+	PTY        bool              `json:"pty,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	Limits     Limits            `json:"limits"`
 	// StdoutBytes and StderrBytes count output so far.
 	StdoutBytes uint64 `json:"stdout_bytes"`
 	StderrBytes uint64 `json:"stderr_bytes"`

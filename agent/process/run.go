@@ -48,6 +48,11 @@ type Run struct {
 
 	own owner // back-pressure for the owning client
 
+	// orphan marks a run of an earlier agent that was lost in flight: its
+	// process group may still run (see orphan.go). Set before ready.
+	orphan     bool
+	orphanGone atomic.Bool
+
 	stdinMu sync.Mutex // serialises writes and close of stdin
 
 	lastOutput atomic.Int64 // unix nanoseconds of the latest output
@@ -96,6 +101,9 @@ func (r *Run) snapshot(withTrailer bool) Info {
 	}
 	in.AttachedClients = r.clients
 	r.mu.Unlock()
+	if in.Trailer != nil && r.orphan {
+		in.Trailer.Detail = r.orphanDetail(in.Trailer.Detail)
+	}
 	_, in.StdoutBytes = r.out[0].bounds()
 	_, in.StderrBytes = r.out[1].bounds()
 	return in
@@ -107,11 +115,15 @@ func (r *Run) Trailer() *Trailer {
 		return nil
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.trailer == nil {
+		r.mu.Unlock()
 		return nil
 	}
 	t := *r.trailer
+	r.mu.Unlock()
+	if r.orphan {
+		t.Detail = r.orphanDetail(t.Detail)
+	}
 	return &t
 }
 
@@ -210,8 +222,12 @@ func (r *Run) AddClient(exec bool) (release func()) {
 }
 
 // Signal delivers sig to the run's process group. SIGKILL marks the run
-// KILLED.
+// KILLED. A run an earlier agent lost in flight is signalled while its
+// process group still runs (see orphan.go); it stays AGENT_LOST.
 func (r *Run) Signal(sig syscall.Signal) error {
+	if r.cmd == nil && r.orphan {
+		return r.signalOrphan(sig)
+	}
 	if r.finished() || r.cmd == nil {
 		return fmt.Errorf("signal run %s: %w", r.info.ID, ErrRunFinished)
 	}

@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/dtmux/dtmux/internal/tmuxserver"
 	"github.com/dtmux/dtmux/internal/transport"
@@ -297,8 +299,27 @@ func TestCrashLeavesAgentLostAndShutdownKillsAttached(t *testing.T) {
 		out += string(ev.GetOutput().GetData())
 		tr = ev.GetTrailer()
 	}
-	if out != "before\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST {
+	if out != "before\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST || !strings.Contains(tr.GetDetail(), "still running") {
 		t.Errorf("after restart: %q %v", out, tr)
+	}
+	// Its process group outlived the agent: runs kill still reaches it.
+	if _, err := b.client.SignalRun(ctxT(t), &agentv1.SignalRunRequest{RunId: "lost-1", Signal: agentv1.Signal_SIGNAL_KILL}); err != nil {
+		t.Fatalf("kill an orphaned run: %v", err)
+	}
+	for i := 0; ; i++ {
+		r, err := b.client.GetRun(ctxT(t), &agentv1.GetRunRequest{RunId: "lost-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := r.GetRun().GetTrailer().GetDetail(); strings.Contains(d, "has ended since") {
+			break
+		} else if i == 1000 {
+			t.Fatalf("orphaned run after its kill: %q", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := b.client.SignalRun(ctxT(t), &agentv1.SignalRunRequest{RunId: "lost-1", Signal: agentv1.Signal_SIGNAL_KILL}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("kill an orphaned run whose group has ended: %v", err)
 	}
 
 	// SIGTERM: an attached run is killed and its stream ends with a trailer.

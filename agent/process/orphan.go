@@ -1,0 +1,141 @@
+package process
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Orphans. When an agent dies, the runs it had in flight are finished by
+// the next agent as AGENT_LOST: their output pipes went with the old agent,
+// so nothing they print from then on is kept, and no exit status will come.
+// But their process groups may live on (a detached run is meant to survive
+// its clients). Such a run stays FINISHED/AGENT_LOST, which is the truth
+// about what the agent knows of it, with a detail that says its group is
+// still running; SignalRun still reaches that group, so that `runs kill`
+// and a workspace stop can end it.
+//
+// A group is the run's when its leader is alive with the start time
+// recorded at spawn (/proc/PID/stat, immune to pid reuse), or, once the
+// leader is gone, when a member of the process group numbered like the
+// leader's pid carries the run's DTMUX_RUN_ID and DTMUX_WORKSPACE (a
+// process group's number is not reused while it has members).
+
+// procStat returns the process group, the state letter and the start time
+// (clock ticks after boot) of pid from /proc.
+func procStat(pid int) (pgrp int, state byte, start uint64, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	// The command name may hold spaces and parentheses: fields start
+	// after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22
+	// (starttime).
+	if len(f) < 20 || len(f[0]) != 1 {
+		return 0, 0, 0, errors.New("malformed stat")
+	}
+	if pgrp, err = strconv.Atoi(f[2]); err != nil {
+		return 0, 0, 0, err
+	}
+	if start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
+		return 0, 0, 0, err
+	}
+	return pgrp, f[0][0], start, nil
+}
+
+// startTicks returns the start time of pid, or 0 when it is unknown.
+func startTicks(pid int) uint64 {
+	_, _, start, err := procStat(pid)
+	if err != nil {
+		return 0
+	}
+	return start
+}
+
+// groupAlive reports whether the process group of run info is still
+// running (see above).
+func (m *Manager) groupAlive(info Info) bool {
+	pid := info.PID
+	if pid <= 0 {
+		return false
+	}
+	if _, state, start, err := procStat(pid); err == nil && info.StartTicks != 0 && start == info.StartTicks && state != 'Z' {
+		return true
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	wantID := []byte("DTMUX_RUN_ID=" + info.ID)
+	wantWS := []byte("DTMUX_WORKSPACE=" + m.cfg.Workspace)
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		pgrp, state, _, err := procStat(p)
+		if err != nil || pgrp != pid || state == 'Z' {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		var id, ws bool
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			id = id || bytes.Equal(kv, wantID)
+			ws = ws || bytes.Equal(kv, wantWS)
+		}
+		if id && ws {
+			return true
+		}
+	}
+	return false
+}
+
+// orphanAlive reports whether r is a run of an earlier agent whose process
+// group still runs. Once gone, a group stays gone.
+func (r *Run) orphanAlive() bool {
+	if !r.orphan || r.orphanGone.Load() {
+		return false
+	}
+	if r.m.groupAlive(r.info) {
+		return true
+	}
+	r.orphanGone.Store(true)
+	return false
+}
+
+// orphanDetail is the trailer detail of an orphan run now.
+func (r *Run) orphanDetail(detail string) string {
+	if r.orphanAlive() {
+		return fmt.Sprintf("%s; its process group is still running (pid %d) but its output since the agent restart is lost", detail, r.info.PID)
+	}
+	return fmt.Sprintf("%s; its process group ran on after the agent restart (pid %d) and has ended since", detail, r.info.PID)
+}
+
+// signalOrphan sends sig to the process group of an orphan run.
+func (r *Run) signalOrphan(sig syscall.Signal) error {
+	if !r.orphanAlive() {
+		return fmt.Errorf("signal run %s: %w", r.info.ID, ErrRunFinished)
+	}
+	if err := syscall.Kill(-r.info.PID, sig); err != nil {
+		if errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("signal run %s: %w", r.info.ID, ErrRunFinished)
+		}
+		return fmt.Errorf("signal run %s: %w", r.info.ID, err)
+	}
+	r.log.Info("signalled the process group of a run from before the agent restart", "pid", r.info.PID, "signal", sig.String())
+	return nil
+}
