@@ -643,7 +643,15 @@ func (m *Manager) List(labels map[string]string) []Info {
 // Close stops the manager: attached runs are killed (KILLED, "agent
 // shutting down") and waited for; detached runs keep running and will be
 // found as AGENT_LOST by the next agent. New starts fail with ErrClosed.
-func (m *Manager) Close() error {
+func (m *Manager) Close() error { return m.close(false) }
+
+// CloseAll stops the manager like Close, but ends every run: detached runs
+// are killed and waited for too ("agent stopped with every run"), and the
+// process groups that runs of an earlier agent left running (see
+// orphan.go) get SIGKILL. For a workspace that is stopped or deleted.
+func (m *Manager) CloseAll() error { return m.close(true) }
+
+func (m *Manager) close(all bool) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -662,15 +670,25 @@ func (m *Manager) Close() error {
 	// caller.
 	defer m.writer.close()
 
+	detail := "agent shutting down"
+	if all {
+		detail = "agent stopped with every run"
+	}
 	var waitFor []*Run
 	for _, r := range kill {
 		<-r.ready
-		if r.startErr != nil || (r.info.Detached && !r.finished()) {
+		if r.startErr != nil || (r.info.Detached && !r.finished() && !all) {
+			continue
+		}
+		if all && r.cmd == nil && r.orphan {
+			if err := r.signalOrphan(syscall.SIGKILL); err == nil {
+				m.log.Info("killed the process group an earlier agent left running", "run_id", r.info.ID, "pid", r.info.PID)
+			}
 			continue
 		}
 		// Finished runs may still be persisting their trailer: wait.
 		if !r.finished() {
-			r.Kill("agent shutting down")
+			r.Kill(detail)
 		}
 		waitFor = append(waitFor, r)
 	}

@@ -2,6 +2,10 @@
 // workspace: on a unix socket, on TCP (token, optional TLS), or on one
 // connection over stdin/stdout (--stdio, for ssh and daytona ssh hops: a
 // pump to a long-lived agent of the same state dir, see stdio.go).
+//
+// Signals: SIGTERM and SIGINT shut down (attached runs are killed,
+// detached runs keep going); SIGUSR1 shuts down killing every run, for a
+// workspace stop or delete; SIGHUP reloads the token file (tcp).
 package main
 
 import (
@@ -170,6 +174,11 @@ func run(args []string) error {
 	defer resetIgnoredSignals(log)()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGUSR1: shut down like SIGTERM, but kill detached runs too (and
+	// what runs of an earlier agent left running): for a workspace stop.
+	killAll := make(chan os.Signal, 1)
+	signal.Notify(killAll, syscall.SIGUSR1)
+	defer signal.Stop(killAll)
 
 	cfg := rpcserver.Config{Logger: log}
 	addr, err := transport.ParseAddress(f.listen)
@@ -236,14 +245,20 @@ func run(args []string) error {
 	log.Info("serving", "listen", lis.Addr().String(), "workspace", f.workspace, "state_dir", f.stateDir, "version", version.Version)
 
 	var serveErr error
+	closeRuns := runs.Close
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
+	case <-killAll:
+		// The workspace is being stopped or deleted: nothing it ran may
+		// outlive it.
+		log.Info("shutting down with every run (SIGUSR1)")
+		closeRuns = runs.CloseAll
 	case serveErr = <-served:
 	}
 	// Kill attached runs first so that their Exec streams end with a
-	// trailer; detached runs keep going.
-	if err := runs.Close(); err != nil {
+	// trailer; detached runs keep going, unless SIGUSR1 said otherwise.
+	if err := closeRuns(); err != nil {
 		log.Warn("stop runs", "error", err)
 	}
 	srv.GracefulStop(drainGrace)

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,4 +42,62 @@ func TestRunsDoNotInheritIgnoredSignals(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("agent did not exit after SIGTERM")
 	}
+}
+
+// TestSIGUSR1KillsEveryRun: SIGUSR1 (a workspace stop) shuts the agent
+// down with every run: detached runs are killed and recorded as such, and
+// a process group left running by a run of a crashed earlier agent ends
+// too. SIGTERM keeps detached runs (TestCrashLeavesAgentLost...).
+func TestSIGUSR1KillsEveryRun(t *testing.T) {
+	state := t.TempDir()
+	a := startAgent(t, state)
+	_, lost := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("sleep", "1000"), RunId: "orphan-1", Detach: true})
+	t.Cleanup(func() { syscall.Kill(int(lost.GetPid()), syscall.SIGKILL) })
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	<-a.exited
+
+	b := startAgent(t, state)
+	_, det := execStart(t, b.client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("sleep", "1001"), RunId: "det-1", Detach: true})
+	t.Cleanup(func() { syscall.Kill(int(det.GetPid()), syscall.SIGKILL) })
+	b.cmd.Process.Signal(syscall.SIGUSR1)
+	select {
+	case <-b.exited:
+		if b.waitErr != nil {
+			t.Errorf("agent exit after SIGUSR1: %v", b.waitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent did not exit after SIGUSR1")
+	}
+	for _, pid := range []int32{lost.GetPid(), det.GetPid()} {
+		// Reaped by now or about to be: the agent waited for det-1; the
+		// orphan's parent is init.
+		waitProcGone(t, int(pid))
+	}
+
+	c := startAgent(t, state)
+	for id, want := range map[string]string{"det-1": "agent stopped with every run", "orphan-1": "has ended since"} {
+		r, err := c.client.GetRun(ctxT(t), &agentv1.GetRunRequest{RunId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr := r.GetRun().GetTrailer(); !strings.Contains(tr.GetDetail(), want) {
+			t.Errorf("%s after SIGUSR1: %v, want a detail with %q", id, tr, want)
+		}
+	}
+}
+
+// waitProcGone waits until pid has exited (gone or a zombie).
+func waitProcGone(t *testing.T, pid int) {
+	t.Helper()
+	for range 1000 {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return
+		}
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 && len(b) > i+2 && b[i+2] == 'Z' {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("process %d still running", pid)
 }
