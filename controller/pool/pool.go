@@ -333,6 +333,11 @@ func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Cont
 // until a health check passes or fails. The failure's reason is in the
 // error.
 func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
+	// A connection being opened counts as in use: a dial (an ssh hop that
+	// bootstraps the agent) can take longer than a short idle timeout,
+	// and the caller's call follows right after.
+	e.active.Add(1)
+	defer func() { e.touch(); e.active.Add(-1) }()
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	defer cancel()
 	settle(ctx, e.cc)
