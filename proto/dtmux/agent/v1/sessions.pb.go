@@ -80,8 +80,8 @@ type PaneTarget struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Session name: letters, digits, '-' and '_', at most 64 bytes.
 	Session string `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	// Window name or index within the session. Empty means the session's
-	// first window.
+	// Window name or index within the session, or a pane id such as "%3".
+	// Empty means the session's first window.
 	Window        string `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
