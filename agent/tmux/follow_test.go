@@ -92,38 +92,115 @@ func TestFollowSnapshotNoGapNoDup(t *testing.T) {
 }
 
 // A follower that never reads does not make the agent hold more than the
-// per-pane bound; it gets an eviction gap and continues.
+// per-pane bound; it gets an eviction gap and continues. The run's own
+// output is complete all the same (it is read from the run's log).
+//
+// The command stays alive until its pane's buffer has received all of
+// its output: tmux 3.3a drops the %output it still has queued for a pane
+// that dies, so under load a command that exits at once can leave the
+// buffer with less than the bound, and nothing to evict.
 func TestSlowFollowerBoundedMemory(t *testing.T) {
 	const bound = 64 << 10
-	m := newManager(t, func(c *Config) { c.BufferBytes = bound })
+	const total = 3000000
+	m := newManager(t, func(c *Config) {
+		c.BufferBytes = bound
+		c.PauseAfter = 10 * time.Minute // no flow-control pause: this test is about eviction
+	})
 	mustCreate(t, m, "slow", "sleep", "600")
 	f, err := m.Follow(ctx(t), Target{Session: "slow"}, false, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := f.Cursor.Offset
-	o, _, err := runIn(t, m, RunSpec{Session: "slow", Command: Command{Argv: []string{"sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"}}})
-	if err != nil {
-		t.Fatal(err)
+	first := f.Buffer.NewCursor(f.Cursor.Offset)
+	started := make(chan RunStarted, 1)
+	type result struct {
+		n   int
+		err error
 	}
-	if o.data.Len() != 3000000 {
-		t.Errorf("run output %d bytes", o.data.Len())
+	done := make(chan result, 1)
+	rctx := ctx(t)
+	go func() {
+		var data int
+		_, err := m.RunInSession(rctx, RunSpec{Session: "slow", Command: Command{Argv: []string{"sh", "-c",
+			"stty -echo; head -c 3000000 /dev/zero | tr '\\0' x; read x"}}},
+			func(s RunStarted) error { started <- s; return nil },
+			func(off uint64, d []byte) error {
+				if off != uint64(data) {
+					return fmt.Errorf("output at offset %d, have %d bytes", off, data)
+				}
+				data += len(d)
+				return nil
+			})
+		done <- result{data, err}
+	}()
+	var s RunStarted
+	select {
+	case s = <-started:
+	case r := <-done:
+		t.Fatalf("run ended before it started: %v", r.err)
 	}
-	// The follower of the first window saw nothing; follow the run's
-	// pane: its buffer stayed bounded.
-	b := m.mustClient(t, "slow").Buffer(o.started.Pane)
+	b := m.mustClient(t, "slow").Buffer(s.Pane)
+	waitEnd(t, b, total)
 	if n := b.Buffered(); n > bound+bound/4 {
 		t.Errorf("buffered %d bytes, bound %d", n, bound)
 	}
 	c := b.NewCursor(0)
 	ch := b.Next(c, 1<<20)
 	if ch.Gap == nil || ch.Gap.Reason != GapEvicted || ch.Gap.Bytes == 0 {
-		t.Fatalf("slow reader: %+v", ch)
+		t.Fatalf("slow reader: %s", chunkSummary(ch))
 	}
 	if ch := b.Next(c, 1<<20); len(ch.Data) == 0 {
-		t.Fatalf("after the gap: %+v", ch)
+		t.Fatalf("after the gap: %s", chunkSummary(ch))
 	}
-	_ = start
+	// The follower of the first window saw nothing of the run.
+	if ch := f.Buffer.Next(first, 1<<20); ch.Data != nil || ch.Gap != nil {
+		t.Errorf("first window: %s", chunkSummary(ch))
+	}
+	if _, err := m.run(ctx(t), nil, "send-keys", "-t", s.Pane, "Enter"); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.n != total {
+		t.Errorf("run output %d bytes, %v; want %d", r.n, r.err, total)
+	}
+}
+
+// waitEnd waits until b has received at least n bytes.
+func waitEnd(t testing.TB, b *Buffer, n uint64) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		b.mu.Lock()
+		end, closed, changed := b.start+uint64(len(b.data)), b.closed, b.notify
+		b.mu.Unlock()
+		if end >= n {
+			return
+		}
+		if closed {
+			t.Fatalf("pane closed after %d of %d bytes", end, n)
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("buffer received %d of %d bytes", end, n)
+		}
+	}
+}
+
+// chunkSummary describes a Chunk without its data, which can be
+// megabytes.
+func chunkSummary(ch Chunk) string {
+	s := fmt.Sprintf("offset %d, %d data bytes", ch.Offset, len(ch.Data))
+	if ch.Gap != nil {
+		s += fmt.Sprintf(", gap %+v", *ch.Gap)
+	}
+	if ch.Exit != nil {
+		s += fmt.Sprintf(", exit %+v", *ch.Exit)
+	}
+	if ch.Closed {
+		s += ", closed"
+	}
+	return s
 }
 
 func (m *Manager) mustClient(t testing.TB, s string) *Client {
@@ -174,11 +251,24 @@ func TestPauseGivesGap(t *testing.T) {
 	}
 }
 
-// tmux 3.3a drops a pane's last output at exit (#4807): a follower that
-// reads up to the exit and then the Tail has every byte, in order.
-// Without the pane log, runs of this test came up short.
+// tmux 3.3a drops the %output it still has queued for a pane that dies
+// (TMUX.md §6): a follower that reads up to the exit and then the Tail
+// has every byte, in order. The drop happens when the reader is behind at
+// the exit: often under load, rarely without (so the Tail is not always
+// exercised; making the drop certain with refresh-client -A %N:off
+// crashed the 3.3a server in one run of ten).
+//
+// The pane exits only once its log holds all of its output: tmux 3.3a
+// can also destroy a pane before reading the last bytes the kernel holds
+// for it (it asks FIONREAD, which does not count bytes not yet pushed to
+// the line discipline), and those are in neither %output nor the log, so
+// no follower can have them (seen under load: 6768 bytes short, log and
+// stream alike).
 func TestFollowTailAtExit(t *testing.T) {
-	m := newManager(t, func(c *Config) { c.BufferBytes = 64 << 20 })
+	m := newManager(t, func(c *Config) {
+		c.BufferBytes = 64 << 20
+		c.PauseAfter = 10 * time.Minute // a pause would be a gap
+	})
 	dir := t.TempDir()
 	var data bytes.Buffer
 	for i := range 100000 {
@@ -188,16 +278,41 @@ func TestFollowTailAtExit(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "data"), data.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// stty raw after the read: the file arrives byte for byte.
-	mustCreate(t, m, "tail", "sh", "-c", "read x; stty raw -echo; cat "+filepath.Join(dir, "data")+"; exit 4")
+	// stty raw after the read: the file arrives byte for byte; then one
+	// more key lets the pane exit.
+	mustCreate(t, m, "tail", "sh", "-c", "read x; stty raw -echo; cat "+filepath.Join(dir, "data")+"; head -c 1 >/dev/null; exit 4")
 	f, err := m.Follow(ctx(t), Target{Session: "tail"}, false, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.c.bmu.Lock()
+	l := f.c.logs[f.Pane]
+	f.c.bmu.Unlock()
+	if l == nil {
+		t.Fatal("no pane log")
+	}
 	if err := m.SendInput(ctx(t), Target{Session: "tail"}, Input{Enter: true}); err != nil {
 		t.Fatal(err)
 	}
+	// The log holds the echo of the Enter that read consumed, then the file.
+	want := int64(2 + data.Len())
+	for wait := time.Now().Add(60 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var size int64 // the pipe's shell creates the log
+		if st, err := os.Stat(l.path); err == nil {
+			size = st.Size()
+		}
+		if size >= want {
+			break
+		}
+		if time.Now().After(wait) {
+			t.Fatalf("pane log has %d of %d bytes", size, want)
+		}
+	}
+	if _, err := m.run(ctx(t), nil, "send-keys", "-t", f.Pane, "x"); err != nil {
+		t.Fatal(err)
+	}
 	var got bytes.Buffer
+	var tail []byte
 	deadline := time.After(60 * time.Second)
 	for {
 		ch := f.Buffer.Next(f.Cursor, 1<<20)
@@ -212,7 +327,8 @@ func TestFollowTailAtExit(t *testing.T) {
 			if ch.Exit.Code != 4 {
 				t.Errorf("exit %+v", *ch.Exit)
 			}
-			got.Write(f.Tail(ctx(t)))
+			tail = f.Tail(ctx(t))
+			got.Write(tail)
 			break
 		}
 		if ch.Closed {
@@ -224,17 +340,21 @@ func TestFollowTailAtExit(t *testing.T) {
 			t.Fatalf("no exit; got %d bytes", got.Len())
 		}
 	}
-	// Before the file: the echo of the Enter that read consumed.
 	out := bytes.TrimPrefix(got.Bytes(), []byte("\r\n"))
 	if !bytes.Equal(out, data.Bytes()) {
-		t.Fatalf("got %d bytes ending %q, want %d ending %q", len(out), out[max(0, len(out)-40):], data.Len(), data.Bytes()[data.Len()-40:])
+		t.Fatalf("got %d bytes (%d from the tail) ending %q, want %d ending %q", len(out), len(tail),
+			out[max(0, len(out)-40):], data.Len(), data.Bytes()[data.Len()-40:])
 	}
+	t.Logf("%d bytes, %d of them from the log", len(out), len(tail))
 }
 
 // A followed pane's log does not keep what the buffer has evicted: its
 // head is punched out, so a long, chatty pane does not fill the disk.
 func TestFollowLogHeadFreed(t *testing.T) {
-	m := newManager(t, func(c *Config) { c.BufferBytes = 64 << 10 })
+	m := newManager(t, func(c *Config) {
+		c.BufferBytes = 64 << 10
+		c.PauseAfter = 10 * time.Minute // a pause would discard DONE
+	})
 	mustCreate(t, m, "chatty", "sh", "-c", "read x; head -c 12000000 /dev/zero | tr '\\0' 'z'; echo; echo DONE; exec sleep 600")
 	f, err := m.Follow(ctx(t), Target{Session: "chatty"}, false, 0)
 	if err != nil {
@@ -265,9 +385,16 @@ func TestFollowLogHeadFreed(t *testing.T) {
 	if len(logs) != 1 {
 		t.Fatalf("pane logs %v, want one", logs)
 	}
+	// The log is written by the pipe's cat, which may still be behind
+	// the %output that brought DONE.
 	var st syscall.Stat_t
-	if err := syscall.Stat(logs[0], &st); err != nil {
-		t.Fatal(err)
+	for wait := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if err := syscall.Stat(logs[0], &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Size >= 12000000 || time.Now().After(wait) {
+			break
+		}
 	}
 	if used := st.Blocks * 512; st.Size < 12000000 || used > st.Size/2 {
 		t.Errorf("log size %d, %d bytes on disk: its head was not freed", st.Size, used)
