@@ -17,7 +17,10 @@ import (
 // drops the last output of a pane that exits (#4807: the pty is not
 // drained, and %output queued for a dead pane is discarded), so a Follow
 // that reports an exit first takes the tail %output lost from the log.
-// An active pipe also makes tmux drain the pty before the pane dies.
+// An active pipe also makes tmux drain the pty before the pane dies, as
+// far as FIONREAD tells: bytes the kernel has not yet pushed to the line
+// discipline when tmux reaps the command (seen under heavy load) are
+// read by nobody, and are missing from the log as from %output.
 type paneLog struct {
 	path, pidFile string
 	// base is the Buffer offset of the log's first byte: the pipe was
@@ -31,6 +34,12 @@ type paneLog struct {
 	// Buffer's start nobody reads it again).
 	punched uint64
 }
+
+// logSettleTimeout bounds the wait for a pipe's cat to write what tmux
+// gave it once the pane is dead. It is normally a few milliseconds; the
+// bound is generous because giving up early loses the tail, and a
+// loaded machine can keep cat off the CPU for seconds.
+const logSettleTimeout = 10 * time.Second
 
 // punchEvery is how much evicted output a log keeps on disk before its
 // head is freed.
@@ -137,7 +146,7 @@ func (f *Follow) Tail(ctx context.Context) []byte {
 	}
 	// The pane is dead, so tmux drained its pty into the pipe; wait until
 	// cat has written it all.
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(logSettleTimeout)
 	for settled := 0; settled < 2 && time.Now().Before(deadline) && ctx.Err() == nil; {
 		if pipeDrained(l.pidFile) {
 			settled++

@@ -286,7 +286,7 @@ func (r *run) wait(ctx context.Context) (RunResult, error) {
 // drained its pty into the pipe; the log is complete once the pipe is
 // empty and cat has written all it read.
 func (r *run) drainLog(ctx context.Context) error {
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(logSettleTimeout)
 	settled := 0
 	for settled < 2 && time.Now().Before(deadline) && ctx.Err() == nil {
 		if r.pipeDrained() {
@@ -369,10 +369,11 @@ func (r *run) cleanup() {
 	}
 	if r.pane != "" && !r.ended {
 		// The command outlives this call: stop copying its output into a
-		// log nobody will read (pipe-pane with no command closes the
-		// pipe of a live pane).
+		// log nobody will read, but keep a pipe so that tmux still reads
+		// its last output at exit (drain.go); the new pipe replaces the
+		// log's.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, _ = r.c.Command(ctx, line("pipe-pane", "-t", quoteWord(r.pane)))
+		_, _ = r.c.Command(ctx, drainLine(r.pane))
 		cancel()
 	}
 	if r.pane != "" && r.spec.CloseWindow && r.ended {
