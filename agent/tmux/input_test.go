@@ -83,6 +83,7 @@ func TestSendKeys(t *testing.T) {
 	m := newManager(t)
 	dir := t.TempDir()
 	mustCreate(t, m, "keys", "/bin/sh", "-c", "stty raw -echo; exec cat > "+dir+"/out")
+	waitCommand(t, m, "keys", "cat") // keys typed before stty raw are cooked
 	tg := Target{Session: "keys"}
 	err := m.SendInput(ctx(t), tg, Input{Text: []byte("never"), Keys: []string{"Enter", "NotAKey", "Entr"}})
 	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), `"NotAKey"`) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCreateListKill(t *testing.T) {
@@ -82,6 +83,9 @@ func TestSendInputLiteral(t *testing.T) {
 	m := newManager(t)
 	dir := t.TempDir()
 	mustCreate(t, m, "in", "/bin/sh", "-c", "stty raw -echo; exec cat > "+dir+"/out")
+	// The command starts after CreateSession returns: input typed before
+	// stty raw is cooked (lines over 4095 bytes cut, C-d an EOF).
+	waitCommand(t, m, "in", "cat")
 	texts := []string{
 		"a;b 'q' \"dq\" $HOME ~ #c {x} \\ é☃\t\x1b[A;",
 		"$(echo INJECT) `echo TICK` ; display -p X ;",
@@ -127,5 +131,23 @@ func TestGlobalWindowSizeManualCrashes(t *testing.T) {
 		"set-option", "-g", "window-size", "manual", ";", "new-window", "-d")
 	if err == nil {
 		t.Fatalf("tmux %s survived a global window-size manual; the config workaround may be dropped", m.version.Raw)
+	}
+}
+
+// waitCommand waits until the first pane of session runs command.
+func waitCommand(t *testing.T, m *Manager, session, command string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		s, err := m.Session(ctx(t), session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := s.Windows[0].Panes[0]; p.CurrentCommand == command {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("session %s runs %q, want %q", session, p.CurrentCommand, command)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
