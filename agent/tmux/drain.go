@@ -14,33 +14,36 @@ import (
 // screen under load: nothing in captures, nothing for followers.
 const drainPipe = "exec cat >/dev/null"
 
-// drain gives pane a pipe so that tmux reads all of its output before it
-// marks it dead, unless the pane already has one: a Follow's log, a
-// session run's log, or a pipe of the user's own, which is left alone.
-// Callers start the pane's real command after it.
-func (c *Client) drain(ctx context.Context, pane string) error {
+func drainLine(pane string) string {
+	return line("pipe-pane", "-O", "-t", quoteWord(pane), quoteWord(drainPipe))
+}
+
+// respawn sends respawn, a respawn-pane line for pane, and gives the pane
+// the drain pipe unless it has a pipe already: a Follow's log, a session
+// run's, or a pipe of the user's own, which is left alone. The pipe is
+// opened on the same control line, right after the respawn: tmux runs a
+// line's commands before it handles any event, so the new command cannot
+// be reaped before its pipe is open, and pipe-pane refuses a dead pane, as
+// the pane may be before the respawn.
+func (c *Client) respawn(ctx context.Context, pane, respawn string) error {
 	c.logMu.Lock() // ensureLog opens pipes too
 	defer c.logMu.Unlock()
 	c.bmu.Lock()
 	_, logged := c.logs[pane]
 	owned := c.runPanes[pane]
 	c.bmu.Unlock()
-	if logged || owned {
-		return nil
+	piped := logged || owned
+	if !piped {
+		blocks, err := c.Command(ctx, line("display-message", "-p", "-t", quoteWord(pane), quoteWord("#{pane_pipe}")))
+		if err != nil {
+			return fmt.Errorf("pane %s: %w", pane, err)
+		}
+		piped = len(blocks[0].Body) == 1 && string(blocks[0].Body[0]) == "1"
 	}
-	blocks, err := c.Command(ctx, line("display-message", "-p", "-t", quoteWord(pane), quoteWord("#{pane_pipe}")))
-	if err != nil {
-		return fmt.Errorf("pane %s: %w", pane, err)
+	if piped {
+		_, err := c.Command(ctx, respawn)
+		return err
 	}
-	if len(blocks[0].Body) == 1 && string(blocks[0].Body[0]) == "1" {
-		return nil
-	}
-	if _, err := c.Command(ctx, drainLine(pane)); err != nil {
-		return fmt.Errorf("pipe pane %s: %w", pane, err)
-	}
-	return nil
-}
-
-func drainLine(pane string) string {
-	return line("pipe-pane", "-O", "-t", quoteWord(pane), quoteWord(drainPipe))
+	_, err := c.CommandN(ctx, respawn+" ; "+drainLine(pane), 2, nil)
+	return err
 }

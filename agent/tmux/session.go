@@ -181,10 +181,7 @@ func (m *Manager) CreateSession(ctx context.Context, spec SessionSpec) (Session,
 		c, err = m.client(ctx, name)
 	}
 	if err == nil {
-		err = c.drain(ctx, pane)
-	}
-	if err == nil {
-		_, err = c.Command(ctx, respawnLine(pane, spec.Command, m.cwd(spec.Command), argv))
+		err = c.respawn(ctx, pane, respawnLine(pane, spec.Command, m.cwd(spec.Command), argv))
 	}
 	if err != nil {
 		_, _ = m.run(context.Background(), nil, "kill-session", "-t", "="+name)
