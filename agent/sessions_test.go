@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"github.com/dtmux/dtmux/agent/tmux"
 	"github.com/dtmux/dtmux/internal/errinfo"
 	"github.com/dtmux/dtmux/internal/rpcserver"
+	"github.com/dtmux/dtmux/internal/testbin"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -29,9 +29,7 @@ import (
 // over bufconn; the server is killed when the test ends.
 func newSessionAgent(t *testing.T, bin string) agentv1.AgentServiceClient {
 	t.Helper()
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skipf("tmux not installed: %v", err)
-	}
+	testbin.RequireTool(t, "tmux")
 	dir, err := os.MkdirTemp("", "dt")
 	if err != nil {
 		t.Fatal(err)

@@ -673,9 +673,7 @@ func TestCLIServices(t *testing.T) {
 // tmux server on a private socket runs it in a pane, types into it, reads
 // the screen, and detaches with tmux's own key.
 func TestCLIAttach(t *testing.T) {
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skip("tmux not installed")
-	}
+	testbin.RequireTool(t, "tmux")
 	c := StartController(t, ControllerOptions{})
 	c.CreateWorkspace(t, "w1", nil)
 	mustCLI(t, c, "session", "new", "w1", "dbg", "--", "sh")
@@ -857,9 +855,7 @@ func TestCLILostConnection(t *testing.T) {
 // what was lost, exits 255, and leaves the terminal as it found it — not
 // in the inner tmux's alternate screen.
 func TestCLIAttachAgentLost(t *testing.T) {
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skip("tmux not installed")
-	}
+	testbin.RequireTool(t, "tmux")
 	c := StartController(t, ControllerOptions{})
 	c.CreateWorkspace(t, "w1", nil)
 	mustCLI(t, c, "session", "new", "w1", "dbg", "--", "sh")

@@ -171,10 +171,7 @@ func startDaytona(t *testing.T, o daytonaOptions) *daytonaEnv {
 		// auth; the test's sshd wants the test's key. The user's ssh
 		// config is where such things go, so a PATH entry stands in for
 		// it: an ssh that reads the test's client config.
-		real, err := exec.LookPath("ssh")
-		if err != nil {
-			t.Skip("ssh not installed")
-		}
+		real := testbin.RequireTool(t, "ssh")
 		wrap := filepath.Join(dir, "bin")
 		if err := os.MkdirAll(wrap, 0o700); err != nil {
 			t.Fatal(err)

@@ -4,18 +4,17 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/internal/testbin"
 )
 
 func needTmux(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath("tmux"); err != nil {
-		t.Skipf("tmux not installed: %v", err)
-	}
+	testbin.RequireTool(t, "tmux")
 }
 
 // newManager starts a manager on a fresh private server; the server is

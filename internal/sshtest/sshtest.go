@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dtmux/dtmux/internal/testbin"
 )
 
 // SSHD is where the OpenSSH server is expected.
@@ -56,14 +58,9 @@ type Options struct {
 // Start starts a server or skips the test when sshd is not installed.
 func Start(t testing.TB, o Options) *Server {
 	t.Helper()
-	if _, err := os.Stat(SSHD); err != nil {
-		t.Skipf("sshtest: %s not installed", SSHD)
-	}
-	for _, tool := range []string{"ssh", "ssh-keygen"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("sshtest: %s not installed", tool)
-		}
-	}
+	testbin.RequireTool(t, "sshd", SSHD)
+	testbin.RequireTool(t, "ssh")
+	testbin.RequireTool(t, "ssh-keygen")
 	// sshd's compiled-in privilege separation dir; the package's service
 	// unit normally makes it.
 	if _, err := os.Stat("/run/sshd"); err != nil && os.Geteuid() == 0 {
