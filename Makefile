@@ -50,7 +50,7 @@ build: ## the three binaries, plus cross-built agents for bootstrap, into bin/
 	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/dtmux-agent-linux-arm64 ./agent/cmd/dtmux-agent
 
 test: ## unit and end-to-end tests with the race detector
-	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 fuzz: ## a short run of every fuzz target
 	@set -e; for pkg in $$($(GO) list ./...); do \
