@@ -21,16 +21,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"github.com/dtmux/dtmux/agent"
 	"github.com/dtmux/dtmux/agent/cgroup"
 	"github.com/dtmux/dtmux/agent/process"
 	"github.com/dtmux/dtmux/agent/tmux"
-	"github.com/dtmux/dtmux/internal/auth"
 	"github.com/dtmux/dtmux/internal/logging"
 	"github.com/dtmux/dtmux/internal/rpcserver"
-	"github.com/dtmux/dtmux/internal/tlsconfig"
 	"github.com/dtmux/dtmux/internal/transport"
 	"github.com/dtmux/dtmux/internal/version"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
@@ -185,7 +181,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := tcpSecurity(ctx, log, addr, f, &cfg); err != nil {
+	if err := cfg.Secure(ctx, log, addr, rpcserver.Security{
+		TokenFile: f.tokenFile, TLSCert: f.tlsCert, TLSKey: f.tlsKey, TLSClientCA: f.tlsClientCA,
+		InsecureAllowPlaintext: f.insecure,
+	}); err != nil {
 		return err
 	}
 	lis, err := transport.Listen(addr)
@@ -267,33 +266,6 @@ func run(args []string) error {
 	}
 	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
-	}
-	return nil
-}
-
-// tcpSecurity fills cfg for addr: unix sockets check the peer uid; tcp
-// needs a token and, off loopback, TLS unless plaintext is forced.
-func tcpSecurity(ctx context.Context, log hclog.Logger, addr transport.Address, f *flags, cfg *rpcserver.Config) error {
-	if addr.Network == "unix" {
-		cfg.Unix = true
-		return nil
-	}
-	if f.tokenFile == "" {
-		return errors.New("--listen tcp:// needs --token-file")
-	}
-	tok, err := auth.LoadTokenFile(f.tokenFile)
-	if err != nil {
-		return err
-	}
-	cfg.Token = tok
-	auth.ReloadOnSIGHUP(ctx, log, tok)
-	tlsCfg, err := tlsconfig.Server(tlsconfig.ServerOptions{CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA, Logger: log.Named("tls")})
-	if err != nil {
-		return err
-	}
-	cfg.TLS = tlsCfg
-	if tlsCfg == nil && !addr.IsLoopback() && !f.insecure {
-		return fmt.Errorf("refusing to serve %s without TLS on a non-loopback address (give --tls-cert/--tls-key, or --insecure-allow-plaintext)", addr)
 	}
 	return nil
 }

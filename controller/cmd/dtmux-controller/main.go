@@ -179,7 +179,10 @@ func run(args []string) error {
 		return err
 	}
 	cfg := rpcserver.Config{Logger: log}
-	if err := serverSecurity(ctx, log, addr, f, &cfg); err != nil {
+	if err := cfg.Secure(ctx, log, addr, rpcserver.Security{
+		TokenFile: f.tokenFile, TLSCert: f.tlsCert, TLSKey: f.tlsKey, TLSClientCA: f.tlsClientCA,
+		InsecureAllowPlaintext: f.insecure,
+	}); err != nil {
 		return err
 	}
 
@@ -315,31 +318,4 @@ func agentBinary(flagValue string) (string, error) {
 		return p, nil
 	}
 	return "", errors.New("dtmux-agent not found next to dtmux-controller or on PATH; give --agent-binary")
-}
-
-// serverSecurity fills cfg for addr: unix sockets check the peer uid; tcp
-// needs a token and, off loopback, TLS unless plaintext is forced.
-func serverSecurity(ctx context.Context, log hclog.Logger, addr transport.Address, f *flags, cfg *rpcserver.Config) error {
-	if addr.Network == "unix" {
-		cfg.Unix = true
-		return nil
-	}
-	if f.tokenFile == "" {
-		return errors.New("--listen tcp:// needs --token-file")
-	}
-	tok, err := auth.LoadTokenFile(f.tokenFile)
-	if err != nil {
-		return err
-	}
-	cfg.Token = tok
-	auth.ReloadOnSIGHUP(ctx, log, tok)
-	tlsCfg, err := tlsconfig.Server(tlsconfig.ServerOptions{CertFile: f.tlsCert, KeyFile: f.tlsKey, ClientCAFile: f.tlsClientCA, Logger: log.Named("tls")})
-	if err != nil {
-		return err
-	}
-	cfg.TLS = tlsCfg
-	if tlsCfg == nil && !addr.IsLoopback() && !f.insecure {
-		return fmt.Errorf("refusing to serve %s without TLS on a non-loopback address (give --tls-cert/--tls-key, or --insecure-allow-plaintext)", addr)
-	}
-	return nil
 }
