@@ -16,10 +16,8 @@
 package execbench
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -155,7 +153,7 @@ func BenchmarkExec(b *testing.B) {
 	})
 	b.Run("1GiB-local-pipe", func(b *testing.B) {
 		for range b.N {
-			r.tputLocal = pipeThroughput(b, exec.Command("head", "-c", "1G", "/dev/zero"))
+			r.tputLocal = benchenv.PipeThroughput(b, exec.Command("head", "-c", "1G", "/dev/zero"), gib)
 		}
 		b.ReportMetric(r.tputLocal/1e9, "GB/s")
 	})
@@ -169,16 +167,7 @@ func sample(b *testing.B, n int, f func()) latencies { return sampleN(b, n, warm
 
 func sampleN(b *testing.B, n, warm int, f func()) latencies {
 	b.Helper()
-	for range warm {
-		f()
-	}
-	out := make(latencies, 0, n)
-	for range n {
-		start := time.Now()
-		f()
-		out = append(out, time.Since(start))
-	}
-	return out
+	return benchenv.Sample(n, warm, f)
 }
 
 // firstByte runs `date +%s%N`, which prints the wall clock just before it
@@ -311,36 +300,6 @@ func defaultSpool(ctx context.Context, b *testing.B, ag agentv1.AgentServiceClie
 	return float64(r.nOut) / gib
 }
 
-// pipeThroughput reads cmd's stdout to EOF and returns bytes per second
-// from the first byte on (so an ssh handshake is not counted).
-func pipeThroughput(b *testing.B, cmd *exec.Cmd) float64 {
-	b.Helper()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	br := bufio.NewReaderSize(out, 256<<10)
-	if _, err := br.Peek(1); err != nil {
-		cmd.Wait()
-		b.Fatalf("%v: no output: %v\n%s", cmd.Args, err, stderr.String())
-	}
-	start := time.Now()
-	n, err := io.Copy(io.Discard, br)
-	d := time.Since(start)
-	if werr := cmd.Wait(); err != nil || werr != nil {
-		b.Fatalf("%v: %v %v\n%s", cmd.Args, err, werr, stderr.String())
-	}
-	if n != gib {
-		b.Fatalf("%v: %d bytes, want %d", cmd.Args, n, gib)
-	}
-	return gib / d.Seconds()
-}
-
 // sshBaselines measures ssh against a private sshd on loopback, or notes
 // why not.
 func sshBaselines(b *testing.B, r *results) {
@@ -377,7 +336,7 @@ func sshBaselines(b *testing.B, r *results) {
 		s := sshtest.Start(b, sshtest.Options{})
 		args := append(s.Args(), "-o", "ControlMaster=no", "-o", "ControlPath=none", s.Destination(), "head", "-c", "1G", "/dev/zero")
 		for range b.N {
-			r.tputSSH = pipeThroughput(b, exec.Command("ssh", args...))
+			r.tputSSH = benchenv.PipeThroughput(b, exec.Command("ssh", args...), gib)
 		}
 		b.ReportMetric(r.tputSSH/1e9, "GB/s")
 	})

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,15 +15,19 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/dtmux/dtmux/agent/daemon"
+	"github.com/dtmux/dtmux/internal/benchenv"
 	"github.com/dtmux/dtmux/internal/sshtest"
 	"github.com/dtmux/dtmux/internal/testbin"
 	"github.com/dtmux/dtmux/internal/tmuxserver"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
+
+// latencies and ms come from the shared harness in internal/benchenv.
+type latencies = benchenv.Latencies
+
+var ms = benchenv.MS
 
 // binDir is where the real binaries are: $DTMUX_BIN (as `make bench` sets
 // it; a relative path is taken from the module root), else built once for
@@ -112,7 +115,7 @@ func startRemote(b *testing.B) *remote {
 	}
 	b.Cleanup(func() { cc.Close() })
 	r.conn = cc
-	if err := waitServing(cc, exited); err != nil {
+	if err := benchenv.WaitServing(cc, exited); err != nil {
 		b.Fatalf("controller: %v\n%s", err, r.readLog())
 	}
 	return r
@@ -125,41 +128,7 @@ func (r *remote) readLog() string {
 
 // agent is an AgentService client routed by the controller to web1.
 func (r *remote) agent() agentv1.AgentServiceClient {
-	return agentv1.NewAgentServiceClient(routed{r.conn, wsName})
-}
-
-func waitServing(cc *grpc.ClientConn, exited chan struct{}) error {
-	hc := healthpb.NewHealthClient(cc)
-	var last error
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		select {
-		case <-exited:
-			return fmt.Errorf("exited")
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return nil
-		}
-		last = err
-	}
-	return fmt.Errorf("not serving: %v", last)
-}
-
-// routed adds the controller's routing metadata to every call.
-type routed struct {
-	cc *grpc.ClientConn
-	ws string
-}
-
-func (r routed) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	return r.cc.Invoke(metadata.AppendToOutgoingContext(ctx, "dtmux-workspace", r.ws), method, args, reply, opts...)
-}
-
-func (r routed) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	return r.cc.NewStream(metadata.AppendToOutgoingContext(ctx, "dtmux-workspace", r.ws), desc, method, opts...)
+	return agentv1.NewAgentServiceClient(benchenv.Routed{CC: r.conn, WS: wsName})
 }
 
 // execRun runs argv with stdin at EOF and a spool of maxOutput bytes (0:
@@ -197,42 +166,4 @@ func execRun(ctx context.Context, b testing.TB, c agentv1.AgentServiceClient, ma
 			return nOut, e.Trailer
 		}
 	}
-}
-
-// latencies is a sample of durations.
-type latencies []time.Duration
-
-func (l latencies) pct(p int) time.Duration {
-	if len(l) == 0 {
-		return 0
-	}
-	s := append(latencies(nil), l...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := (len(s)*p + 99) / 100 // nearest rank
-	return s[min(max(i-1, 0), len(s)-1)]
-}
-
-func (l latencies) p50() time.Duration { return l.pct(50) }
-func (l latencies) p99() time.Duration { return l.pct(99) }
-
-func (l latencies) report(b *testing.B) {
-	b.ReportMetric(ms(l.p50()), "p50-ms")
-	b.ReportMetric(ms(l.p99()), "p99-ms")
-	b.ReportMetric(float64(len(l)), "samples")
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// sample times f n times after warm calls.
-func sample(n, warm int, f func()) latencies {
-	for range warm {
-		f()
-	}
-	out := make(latencies, 0, n)
-	for range n {
-		start := time.Now()
-		f()
-		out = append(out, time.Since(start))
-	}
-	return out
 }

@@ -12,10 +12,8 @@
 package remotebench
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dtmux/dtmux/internal/benchenv"
 	"github.com/dtmux/dtmux/internal/sshtest"
 	"github.com/dtmux/dtmux/internal/testbin"
 )
@@ -63,24 +62,24 @@ func BenchmarkRemote(b *testing.B) {
 
 	b.Run("exec-true-via-controller-over-ssh-hop", func(b *testing.B) {
 		for range b.N {
-			res.execHop = sample(apiIters, 10, func() { execRun(ctx, b, ag, 0, "true") })
+			res.execHop = benchenv.Sample(apiIters, 10, func() { execRun(ctx, b, ag, 0, "true") })
 		}
-		res.execHop.report(b)
+		res.execHop.Report(b)
 	})
 	b.Run("ssh-true-new-connection", func(b *testing.B) {
 		args := append(r.srv.Args(), "-o", "ControlMaster=no", "-o", "ControlPath=none", r.srv.Destination(), "true")
 		for range b.N {
-			res.sshNew = sample(newIters, 2, func() { runSSH(b, args) })
+			res.sshNew = benchenv.Sample(newIters, 2, func() { runSSH(b, args) })
 		}
-		res.sshNew.report(b)
+		res.sshNew.Report(b)
 	})
 	b.Run("ssh-true-controlmaster", func(b *testing.B) {
 		cp := startMaster(b, r.srv)
 		args := append(r.srv.Args(), "-o", "ControlMaster=no", "-o", "ControlPath="+cp, r.srv.Destination(), "true")
 		for range b.N {
-			res.sshMaster = sample(masterIters, 3, func() { runSSH(b, args) })
+			res.sshMaster = benchenv.Sample(masterIters, 3, func() { runSSH(b, args) })
 		}
-		res.sshMaster.report(b)
+		res.sshMaster.Report(b)
 	})
 	b.Run("1GiB-via-controller-over-ssh-hop", func(b *testing.B) {
 		for range b.N {
@@ -97,7 +96,7 @@ func BenchmarkRemote(b *testing.B) {
 	b.Run("ssh-head-1GiB", func(b *testing.B) {
 		args := append(r.srv.Args(), "-o", "ControlMaster=no", "-o", "ControlPath=none", r.srv.Destination(), "head", "-c", "1G", "/dev/zero")
 		for range b.N {
-			res.tputSSH = pipeThroughput(b, exec.Command("ssh", args...))
+			res.tputSSH = benchenv.PipeThroughput(b, exec.Command("ssh", args...), gib)
 		}
 		b.ReportMetric(res.tputSSH/1e9, "GB/s")
 	})
@@ -130,37 +129,6 @@ func startMaster(b *testing.B, s *sshtest.Server) string {
 	}
 }
 
-// pipeThroughput reads cmd's stdout to EOF and returns bytes per second
-// from the first byte on (the ssh handshake is not counted; the hop's was
-// paid before, too).
-func pipeThroughput(b *testing.B, cmd *exec.Cmd) float64 {
-	b.Helper()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	br := bufio.NewReaderSize(out, 256<<10)
-	if _, err := br.Peek(1); err != nil {
-		cmd.Wait()
-		b.Fatalf("%v: no output: %v\n%s", cmd.Args, err, stderr.String())
-	}
-	start := time.Now()
-	n, err := io.Copy(io.Discard, br)
-	d := time.Since(start)
-	if werr := cmd.Wait(); err != nil || werr != nil {
-		b.Fatalf("%v: %v %v\n%s", cmd.Args, err, werr, stderr.String())
-	}
-	if n != gib {
-		b.Fatalf("%v: %d bytes, want %d", cmd.Args, n, gib)
-	}
-	return gib / d.Seconds()
-}
-
 // table prints the figures of this run side by side, with the ratios the
 // issue sets targets for.
 func table(b *testing.B, r *results) {
@@ -168,7 +136,7 @@ func table(b *testing.B, r *results) {
 	w := func(format string, a ...any) { fmt.Fprintf(&sb, format+"\n", a...) }
 	lat := func(name string, l latencies) {
 		if len(l) > 0 {
-			w("  %-40s p50 %8.3f ms   p99 %8.3f ms  (n=%d)", name, ms(l.p50()), ms(l.p99()), len(l))
+			w("  %-40s p50 %8.3f ms   p99 %8.3f ms  (n=%d)", name, ms(l.P50()), ms(l.P99()), len(l))
 		}
 	}
 	w("")
@@ -183,11 +151,11 @@ func table(b *testing.B, r *results) {
 		w("  %-40s %6.2f GB/s", "ssh host head -c 1G", r.tputSSH/1e9)
 	}
 	if len(r.execHop) > 0 && len(r.sshMaster) > 0 {
-		x := float64(r.sshMaster.p50()) / float64(r.execHop.p50())
+		x := float64(r.sshMaster.P50()) / float64(r.execHop.P50())
 		w("  Exec(true) p50 is %.1fx faster than ssh ControlMaster (target >= 5x): %s", x, verdict(x >= 5))
 	}
 	if len(r.execHop) > 0 && len(r.sshNew) > 0 {
-		w("  Exec(true) p50 is %.1fx faster than ssh new connection", float64(r.sshNew.p50())/float64(r.execHop.p50()))
+		w("  Exec(true) p50 is %.1fx faster than ssh new connection", float64(r.sshNew.P50())/float64(r.execHop.P50()))
 	}
 	if r.tputHop > 0 && r.tputSSH > 0 {
 		x := r.tputHop / r.tputSSH

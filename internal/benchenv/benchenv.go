@@ -109,7 +109,7 @@ func StartController(b *testing.B, ws string) *Controller {
 	})
 
 	c.Conn = Dial(b, c.Addr)
-	if err := waitServing(c.Conn, exited); err != nil {
+	if err := WaitServing(c.Conn, exited); err != nil {
 		b.Fatalf("controller: %v\n%s", err, c.ReadLog())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -159,7 +159,9 @@ func Dial(tb testing.TB, addr string) *grpc.ClientConn {
 	return cc
 }
 
-func waitServing(cc *grpc.ClientConn, exited chan struct{}) error {
+// WaitServing waits (up to 30 s) until cc answers health checks as
+// SERVING, or fails early when exited closes.
+func WaitServing(cc *grpc.ClientConn, exited chan struct{}) error {
 	hc := healthpb.NewHealthClient(cc)
 	var last error
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
