@@ -12,6 +12,14 @@ import (
 	"github.com/dtmux/dtmux/internal/testbin"
 )
 
+func TestMain(m *testing.M) {
+	// Session runs re-execute this test binary as their pane's process.
+	if len(os.Args) > 1 && os.Args[1] == PaneExecCommand {
+		PaneExec(os.Args[2:])
+	}
+	os.Exit(m.Run())
+}
+
 func needTmux(t testing.TB) {
 	t.Helper()
 	testbin.RequireTool(t, "tmux")
@@ -33,7 +41,17 @@ func newManager(t testing.TB, mut ...func(*Config)) *Manager {
 func startManager(t testing.TB, dir string, mut ...func(*Config)) *Manager {
 	t.Helper()
 	work := t.TempDir()
-	cfg := Config{StateDir: dir, WorkDir: work, Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr})}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		StateDir: dir,
+		WorkDir:  work,
+		// A race-instrumented helper would sleep a second at exit.
+		PaneHelper: []string{"/usr/bin/env", "GORACE=atexit_sleep_ms=0", self, PaneExecCommand},
+		Logger:     hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}),
+	}
 	for _, f := range mut {
 		f(&cfg)
 	}

@@ -40,6 +40,12 @@ type Config struct {
 	// SHELL, USER, LOGNAME of the agent, and LANG=C.UTF-8). Panes inherit
 	// it.
 	Env []string
+	// PaneHelper is the command prefix that runs a session run's command
+	// and keeps the pane's process until tmux has read all the command
+	// wrote (the agent's own executable and PaneExecCommand; see there).
+	// Empty: the command is the pane's process, and under load tmux 3.3a
+	// may lose the last kilobytes of its output.
+	PaneHelper []string
 	// Logger is the parent logger; the manager names its own.
 	Logger hclog.Logger
 }

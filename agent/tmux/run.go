@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -158,6 +159,9 @@ func (r *run) start(ctx context.Context, win string, argv []string) error {
 	wctx, cancel := context.WithCancel(context.Background())
 	r.waitCancel = cancel
 	r.waitWG.Go(func() { r.waitDeath(wctx) })
+	if h := r.m.cfg.PaneHelper; len(h) > 0 {
+		argv = append(append(slices.Clone(h), "--"), argv...)
+	}
 	respawn := respawnLine(r.pane, r.spec.Command, r.m.cwd(r.spec.Command), argv)
 	blocks, err = r.c.CommandN(ctx, respawn+" ; display-message -p -t "+quoteWord(r.pane)+" "+quoteWord("#{pane_pid}"), 2, nil)
 	if err != nil {

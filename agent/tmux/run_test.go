@@ -109,7 +109,11 @@ func TestRunInSessionEveryByteArrives(t *testing.T) {
 		t.Errorf("exit %+v", res.Exit)
 	}
 	if got := o.data.Bytes(); !bytes.Equal(got, src.Bytes()) {
-		t.Fatalf("got %d bytes (sha %x), want %d (sha %x)", len(got), sha256.Sum256(got), src.Len(), sha256.Sum256(src.Bytes()))
+		d := 0
+		for d < len(got) && d < src.Len() && got[d] == src.Bytes()[d] {
+			d++
+		}
+		t.Fatalf("got %d bytes (sha %x), want %d (sha %x); first difference at %d", len(got), sha256.Sum256(got), src.Len(), sha256.Sum256(src.Bytes()), d)
 	}
 	if res.Bytes != uint64(src.Len()) {
 		t.Errorf("bytes = %d", res.Bytes)

@@ -43,6 +43,10 @@ func main() {
 		fmt.Fprintf(os.Stderr, "dtmux-agent: %v\n", err)
 		os.Exit(127)
 	}
+	// The hidden helper that is a session run's pane process.
+	if len(os.Args) > 1 && os.Args[1] == tmux.PaneExecCommand {
+		tmux.PaneExec(os.Args[2:])
+	}
 	if err := run(os.Args[1:]); err != nil && !errors.Is(err, errHelp) {
 		fmt.Fprintf(os.Stderr, "dtmux-agent: %v\n", err)
 		os.Exit(1)
@@ -218,11 +222,16 @@ func run(args []string) error {
 	// Sessions: the agent's private tmux server outlives the agent. When
 	// tmux is missing or too old, runs are still served and the session
 	// RPCs answer FailedPrecondition with the reason.
+	var paneHelper []string
+	if self, err := os.Executable(); err == nil {
+		paneHelper = []string{self, tmux.PaneExecCommand}
+	}
 	sessions := tmux.New(tmux.Config{
 		StateDir:     filepath.Join(f.stateDir, "tmux"),
 		Bin:          f.tmuxBin,
 		HistoryLimit: f.tmuxHistory,
 		WorkDir:      f.workdir,
+		PaneHelper:   paneHelper,
 		Logger:       log,
 	})
 	_ = sessions.Start(ctx) // logged by the manager; Err() keeps the reason

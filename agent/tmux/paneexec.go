@@ -1,0 +1,160 @@
+package tmux
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// PaneExecCommand is the hidden subcommand of the agent binary that runs a
+// session run's command in its pane and outlives it until tmux has read
+// every byte the command wrote.
+//
+// Why: tmux 3.3a destroys a pane as soon as it reaps the pane's process
+// when FIONREAD on the pty reports nothing left, but Linux moves a pty's
+// output to the reader's side from a kernel worker, so under load the last
+// kilobytes can still be in flight; tmux then closes the pty and they are
+// gone, from %output and from the pipe-pane log alike (seen: 5–15 KB of a
+// 2 MB cat on a loaded 2-core machine). The kernel hands the reader every
+// byte before read reports EIO, so the helper waits for that: it runs the command
+// as its child in the same process group, closes its own copies of the
+// terminal when the command has ended, waits until tmux has closed the
+// pty (its /dev/pts node disappears), and only then exits with the
+// command's status, or dies of the command's signal, which is what tmux
+// records as the pane's.
+const PaneExecCommand = "__pane-exec"
+
+// How long the helper waits for tmux to close the pty. Other processes of
+// the pane's session (a job the command left behind) can keep it open for
+// good: after peerCheck the helper looks for them and stops waiting.
+const (
+	paneCloseWait = 3 * time.Second
+	peerCheck     = 20 * time.Millisecond
+)
+
+// PaneExec is the body of the hidden subcommand: args are "--" and the
+// command's argv. It never returns.
+func PaneExec(args []string) {
+	if len(args) < 2 || args[0] != "--" {
+		fmt.Fprintln(os.Stderr, PaneExecCommand+": want -- ARGV0 [ARGS...]")
+		os.Exit(127)
+	}
+	argv := args[1:]
+	tty, ttyErr := os.Readlink("/proc/self/fd/1")
+	var before syscall.Stat_t
+	if ttyErr == nil {
+		ttyErr = syscall.Stat(tty, &before)
+	}
+	// The command shares this process group, so a signal to the group or
+	// from the terminal reaches it directly; the helper only outlives it.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+
+	path, err := lookProgram(argv[0])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dtmux: %s: %v\n", argv[0], err)
+		os.Exit(127)
+	}
+	cmd := &exec.Cmd{Path: path, Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(os.Stderr, "dtmux: %s: %v\n", argv[0], err)
+		os.Exit(126)
+	}
+	_ = cmd.Wait()
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+
+	for fd := range 3 {
+		_ = syscall.Close(fd)
+	}
+	if ttyErr == nil && strings.HasPrefix(tty, "/dev/pts/") {
+		waitPtyClosed(tty, before)
+	}
+	if ws.Signaled() {
+		dieOf(ws.Signal())
+	}
+	os.Exit(ws.ExitStatus())
+}
+
+// lookProgram resolves argv0 like execvp, including PATH entries relative
+// to the working directory (the agent validated the command already).
+func lookProgram(argv0 string) (string, error) {
+	path, err := exec.LookPath(argv0)
+	if errors.Is(err, exec.ErrDot) {
+		return path, nil
+	}
+	return path, err
+}
+
+// waitPtyClosed waits until the pty node that was before is gone or
+// replaced (a new pty may take the same number).
+func waitPtyClosed(tty string, before syscall.Stat_t) {
+	start := time.Now()
+	peersChecked := false
+	for delay := 100 * time.Microsecond; time.Since(start) < paneCloseWait; delay = min(2*delay, 10*time.Millisecond) {
+		var now syscall.Stat_t
+		if err := syscall.Stat(tty, &now); err != nil || now.Ino != before.Ino || now.Ctim != before.Ctim {
+			return
+		}
+		if !peersChecked && time.Since(start) > peerCheck {
+			peersChecked = true
+			if sessionPeers() {
+				return
+			}
+		}
+		time.Sleep(delay)
+	}
+}
+
+// sessionPeers reports whether another process is in this process's
+// session (the pane's): it may hold the terminal open.
+func sessionPeers() bool {
+	self := strconv.Itoa(os.Getpid())
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return true
+	}
+	for _, e := range entries {
+		if e.Name() == self || e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		// After "comm)": state ppid pgrp session ...
+		if f := strings.Fields(s[i+1:]); len(f) > 3 && f[3] == self {
+			return true
+		}
+	}
+	return false
+}
+
+// dieOf ends this process by sig, so that tmux records the command's
+// signal as the pane's. The Go runtime keeps its own handlers for most
+// signals (a SIGSEGV sent by kill would exit 2), so the disposition is
+// reset with the raw system call first; an all-zero struct sigaction is
+// SIG_DFL with no flags on every Linux architecture.
+func dieOf(sig syscall.Signal) {
+	signal.Reset(sig)
+	_ = syscall.Setrlimit(syscall.RLIMIT_CORE, &syscall.Rlimit{}) // the command dumped its own core
+	if sig != syscall.SIGKILL && sig != syscall.SIGSTOP {
+		var act [4]uintptr
+		_, _, _ = syscall.RawSyscall6(syscall.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0)
+		set := uint64(1) << (uint(sig) - 1)
+		_, _, _ = syscall.RawSyscall6(syscall.SYS_RT_SIGPROCMASK, 1 /* SIG_UNBLOCK */, uintptr(unsafe.Pointer(&set)), 0, 8, 0, 0)
+	}
+	_ = syscall.Kill(os.Getpid(), sig)
+	time.Sleep(time.Second)
+	os.Exit(128 + int(sig))
+}
