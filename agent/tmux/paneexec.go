@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // PaneExecCommand is the hidden subcommand of the agent binary that runs a
@@ -52,27 +54,48 @@ func PaneExec(args []string) {
 	if ttyErr == nil {
 		ttyErr = syscall.Stat(tty, &before)
 	}
-	// The command shares this process group, so a signal to the group or
-	// from the terminal reaches it directly; the helper only outlives it.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	_, pgrpErr := unix.IoctlGetInt(0, unix.TIOCGPGRP)
+	isTTY := ttyErr == nil && pgrpErr == nil && strings.HasPrefix(tty, "/dev/pts/")
 
 	path, err := lookProgram(argv[0])
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "dtmux: %s: %v\n", argv[0], err)
 		os.Exit(127)
 	}
-	cmd := &exec.Cmd{Path: path, Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	// The command gets its own process group in the terminal's
+	// foreground, as a shell would do: keys like C-c reach it, and tmux
+	// names the pane after it (pane_current_command). Signals sent to
+	// this helper's group are passed on; SIGHUP comes from the terminal
+	// to both already.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP)
+	cmd := &exec.Cmd{Path: path, Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Foreground: isTTY, Ctty: 0}}
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintf(os.Stderr, "dtmux: %s: %v\n", argv[0], err)
 		os.Exit(126)
 	}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case sig := <-sigs:
+				if sig != syscall.SIGHUP {
+					_ = syscall.Kill(-cmd.Process.Pid, sig.(syscall.Signal))
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
 	_ = cmd.Wait()
+	close(done)
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 
 	for fd := range 3 {
 		_ = syscall.Close(fd)
 	}
-	if ttyErr == nil && strings.HasPrefix(tty, "/dev/pts/") {
+	if isTTY {
 		waitPtyClosed(tty, before)
 	}
 	if ws.Signaled() {
@@ -157,4 +180,39 @@ func dieOf(sig syscall.Signal) {
 	_ = syscall.Kill(os.Getpid(), sig)
 	time.Sleep(time.Second)
 	os.Exit(128 + int(sig))
+}
+
+// killPane signals a pane's process group. A session run's command has
+// its own group, in the terminal's foreground (PaneExec): the helper
+// passes catchable signals on, and SIGKILL, which it cannot catch, goes
+// to that group directly.
+func killPane(pid int, sig syscall.Signal) {
+	if sig == syscall.SIGKILL {
+		if pg := foregroundGroup(pid); pg > 0 && pg != pid {
+			_ = syscall.Kill(-pg, sig)
+		}
+	}
+	_ = syscall.Kill(-pid, sig)
+	_ = syscall.Kill(pid, sig)
+}
+
+// foregroundGroup is the foreground process group of pid's terminal
+// (tpgid in /proc/PID/stat), or 0.
+func foregroundGroup(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	// After "comm)": state ppid pgrp session tty_nr tpgid ...
+	f := strings.Fields(s[i+1:])
+	if len(f) < 6 {
+		return 0
+	}
+	pg, _ := strconv.Atoi(f[5])
+	return pg
 }

@@ -203,8 +203,7 @@ func (r *run) waitDeath(ctx context.Context) {
 
 func (r *run) kill(sig syscall.Signal) {
 	if r.pid > 0 {
-		_ = syscall.Kill(-r.pid, sig)
-		_ = syscall.Kill(r.pid, sig)
+		killPane(r.pid, sig)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -117,6 +118,44 @@ func TestRunInSessionEveryByteArrives(t *testing.T) {
 	}
 	if res.Bytes != uint64(src.Len()) {
 		t.Errorf("bytes = %d", res.Bytes)
+	}
+}
+
+// A session run's command is the pane's foreground job: tmux names the
+// pane after it, and a timeout reaches it even when it ignores SIGTERM.
+func TestRunInSessionCommandIsTheForegroundJob(t *testing.T) {
+	m := newManager(t)
+	mustCreate(t, m, "fg", "sleep", "600")
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "started")
+	t.Cleanup(func() { _ = exec.Command("pkill", "-KILL", "-f", "sleep 317").Run() })
+	type result struct {
+		res RunResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := m.RunInSession(ctx(t), RunSpec{Session: "fg", WindowName: "stubborn", Timeout: time.Second, Grace: 300 * time.Millisecond,
+			Command: Command{Argv: []string{"sh", "-c", `trap "" TERM HUP; touch "$0"; exec sleep 317`, marker}}},
+			func(RunStarted) error { return nil }, func(uint64, []byte) error { return nil })
+		done <- result{res, err}
+	}()
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		_, err := os.Stat(marker)
+		s, serr := m.Session(ctx(t), "fg")
+		if err == nil && serr == nil && len(s.Windows) == 2 && s.Windows[1].Panes[0].CurrentCommand == "sleep" {
+			break
+		}
+		if time.Since(start) > 900*time.Millisecond {
+			t.Fatalf("the run's pane is not named after its command: %+v %v", s, serr)
+		}
+	}
+	r := <-done
+	if r.err != nil || !r.res.TimedOut || r.res.Exit.Signal != int(syscall.SIGKILL) {
+		t.Fatalf("timed out run: %+v %v", r.res, r.err)
+	}
+	if out, _ := exec.Command("pgrep", "-f", "sleep 317").Output(); len(out) > 0 {
+		t.Errorf("the command outlived its SIGKILL: pids %s", out)
 	}
 }
 

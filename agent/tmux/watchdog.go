@@ -58,8 +58,7 @@ func (w *watchdog) run(quit <-chan struct{}) {
 			w.term = time.Time{}
 		}
 		w.m.log.Info("session run timed out after its caller left", "pane", w.pane, "pid", w.pid, "signal", sig.String())
-		_ = syscall.Kill(-w.pid, sig)
-		_ = syscall.Kill(w.pid, sig)
+		killPane(w.pid, sig)
 		if sig == syscall.SIGKILL {
 			return
 		}
