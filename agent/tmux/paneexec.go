@@ -65,8 +65,8 @@ func PaneExec(args []string) {
 	// The command gets its own process group in the terminal's
 	// foreground, as a shell would do: keys like C-c reach it, and tmux
 	// names the pane after it (pane_current_command). Signals sent to
-	// this helper's group are passed on; SIGHUP comes from the terminal
-	// to both already.
+	// this helper's group are passed on, and so is the SIGHUP that the
+	// kernel sends only to the session leader when tmux closes the pty.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP)
 	cmd := &exec.Cmd{Path: path, Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
@@ -80,9 +80,7 @@ func PaneExec(args []string) {
 		for {
 			select {
 			case sig := <-sigs:
-				if sig != syscall.SIGHUP {
-					_ = syscall.Kill(-cmd.Process.Pid, sig.(syscall.Signal))
-				}
+				_ = syscall.Kill(-cmd.Process.Pid, sig.(syscall.Signal))
 			case <-done:
 				return
 			}

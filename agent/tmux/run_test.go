@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -258,5 +259,14 @@ func TestRunInSessionOutlivesCaller(t *testing.T) {
 	}
 	if p := pane("keep"); p.Dead {
 		t.Errorf("the run without a timeout ended: %+v", p)
+	}
+	// Killing the server hangs up the pane: the command goes with it, as
+	// a shell's job goes with a closed terminal.
+	m.KillServer()
+	for deadline := time.Now().Add(5 * time.Second); syscall.Kill(st.PID, 0) == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			out, _ := exec.Command("ps", "-o", "pid,pgid,stat,args", "--ppid", strconv.Itoa(st.PID)).Output()
+			t.Fatalf("the run outlived its pane's hang-up:\n%s", out)
+		}
 	}
 }
