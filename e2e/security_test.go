@@ -590,7 +590,9 @@ func startExec(ctx context.Context, c agentv1.AgentServiceClient, start *agentv1
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: start}}); err != nil {
+	// A stream the server already refused fails Send with io.EOF; its
+	// status comes from Recv.
+	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: start}}); err != nil && !errors.Is(err, io.EOF) {
 		return nil, nil, err
 	}
 	ev, err := st.Recv()
