@@ -84,7 +84,7 @@ func BenchmarkRemote(b *testing.B) {
 	b.Run("1GiB-via-controller-over-ssh-hop", func(b *testing.B) {
 		for range b.N {
 			t0 := time.Now()
-			n, tr := execRun(ctx, b, ag, gib, "head", "-c", "1G", "/dev/zero")
+			n, tr := execRun(ctx, b, ag, 0, "head", "-c", "1G", "/dev/zero")
 			d := time.Since(t0)
 			if n != gib || tr.GetStdoutBytes() != gib {
 				b.Fatalf("received %d bytes, trailer says %d; want %d", n, tr.GetStdoutBytes(), gib)
