@@ -21,14 +21,14 @@ func Pump(in io.Reader, out io.Writer, conn *net.UnixConn) error {
 	up := make(chan error, 1)
 	down := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(conn, in)
+		_, err := copyPlain(conn, in, 64<<10)
 		// The hop is gone (or half-closed): the daemon reads EOF and
 		// closes the connection, which ends the other half.
 		conn.CloseWrite()
 		up <- err
 	}()
 	go func() {
-		_, err := io.Copy(out, conn)
+		_, err := copyPlain(out, conn, 1<<20)
 		down <- err
 	}()
 	select {
@@ -41,6 +41,15 @@ func Pump(in io.Reader, out io.Writer, conn *net.UnixConn) error {
 		}
 		return quiet(err)
 	}
+}
+
+// copyPlain copies with read and write through one buffer of size n.
+// io.Copy would splice between the socket and the hop's pipes, which
+// costs six times the CPU here: the daemon's HTTP/2 frames arrive in small
+// pieces, and each one takes two splices and a poller wake-up (1 GiB over
+// an ssh hop: 3.1 s of pump CPU with splice, 0.5 s with a 1 MiB buffer).
+func copyPlain(dst io.Writer, src io.Reader, n int) (int64, error) {
+	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, n))
 }
 
 // quiet drops the errors that only say the other side went away.
