@@ -142,6 +142,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if err := m.loadAll(); err != nil {
 		return nil, err
 	}
+	m.hangUpOrphans()
 	m.sweeping.Add(1)
 	go m.sweep()
 	go m.writer.loop()
@@ -801,10 +802,14 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 	}
 	t := info.Trailer
 	if inFlight {
+		detail := "the agent stopped while the run was in flight"
+		if !info.Detached {
+			detail += "; the run was attached and its client went with the agent, so its process group is hung up"
+		}
 		t = &Trailer{
 			Reason:   ReasonAgentLost,
 			ExitCode: -1,
-			Detail:   "the agent stopped while the run was in flight",
+			Detail:   detail,
 			EndedAt:  now,
 			Duration: now.Sub(info.StartedAt),
 		}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Orphans. When an agent dies, the runs it had in flight are finished by
@@ -138,4 +139,34 @@ func (r *Run) signalOrphan(sig syscall.Signal) error {
 	}
 	r.log.Info("signalled the process group of a run from before the agent restart", "pid", r.info.PID, "signal", sig.String())
 	return nil
+}
+
+// hangUpOrphans ends the attached runs of an earlier agent whose process
+// groups still run: their client's stream went with that agent, and an
+// attached run does not outlive its client (ssh hangs up a session whose
+// connection dropped). They get SIGHUP now and SIGKILL after HangupGrace,
+// from a goroutine that Close stops. Detached runs are left alone.
+func (m *Manager) hangUpOrphans() {
+	var hung []*Run
+	for _, r := range m.runs {
+		if r.info.Detached || r.signalOrphan(syscall.SIGHUP) != nil {
+			continue
+		}
+		_ = r.signalOrphan(syscall.SIGCONT)
+		hung = append(hung, r)
+	}
+	if len(hung) == 0 {
+		return
+	}
+	m.sweeping.Go(func() {
+		t := time.NewTimer(m.cfg.HangupGrace)
+		defer t.Stop()
+		select {
+		case <-m.stop:
+		case <-t.C:
+		}
+		for _, r := range hung {
+			_ = r.signalOrphan(syscall.SIGKILL)
+		}
+	})
 }

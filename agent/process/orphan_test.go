@@ -1,7 +1,9 @@
 package process_test
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -66,4 +68,47 @@ func TestOrphanAfterRestart(t *testing.T) {
 		}
 	}
 	waitDone(t, leader)
+}
+
+// An attached run whose agent died lost its client with it: the next
+// agent hangs its process group up, SIGKILL after the grace for one that
+// ignores SIGHUP, as ssh ends a session whose connection dropped. A
+// detached run of the same agent keeps running.
+func TestAttachedOrphanIsHungUp(t *testing.T) {
+	state, work := t.TempDir(), t.TempDir()
+	m1, _ := newManager(t, func(c *process.Config) { c.StateDir, c.Workdir = state, work })
+	attached := start(t, m1, process.Spec{ID: "attached", Argv: []string{"sh", "-c", `trap "" HUP; echo up; exec sleep 1000`}})
+	detached := start(t, m1, process.Spec{ID: "detached", Argv: []string{"sh", "-c", "echo up; exec sleep 1000"}, Detach: true})
+	waitFor(t, "output", func() bool { return attached.Info().StdoutBytes > 0 && detached.Info().StdoutBytes > 0 })
+	m1.Sync()
+	crashed := t.TempDir()
+	copyDir(t, filepath.Join(state, "runs"), filepath.Join(crashed, "runs"))
+	aPID, dPID := attached.Info().PID, detached.Info().PID
+	t.Cleanup(func() { syscall.Kill(-aPID, syscall.SIGKILL); syscall.Kill(-dPID, syscall.SIGKILL) })
+
+	m2, _ := newManager(t, func(c *process.Config) { c.StateDir, c.Workdir = crashed, work })
+	waitFor(t, "the attached orphan's group ended", func() bool { return syscall.Kill(aPID, 0) != nil || processState(aPID) == 'Z' })
+	if syscall.Kill(dPID, 0) != nil {
+		t.Error("the detached orphan was ended too")
+	}
+	r, err := m2.Get("attached")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := r.Trailer(); tr == nil || tr.Reason != process.ReasonAgentLost || !strings.Contains(tr.Detail, "hung up") {
+		t.Errorf("attached orphan trailer: %+v", tr)
+	}
+}
+
+// processState is the state letter of pid in /proc, or 0.
+func processState(pid int) byte {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	return b[i+2]
 }
