@@ -46,19 +46,21 @@ func specFromStart(st *agentv1.ExecStart) (process.Spec, error) {
 		}
 		spec.PTY = &process.PTY{Rows: uint16(p.GetRows()), Cols: uint16(p.GetCols()), Term: p.GetTerm()}
 	}
-	if l := st.GetLimits(); l != nil {
-		spec.Limits = process.Limits{
-			MaxOutputBytes:    l.GetMaxOutputBytes(),
-			CPUSeconds:        l.GetCpuSeconds(),
-			AddressSpaceBytes: l.GetAddressSpaceBytes(),
-			OpenFiles:         l.GetOpenFiles(),
-			Processes:         l.GetProcesses(),
-			MemoryBytes:       l.GetMemoryBytes(),
-			Pids:              l.GetPids(),
-			CPUMillis:         l.GetCpuMillis(),
-		}
-	}
+	spec.Limits = limitsFromProto(st.GetLimits())
 	return spec, nil
+}
+
+func limitsFromProto(l *agentv1.RunLimits) process.Limits {
+	return process.Limits{
+		MaxOutputBytes:    l.GetMaxOutputBytes(),
+		CPUSeconds:        l.GetCpuSeconds(),
+		AddressSpaceBytes: l.GetAddressSpaceBytes(),
+		OpenFiles:         l.GetOpenFiles(),
+		Processes:         l.GetProcesses(),
+		MemoryBytes:       l.GetMemoryBytes(),
+		Pids:              l.GetPids(),
+		CPUMillis:         l.GetCpuMillis(),
+	}
 }
 
 func duration(name string, d *durationpb.Duration) (time.Duration, error) {

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/dtmux/dtmux/agent/process"
 	"github.com/dtmux/dtmux/agent/tmux"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
@@ -244,9 +245,17 @@ func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.A
 	if err != nil {
 		return toStatus(s.log, err)
 	}
-	if l := req.GetLimits(); l != nil && (l.GetCpuSeconds() != 0 || l.GetAddressSpaceBytes() != 0 || l.GetOpenFiles() != 0 ||
-		l.GetProcesses() != 0 || l.GetMemoryBytes() != 0 || l.GetPids() != 0 || l.GetCpuMillis() != 0) {
-		return toStatus(s.log, fmt.Errorf("%w: resource limits are not supported for session runs; use Exec", errInvalid))
+	// rlimits go through the run manager's limit helper, between tmux's
+	// pane helper and the command.
+	var wrap func([]string) ([]string, error)
+	if limits := limitsFromProto(req.GetLimits()); limits != (process.Limits{MaxOutputBytes: limits.MaxOutputBytes}) {
+		if s.runs == nil {
+			return toStatus(s.log, fmt.Errorf("%w: resource limits need the agent's run manager", errInvalid))
+		}
+		if _, err := s.runs.LimitedArgv(limits, nil); err != nil {
+			return toStatus(s.log, err)
+		}
+		wrap = func(argv []string) ([]string, error) { return s.runs.LimitedArgv(limits, argv) }
 	}
 	timeout, err := duration("timeout", req.GetTimeout())
 	if err != nil {
@@ -254,7 +263,7 @@ func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.A
 	}
 	res, err := m.RunInSession(ctx, tmux.RunSpec{
 		Session: req.GetSession(), WindowName: req.GetWindowName(), Command: commandFromProto(req.GetCommand()),
-		Timeout: timeout, CreateSession: req.GetCreateSession(), CloseWindow: req.GetCloseWindow(),
+		Timeout: timeout, CreateSession: req.GetCreateSession(), CloseWindow: req.GetCloseWindow(), Wrap: wrap,
 	}, func(st tmux.RunStarted) error {
 		return stream.Send(&agentv1.RunInSessionResponse{Event: &agentv1.RunInSessionResponse_Started{Started: &agentv1.WindowStarted{
 			Session: st.Session, Window: st.Window, PaneId: st.Pane, Pid: int32(st.PID)}}})

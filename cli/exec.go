@@ -37,6 +37,7 @@ type execOptions struct {
 	idleTimeout   time.Duration
 	runID         string
 	maxOutput     string
+	limits        []string
 }
 
 func newExecCmd(app *App) *cobra.Command {
@@ -77,6 +78,7 @@ given, which joins the words with spaces and runs them with /bin/sh -c.`,
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 0, "kill the process group after this long without output (exit 124)")
 	f.StringVar(&o.runID, "run-id", "", "run id; starting the same id again attaches to the run instead of running twice")
 	f.StringVar(&o.maxOutput, "max-output", "", "output kept in the run's spool per stream, such as 256M (default: the agent's, 64M); a reader further behind loses bytes")
+	addLimitFlag(f, &o.limits, "the command")
 	return cmd
 }
 
@@ -148,12 +150,17 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	if o.idleTimeout > 0 {
 		start.IdleTimeout = durationpb.New(o.idleTimeout)
 	}
+	limits, err := parseLimits(o.limits)
+	if err != nil {
+		return err
+	}
+	start.Limits = limits
 	if o.maxOutput != "" {
 		n, err := ParseSize(o.maxOutput)
 		if err != nil || n == 0 {
 			return usageErrorf("--max-output: want a positive size such as 256M")
 		}
-		start.Limits = &agentv1.RunLimits{MaxOutputBytes: n}
+		start.Limits = withMaxOutput(start.Limits, n)
 	}
 	inFD, inTTY := a.stdinTerminal()
 	outFD := fdOf(a.Stdout)

@@ -43,6 +43,7 @@ type runOptions struct {
 	// keepWindow leaves the script's window (dead, with its status) after
 	// the script ends.
 	keepWindow bool
+	limits     []string
 }
 
 func newRunCmd(app *App) *cobra.Command {
@@ -74,6 +75,7 @@ or use -- before ARGS that look like flags.`,
 	f.StringVar(&o.progress, "progress", "", "regex whose first group is a percentage, shown as a progress bar")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.BoolVar(&o.keepWindow, "keep-window", false, "keep the script's window, dead with its status, after the script ends (default: close it)")
+	addLimitFlag(f, &o.limits, "the script (session runs take cpu-time, as, nofile and nproc)")
 	return cmd
 }
 
@@ -131,6 +133,10 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 	if o.timeout < 0 {
 		return usageErrorf("--timeout must not be negative")
 	}
+	limits, err := parseLimits(o.limits)
+	if err != nil {
+		return err
+	}
 	data, err := os.ReadFile(o.script)
 	if err != nil {
 		return usageErrorf("script: %v", err)
@@ -156,6 +162,7 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 		// A finished run's window is litter in the session, unless asked
 		// for to look at.
 		CloseWindow: !o.keepWindow,
+		Limits:      limits,
 	}
 	if o.timeout > 0 {
 		req.Timeout = durationpb.New(o.timeout)

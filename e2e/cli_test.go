@@ -899,3 +899,41 @@ func TestCLIAttachAgentLost(t *testing.T) {
 		t.Errorf("the outer terminal is left on the alternate screen (alternate_on=%s)", a)
 	}
 }
+
+// --limit sets rlimits on exec and session runs, through the real binaries;
+// a bad limit is a usage error, and cgroup limits on a session run are
+// refused with the reason instead of being ignored.
+func TestCLIResourceLimits(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+
+	r := mustCLI(t, c, "exec", "w1", "--limit", "nofile=20", "--limit", "cpu-time=1m", "--", "sh", "-c", "ulimit -n; ulimit -t")
+	if r.stdout != "20\n60\n" {
+		t.Errorf("exec --limit: stdout %q, want the limits 20 and 60", r.stdout)
+	}
+
+	script := filepath.Join(t.TempDir(), "limits.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\necho \"nofile=$(ulimit -n) cpu=$(ulimit -t)\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = mustCLI(t, c, "run", "w1", "--limit", "nofile=21", "--limit", "cpu-time=7", script)
+	if !strings.Contains(r.stdout, "nofile=21 cpu=7") {
+		t.Errorf("run --limit: stdout %q, want nofile=21 cpu=7", r.stdout)
+	}
+
+	for _, bad := range [][]string{
+		{"exec", "w1", "--limit", "nofile=0", "--", "true"},
+		{"exec", "w1", "--limit", "bogus=1", "--", "true"},
+		{"exec", "w1", "--limit", "memory", "--", "true"},
+		{"run", "w1", "--limit", "cpus=-1", script},
+	} {
+		r := dtmuxCLI(t, c, nil, bad...)
+		if r.code != 254 || !strings.Contains(r.stderr, "--limit") || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("%v: exit %d stderr %q, want 254 and one line about --limit", bad, r.code, r.stderr)
+		}
+	}
+	r = dtmuxCLI(t, c, nil, "run", "w1", "--limit", "memory=64M", script)
+	if r.code == 0 || !strings.Contains(r.stderr, "exec runs only") {
+		t.Errorf("run --limit memory: exit %d stderr %q, want a refusal naming exec runs", r.code, r.stderr)
+	}
+}

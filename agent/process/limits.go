@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +41,22 @@ func limitArgs(l Limits, cgroupDirs []string, path string, argv []string) []stri
 	add("nproc", l.Processes)
 	args = append(args, "--", path)
 	return append(args, argv...)
+}
+
+// LimitedArgv wraps argv in the limit helper so that it runs with l's
+// rlimits, for a command this manager does not start itself (a session
+// run, which tmux starts). argv comes back unchanged without rlimits.
+// Cgroup limits need a run's own groups, which only Start makes and
+// removes: they are refused with ErrLimitUnavailable.
+func (m *Manager) LimitedArgv(l Limits, argv []string) ([]string, error) {
+	if l.hasCgroupLimits() {
+		return nil, fmt.Errorf("memory, pids and cpu limits apply to exec runs only (session runs take cpu seconds, address space, open files and processes): %w", ErrLimitUnavailable)
+	}
+	if !l.hasRlimits() || len(argv) == 0 {
+		return argv, nil
+	}
+	h := m.cfg.LimitHelper
+	return append(slices.Clone(h), limitArgs(l, nil, argv[0], argv)...), nil
 }
 
 // ExecLimited is the body of the hidden subcommand: args are what follows
@@ -85,6 +104,13 @@ func ExecLimited(args []string) error {
 	); err != nil {
 		return err
 	}
-	err := syscall.Exec(rest[0], rest[1:], os.Environ())
+	path := rest[0]
+	if !strings.ContainsRune(path, '/') {
+		// Given by name (LimitedArgv): look it up like execvp.
+		if p, err := exec.LookPath(path); err == nil || errors.Is(err, exec.ErrDot) {
+			path = p
+		}
+	}
+	err := syscall.Exec(path, rest[1:], os.Environ())
 	return fmt.Errorf("%s: exec %s: %w", ExecLimitedCommand, rest[0], err)
 }

@@ -28,6 +28,9 @@ type RunSpec struct {
 	CreateSession bool
 	// CloseWindow kills the window after the command ended.
 	CloseWindow bool
+	// Wrap, when set, rewrites the command's final argv (after the shell
+	// and PATH handling), e.g. to run it under a helper that sets limits.
+	Wrap func(argv []string) ([]string, error)
 }
 
 // RunStarted says where the command runs.
@@ -79,6 +82,11 @@ func (m *Manager) RunInSession(ctx context.Context, spec RunSpec, started func(R
 	if err != nil {
 		return RunResult{}, err
 	}
+	if spec.Wrap != nil {
+		if argv, err = spec.Wrap(argv); err != nil {
+			return RunResult{}, err
+		}
+	}
 	c, err := m.client(ctx, spec.Session)
 	if errors.Is(err, ErrSessionNotFound) && spec.CreateSession {
 		_, err = m.CreateSession(ctx, SessionSpec{Name: spec.Session})
@@ -94,7 +102,7 @@ func (m *Manager) RunInSession(ctx context.Context, spec RunSpec, started func(R
 	if err := r.start(ctx, win, argv); err != nil {
 		return RunResult{}, err
 	}
-	if err := started(RunStarted{Session: spec.Session, Window: win, Pane: r.pane, PID: r.pid, At: r.res.Started}); err != nil {
+	if err := started(RunStarted{Session: spec.Session, Window: win, Pane: r.pane, PID: r.cmdPID, At: r.res.Started}); err != nil {
 		r.detach()
 		return RunResult{}, err
 	}
@@ -108,7 +116,8 @@ type run struct {
 	output func(uint64, []byte) error
 
 	pane, window string
-	pid          int
+	pid          int // the pane's process (the helper, when there is one)
+	cmdPID       int // the command's
 	log          string
 	pidFile      string
 	buf          *Buffer
@@ -170,6 +179,21 @@ func (r *run) start(ctx context.Context, win string, argv []string) error {
 	r.res.Started = time.Now()
 	if len(blocks) == 2 && len(blocks[1].Body) == 1 {
 		r.pid, _ = strconv.Atoi(string(blocks[1].Body[0]))
+	}
+	r.cmdPID = r.pid
+	if len(r.m.cfg.PaneHelper) > 0 && r.pid > 0 {
+		// The pane's process is the helper; the command is the
+		// foreground process group it starts.
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			pg := foregroundGroup(r.pid)
+			if pg > 0 && pg != r.pid {
+				r.cmdPID = pg
+				break
+			}
+			if pg == 0 { // the helper is gone already
+				break
+			}
+		}
 	}
 	return nil
 }
