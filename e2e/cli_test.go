@@ -776,11 +776,11 @@ func TestCLILostConnection(t *testing.T) {
 
 	// execUntil starts `dtmux exec ws -- ...` that prints "ready" and
 	// sleeps, calls breakIt once "ready" is out, and returns the result.
-	execUntil := func(t *testing.T, ws string, breakIt func()) cliResult {
+	execUntil := func(t *testing.T, ws, runID string, breakIt func()) cliResult {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", ws, "--run-id", "long-"+ws, "--", "sh", "-c", "echo ready; exec sleep 300")
+		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", ws, "--run-id", runID, "--", "sh", "-c", "echo ready; exec sleep 300")
 		cmd.Env = c.Env()
 		out, err := cmd.StdoutPipe()
 		if err != nil {
@@ -807,7 +807,16 @@ func TestCLILostConnection(t *testing.T) {
 	}
 
 	t.Run("agent killed", func(t *testing.T) {
-		r := execUntil(t, "w1", func() {
+		meta := filepath.Join(c.StateDir, "workspaces", "w1", "agent", "runs", "long-w1", "meta.json")
+		r := execUntil(t, "w1", "long-w1", func() {
+			// An attached run's record is written just after its start;
+			// a run the agent never recorded is beyond the next agent.
+			eventually(t, "the run recorded", func() string {
+				if _, err := os.Stat(meta); err != nil {
+					return err.Error()
+				}
+				return ""
+			})
 			if pid := c.AgentPID("w1"); pid <= 0 || syscall.Kill(pid, syscall.SIGKILL) != nil {
 				t.Fatalf("cannot kill w1's agent (pid %d)", pid)
 			}
@@ -816,12 +825,21 @@ func TestCLILostConnection(t *testing.T) {
 			t.Errorf("exit %d, want 255 (stderr %q)", r.code, r.stderr)
 		}
 		oneLineError(t, r, "lost the connection to workspace w1's agent during run long-w1")
+		// The restarted agent hangs the orphaned attached run up: its
+		// client is gone, as after a dropped ssh session.
+		eventually(t, "the attached run hung up by the next agent", func() string {
+			r := dtmuxCLI(t, c, nil, "runs", "ls", "w1", "-o", "json")
+			if r.code != 0 || !strings.Contains(r.stdout, "hung up") || strings.Contains(r.stdout, "still running") {
+				return r.stdout + r.stderr
+			}
+			return ""
+		})
 	})
 
 	t.Run("workspace removed", func(t *testing.T) {
 		// Either the run's trailer (killed by the removal) or the stream's
 		// end reaches the CLI first; both must say what happened.
-		r := execUntil(t, "w2", func() { mustCLI(t, c, "ws", "rm", "--force", "w2") })
+		r := execUntil(t, "w2", "long-w2", func() { mustCLI(t, c, "ws", "rm", "--force", "w2") })
 		switch r.code {
 		case 255:
 			oneLineError(t, r, "workspace w2 was removed during run long-w2")
@@ -842,11 +860,11 @@ func TestCLILostConnection(t *testing.T) {
 			}
 			return ""
 		})
-		r := execUntil(t, "w1", c.Kill)
+		r := execUntil(t, "w1", "long-w1-again", c.Kill)
 		if r.code != 255 {
 			t.Errorf("exit %d, want 255 (stderr %q)", r.code, r.stderr)
 		}
-		oneLineError(t, r, "lost the connection to the controller during run long-w1 on w1 (an attached run is hung up when its client goes away; start long jobs with -d and reattach with: dtmux runs logs w1 long-w1 -f)")
+		oneLineError(t, r, "lost the connection to the controller during run long-w1-again on w1 (an attached run is hung up when its client goes away; start long jobs with -d and reattach with: dtmux runs logs w1 long-w1-again -f)")
 	})
 }
 
