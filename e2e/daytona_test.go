@@ -91,6 +91,8 @@ type daytonaOptions struct {
 	keyFile bool
 	// apiURL replaces the API stand-in's URL.
 	apiURL string
+	// wrongAPIKey gives the controller a key the API refuses.
+	wrongAPIKey bool
 }
 
 func startDaytona(t *testing.T, o daytonaOptions) *daytonaEnv {
@@ -157,6 +159,9 @@ func startDaytona(t *testing.T, o daytonaOptions) *daytonaEnv {
 	var args []string
 	if o.noAPIKey || o.keyFile {
 		key = ""
+	}
+	if o.wrongAPIKey {
+		key = "dtn_revoked0123456789"
 	}
 	if o.keyFile {
 		f := filepath.Join(dir, "api-key")
@@ -666,6 +671,20 @@ func TestDaytonaSandboxNoAPIKey(t *testing.T) {
 	wantCode(t, d, "dtmux-ws-alpha", codes.FailedPrecondition, "DAYTONA_API_KEY")
 	if pids := d.hops(); len(pids) != 0 {
 		t.Fatalf("a hop without a token: %v", pids)
+	}
+}
+
+// A key the API refuses is the user's configuration to fix, said as such
+// (FailedPrecondition), not a transient Unavailable; the key is in no
+// message and no hop starts.
+func TestDaytonaSandboxAPIKeyRefused(t *testing.T) {
+	d := startDaytona(t, daytonaOptions{version: "v0.190.0", wrongAPIKey: true})
+	wantCode(t, d, "dtmux-ws-alpha", codes.FailedPrecondition, "refused the API key", "DAYTONA_API_KEY")
+	if pids := d.hops(); len(pids) != 0 {
+		t.Fatalf("a hop without a token: %v", pids)
+	}
+	if strings.Contains(d.c.Log(), "dtn_revoked0123456789") {
+		t.Error("the refused key is in the controller log")
 	}
 }
 

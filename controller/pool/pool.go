@@ -120,6 +120,7 @@ type entry struct {
 	since       time.Time
 	lastErr     string
 	lastErrAt   time.Time
+	dialErr     error // the last dial's failure, nil after a dial succeeded
 	everReached bool
 }
 
@@ -320,6 +321,9 @@ func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Cont
 	}
 	defer func() { <-p.dial }()
 	c, err := dial(ctx)
+	e.mu.Lock()
+	e.dialErr = err
+	e.mu.Unlock()
 	if err != nil {
 		e.setErr(err.Error())
 		p.log.Debug("dial failed", "workspace", e.name, "error", err)
@@ -355,6 +359,14 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 		err = errors.New(cleanReason(s.Message()))
 	}
 	e.setErr(err.Error())
+	// A dial that failed for a reason the user must fix (a refused API
+	// key) is that reason, not an unreachable agent to retry.
+	e.mu.Lock()
+	dialErr := e.dialErr
+	e.mu.Unlock()
+	if errors.Is(dialErr, provider.ErrPrecondition) {
+		return dialErr
+	}
 	return fmt.Errorf("%w: workspace %q: %v", ErrUnreachable, e.name, err)
 }
 

@@ -276,7 +276,7 @@ func (p *Provider) mint(ctx context.Context, id, name string) (user, host, port 
 	case resp.StatusCode == http.StatusNotFound:
 		return "", "", "", fmt.Errorf("%w: sandbox %q (daytona API: %s)", provider.ErrNotFound, name, apiMessage(body))
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return "", "", "", fmt.Errorf("sandbox %q: daytona API refused the API key (%s)", name, resp.Status)
+		return "", "", "", fmt.Errorf("%w: sandbox %q: the daytona API refused the API key (%s); check DAYTONA_API_KEY or the API key file", provider.ErrPrecondition, name, resp.Status)
 	case resp.StatusCode/100 != 2:
 		return "", "", "", fmt.Errorf("sandbox %q: mint SSH access: daytona API: %s: %s", name, resp.Status, apiMessage(body))
 	}
