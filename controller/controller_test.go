@@ -191,7 +191,7 @@ func newFixture(t *testing.T) *fixture {
 
 	log := hclog.NewNullLogger()
 	pl := pool.New(pool.Config{Resolve: f.prov.Endpoint, Logger: log})
-	srv := rpcserver.New(rpcserver.Config{Logger: log})
+	srv := rpcserver.New(rpcserver.Config{Logger: log, Codec: Codec()})
 	controllerv1.RegisterWorkspaceServiceServer(srv, NewWorkspaceService(f.prov, pl, log))
 	NewRouter(pl, log).Register(srv)
 	srv.MarkServing()

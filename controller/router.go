@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/dtmux/dtmux/controller/pool"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
@@ -51,11 +50,6 @@ func (r *Router) Register(s grpc.ServiceRegistrar) {
 	}
 	s.RegisterService(&desc, r)
 }
-
-// frame carries one message as opaque bytes: unmarshalled into an Empty,
-// every field is kept as an unknown field and marshalled back unchanged,
-// so the default proto codec forwards messages without knowing their type.
-type frame = emptypb.Empty
 
 // proxyDesc lets the client side send and receive any number of messages;
 // the agent enforces each method's real shape.
@@ -101,7 +95,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	// deadline carry over through ctx.
 	cctx, cancel := context.WithCancel(metadata.NewOutgoingContext(ctx, out))
 	defer cancel()
-	cs, err := cc.NewStream(cctx, proxyDesc, method)
+	cs, err := cc.NewStream(cctx, proxyDesc, method, grpc.ForceCodecV2(Codec()))
 	if err != nil {
 		return r.agentErr(ws, err, false)
 	}
@@ -111,7 +105,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	c2s := make(chan error, 1)
 	go func() {
 		for {
-			f := new(frame)
+			f := new(rawFrame)
 			if err := ss.RecvMsg(f); err != nil {
 				if errors.Is(err, io.EOF) {
 					c2s <- cs.CloseSend()
@@ -122,6 +116,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 				return
 			}
 			if err := cs.SendMsg(f); err != nil {
+				f.free() // still ours when grpc failed before encoding it
 				// The agent side failed; its status comes from RecvMsg.
 				c2s <- nil
 				return
@@ -140,7 +135,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 		}
 	}
 	for {
-		f := new(frame)
+		f := new(rawFrame)
 		if err := cs.RecvMsg(f); err != nil {
 			ss.SetTrailer(cs.Trailer())
 			if errors.Is(err, io.EOF) {
@@ -149,6 +144,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 			return r.agentErr(ws, err, gotHeader)
 		}
 		if err := ss.SendMsg(f); err != nil {
+			f.free()
 			return err
 		}
 	}

@@ -67,7 +67,7 @@ func TestVersionHeader(t *testing.T) {
 
 	log := hclog.NewNullLogger()
 	pl := pool.New(pool.Config{Resolve: prov.Endpoint, Logger: log})
-	srv := rpcserver.New(rpcserver.Config{Logger: log, Token: tok})
+	srv := rpcserver.New(rpcserver.Config{Logger: log, Token: tok, Codec: Codec()})
 	reg := WithVersionHeader(srv.Server, version)
 	controllerv1.RegisterWorkspaceServiceServer(reg, NewWorkspaceService(prov, pl, log))
 	NewRouter(pl, log).Register(reg)

@@ -171,21 +171,8 @@ func TestSecurityControllerUnixSocketOtherUID(t *testing.T) {
 	if err := os.Chmod(sock, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	binDir := shortTempDir(t)
-	if err := os.Chmod(binDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(binDir, "helper")
-	copyFile(t, os.Args[0], bin, 0o755)
-	cmd := exec.Command(bin)
-	cmd.Env = []string{uidHelperEnv + "=" + sock, "PATH=/usr/bin:/bin"}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("helper as uid %d: %v\n%s", nobody, err, out)
-	}
-	if !strings.Contains(string(out), "uid=65534 code=PermissionDenied") {
+	out := callAsUID(t, sock, nobody)()
+	if !strings.Contains(out, "uid=65534 code=PermissionDenied") {
 		t.Fatalf("uid %d on the controller's open socket: %s, want PermissionDenied", nobody, out)
 	}
 }

@@ -495,6 +495,32 @@ func init() {
 	os.Exit(0)
 }
 
+// callAsUID returns a function that makes one AgentService call on the
+// unix socket sock as uid (and gid) and returns what the caller printed:
+// "uid=N code=CODE msg=...". The other uid runs a copy of this test
+// binary it can execute (see uidHelperEnv).
+func callAsUID(t *testing.T, sock string, uid uint32) func() string {
+	t.Helper()
+	binDir := shortTempDir(t)
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(binDir, "helper")
+	copyFile(t, os.Args[0], bin, 0o755)
+	return func() string {
+		t.Helper()
+		cmd := exec.Command(bin)
+		cmd.Env = []string{uidHelperEnv + "=" + sock, "PATH=/usr/bin:/bin"}
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("helper as uid %d: %v\n%s", uid, err, out)
+		}
+		return string(out)
+	}
+}
+
 func TestSecurityUnixSocketOtherUID(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("switching to another uid needs root")
@@ -504,25 +530,7 @@ func TestSecurityUnixSocketOtherUID(t *testing.T) {
 	sock := filepath.Join(dir, "run", "agent.sock")
 	a := startSecAgent(t, "unix://"+sock, insecure.NewCredentials())
 
-	// The other uid runs a copy of this test binary it can execute.
-	binDir := shortTempDir(t)
-	if err := os.Chmod(binDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(binDir, "helper")
-	copyFile(t, os.Args[0], bin, 0o755)
-	asNobody := func() string {
-		t.Helper()
-		cmd := exec.Command(bin)
-		cmd.Env = []string{uidHelperEnv + "=" + sock, "PATH=/usr/bin:/bin"}
-		cmd.Dir = "/"
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("helper as uid %d: %v\n%s", nobody, err, out)
-		}
-		return string(out)
-	}
+	asNobody := callAsUID(t, sock, nobody)
 
 	// Layer one: the 0700 directory and 0600 socket keep others out.
 	for _, p := range []struct {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -50,6 +51,9 @@ type Config struct {
 	// MaxConcurrentStreams bounds the streams of one connection (default
 	// 1024).
 	MaxConcurrentStreams uint32
+	// Codec, when set, replaces the proto codec on every call (the
+	// controller's forwards routed messages without decoding them).
+	Codec encoding.CodecV2
 }
 
 // Server is a gRPC server with its health service.
@@ -151,6 +155,9 @@ func New(c Config) *Server {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(c.TLS)))
 	case c.Unix:
 		opts = append(opts, grpc.Creds(auth.UnixPeerCreds{}))
+	}
+	if c.Codec != nil {
+		opts = append(opts, grpc.ForceServerCodecV2(c.Codec))
 	}
 	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer()}
 	healthpb.RegisterHealthServer(s.Server, s.Health)

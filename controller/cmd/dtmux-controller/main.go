@@ -178,7 +178,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := rpcserver.Config{Logger: log}
+	cfg := rpcserver.Config{Logger: log, Codec: controller.Codec()}
 	if err := cfg.Secure(ctx, log, addr, rpcserver.Security{
 		TokenFile: f.tokenFile, TLSCert: f.tlsCert, TLSKey: f.tlsKey, TLSClientCA: f.tlsClientCA,
 		InsecureAllowPlaintext: f.insecure,
