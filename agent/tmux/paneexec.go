@@ -2,7 +2,9 @@ package tmux
 
 import (
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -41,14 +43,32 @@ const (
 	peerCheck     = 20 * time.Millisecond
 )
 
-// PaneExec is the body of the hidden subcommand: args are "--" and the
-// command's argv. It never returns.
+// paneExecArgs builds the helper's arguments: the command's deadline (zero:
+// none) and grace, then "--" and argv.
+func paneExecArgs(deadline time.Time, grace time.Duration, argv []string) []string {
+	var args []string
+	if !deadline.IsZero() {
+		args = append(args, "--deadline", strconv.FormatInt(deadline.UnixNano(), 10), "--grace", grace.String())
+	}
+	return append(append(args, "--"), argv...)
+}
+
+// PaneExec is the body of the hidden subcommand: args are the optional
+// "--deadline UNIX_NANOS --grace DURATION", "--" and the command's argv.
+// The helper enforces the deadline itself (SIGTERM to the command's
+// group, SIGKILL after the grace), so a session run's timeout holds
+// across agent restarts. It never returns.
 func PaneExec(args []string) {
-	if len(args) < 2 || args[0] != "--" {
-		fmt.Fprintln(os.Stderr, PaneExecCommand+": want -- ARGV0 [ARGS...]")
+	fs := flag.NewFlagSet(PaneExecCommand, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	deadline := fs.Int64("deadline", 0, "when to end the command (unix nanoseconds)")
+	grace := fs.Duration("grace", 2*time.Second, "between SIGTERM and SIGKILL")
+	err := fs.Parse(args)
+	if dash := len(args) - fs.NArg() - 1; err != nil || fs.NArg() < 1 || dash < 0 || args[dash] != "--" {
+		fmt.Fprintln(os.Stderr, PaneExecCommand+": want [--deadline NS --grace D] -- ARGV0 [ARGS...]")
 		os.Exit(127)
 	}
-	argv := args[1:]
+	argv := fs.Args()
 	tty, ttyErr := os.Readlink("/proc/self/fd/1")
 	var before syscall.Stat_t
 	if ttyErr == nil {
@@ -77,10 +97,21 @@ func PaneExec(args []string) {
 	}
 	done := make(chan struct{})
 	go func() {
+		var term, kill <-chan time.Time
+		if *deadline > 0 {
+			t := time.NewTimer(time.Until(time.Unix(0, *deadline)))
+			defer t.Stop()
+			term = t.C
+		}
 		for {
 			select {
 			case sig := <-sigs:
 				_ = syscall.Kill(-cmd.Process.Pid, sig.(syscall.Signal))
+			case <-term:
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+				kill = time.After(*grace)
+			case <-kill:
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			case <-done:
 				return
 			}

@@ -2,9 +2,13 @@ package tmux
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Sessions outlive the agent: a new manager on the same state dir finds
@@ -74,5 +78,55 @@ func TestMissingTmux(t *testing.T) {
 	m = New(Config{StateDir: dir, Bin: old})
 	if err := m.Start(ctx(t)); err == nil || !strings.Contains(err.Error(), "too old") {
 		t.Fatalf("old tmux: %v", err)
+	}
+}
+
+// A session run's timeout holds after its caller left and the agent
+// restarted: the pane helper enforces it, not the agent.
+func TestRunTimeoutSurvivesRestart(t *testing.T) {
+	needTmux(t)
+	dir, err := os.MkdirTemp("", "dt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	m1 := startManager(t, dir)
+	c, cancel := context.WithCancel(ctx(t))
+	_, err = m1.RunInSession(c, RunSpec{Session: "to", CreateSession: true, WindowName: "slow", Timeout: 1500 * time.Millisecond,
+		Command: Command{Argv: []string{"sh", "-c", "echo ready; exec sleep 300"}}},
+		func(RunStarted) error { return nil },
+		func(_ uint64, d []byte) error {
+			if bytes.Contains(d, []byte("ready")) {
+				cancel()
+			}
+			return nil
+		})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("run: %v, want context.Canceled", err)
+	}
+	m1.Close() // the agent goes; its watchdogs with it
+	m2 := startManager(t, dir)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s, err := m2.Session(ctx(t), "to")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p Pane
+		for _, w := range s.Windows {
+			if w.Name == "slow" {
+				p = w.Panes[0]
+			}
+		}
+		if p.Dead {
+			if p.Exit.Signal != int(syscall.SIGTERM) {
+				t.Fatalf("the run ended with %+v, want SIGTERM from its timeout", p.Exit)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the timeout was not enforced after the agent restarted: %+v", p)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -127,6 +127,8 @@ type run struct {
 	fromLog   bool   // %output lost count (paused): read only the log
 	ended     bool   // the command's exit status was seen
 
+	// deadline is when the timeout ends the command (zero: none).
+	deadline time.Time
 	// timedOut is when SIGTERM was sent for the timeout (zero: not yet).
 	timedOut time.Time
 
@@ -168,8 +170,12 @@ func (r *run) start(ctx context.Context, win string, argv []string) error {
 	wctx, cancel := context.WithCancel(context.Background())
 	r.waitCancel = cancel
 	r.waitWG.Go(func() { r.waitDeath(wctx) })
+	if r.spec.Timeout > 0 {
+		r.deadline = time.Now().Add(r.spec.Timeout)
+	}
 	if h := r.m.cfg.PaneHelper; len(h) > 0 {
-		argv = append(append(slices.Clone(h), "--"), argv...)
+		// The helper enforces the deadline itself: it outlives the agent.
+		argv = append(slices.Clone(h), paneExecArgs(r.deadline, r.grace(), argv)...)
 	}
 	respawn := respawnLine(r.pane, r.spec.Command, r.m.cwd(r.spec.Command), argv)
 	blocks, err = r.c.CommandN(ctx, respawn+" ; display-message -p -t "+quoteWord(r.pane)+" "+quoteWord("#{pane_pid}"), 2, nil)
@@ -231,16 +237,29 @@ func (r *run) kill(sig syscall.Signal) {
 	}
 }
 
+func (r *run) grace() time.Duration {
+	if r.spec.Grace > 0 {
+		return r.spec.Grace
+	}
+	return 2 * time.Second
+}
+
+// helped reports whether the pane helper runs the command, and so
+// enforces its deadline.
+func (r *run) helped() bool { return len(r.m.cfg.PaneHelper) > 0 }
+
 func (r *run) wait(ctx context.Context) (RunResult, error) {
 	var timeout, grace <-chan time.Time
-	if r.spec.Timeout > 0 {
-		t := time.NewTimer(r.spec.Timeout)
+	if !r.deadline.IsZero() {
+		t := time.NewTimer(time.Until(r.deadline))
 		defer t.Stop()
 		timeout = t.C
 	}
-	graceD := r.spec.Grace
-	if graceD <= 0 {
-		graceD = 2 * time.Second
+	graceD := r.grace()
+	if r.helped() {
+		// The helper sends the signals; the agent only steps in when it
+		// has not (it died).
+		graceD += 2 * time.Second
 	}
 	cur := r.buf.NewCursor(0)
 	for {
@@ -283,6 +302,9 @@ func (r *run) wait(ctx context.Context) (RunResult, error) {
 			r.ended = true
 			r.res.Exit = *ch.Exit
 			r.res.Ended = time.Now()
+			if !r.deadline.IsZero() && ch.Exit.Signal != 0 && !r.res.Ended.Before(r.deadline) {
+				r.res.TimedOut = true // the helper's deadline came first
+			}
 			err := r.drainLog(ctx)
 			r.res.Bytes = r.delivered
 			return r.res, err
@@ -295,7 +317,9 @@ func (r *run) wait(ctx context.Context) (RunResult, error) {
 				r.res.TimedOut = true
 				r.timedOut = time.Now()
 				timeout = nil
-				r.kill(syscall.SIGTERM)
+				if !r.helped() {
+					r.kill(syscall.SIGTERM)
+				}
 				grace = time.After(graceD)
 			case <-grace:
 				grace = nil
@@ -367,21 +391,20 @@ func (r *run) fromLogTo(end uint64) error {
 }
 
 // detach leaves the command running in its window after the caller has
-// gone, and hands its timeout, if any, to a watchdog the Manager owns.
+// gone. Its timeout, if any, stays with the pane helper, which outlives
+// the agent too; without a helper a watchdog the Manager owns takes it
+// (until the agent stops).
 func (r *run) detach() {
-	if r.pid <= 0 || r.spec.Timeout <= 0 {
+	// The pane helper enforces the deadline by itself.
+	if r.pid <= 0 || r.deadline.IsZero() || r.helped() {
 		return
 	}
-	grace := r.spec.Grace
-	if grace <= 0 {
-		grace = 2 * time.Second
-	}
-	w := &watchdog{m: r.m, pid: r.pid, pane: r.pane, buf: r.buf, grace: grace}
+	w := &watchdog{m: r.m, pid: r.pid, pane: r.pane, buf: r.buf, grace: r.grace()}
 	if r.timedOut.IsZero() {
-		w.term = r.res.Started.Add(r.spec.Timeout)
-		w.kill = w.term.Add(grace)
+		w.term = r.deadline
+		w.kill = w.term.Add(w.grace)
 	} else {
-		w.kill = r.timedOut.Add(grace)
+		w.kill = r.timedOut.Add(w.grace)
 	}
 	r.m.watch(w)
 }
