@@ -166,13 +166,26 @@ func waitPtyClosed(tty string, before syscall.Stat_t) {
 // sessionPeers reports whether another process is in this process's
 // session (the pane's): it may hold the terminal open.
 func sessionPeers() bool {
-	self := strconv.Itoa(os.Getpid())
+	self := os.Getpid()
+	for _, pid := range sessionMembers(map[int]bool{self: true}) {
+		if pid != self {
+			return true
+		}
+	}
+	return false
+}
+
+// sessionMembers lists the processes whose session id is in sids, from
+// /proc.
+func sessionMembers(sids map[int]bool) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return true
+		return nil
 	}
+	var out []int
 	for _, e := range entries {
-		if e.Name() == self || e.Name()[0] < '0' || e.Name()[0] > '9' {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
@@ -185,11 +198,15 @@ func sessionPeers() bool {
 			continue
 		}
 		// After "comm)": state ppid pgrp session ...
-		if f := strings.Fields(s[i+1:]); len(f) > 3 && f[3] == self {
-			return true
+		f := strings.Fields(s[i+1:])
+		if len(f) < 4 || f[0] == "Z" {
+			continue
+		}
+		if sid, err := strconv.Atoi(f[3]); err == nil && sids[sid] {
+			out = append(out, pid)
 		}
 	}
-	return false
+	return out
 }
 
 // dieOf ends this process by sig, so that tmux records the command's

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -393,12 +394,57 @@ func (m *Manager) KillSession(ctx context.Context, name string) error {
 	if err := ValidName(name); err != nil {
 		return err
 	}
+	// Each pane's process leads its own process session; remember them,
+	// since tmux only hangs the panes up.
+	sids := map[int]bool{}
+	if out, err := m.run(ctx, nil, "list-panes", "-s", "-t", "="+name, "-F", "#{pane_pid}"); err == nil {
+		for _, f := range strings.Fields(out) {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+				sids[pid] = true
+			}
+		}
+	}
 	_, err := m.run(ctx, nil, "kill-session", "-t", "="+name)
 	m.dropClient(name)
 	if err != nil {
 		return fmt.Errorf("kill session %q: %w", name, err)
 	}
+	m.endPaneSessions(ctx, sids)
 	return nil
+}
+
+// killGrace is how long the processes of a killed session's panes get to
+// end after the hang-up before they are killed.
+const killGrace = time.Second
+
+// endPaneSessions waits until no process is left in the given process
+// sessions (the panes'), and SIGKILLs what ignores the hang-up (a job
+// that traps SIGHUP, nohup) once killGrace has passed.
+func (m *Manager) endPaneSessions(ctx context.Context, sids map[int]bool) {
+	if len(sids) == 0 {
+		return
+	}
+	deadline := time.Now().Add(killGrace)
+	killed := false
+	for ctx.Err() == nil {
+		left := sessionMembers(sids)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			if killed {
+				m.log.Warn("processes of a killed session did not end", "processes", len(left))
+				return
+			}
+			m.log.Info("killing what a killed session left running", "processes", len(left))
+			for _, pid := range left {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			killed, deadline = true, time.Now().Add(killGrace)
+			continue
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // ResizeSession sets the size of a session's windows and of windows

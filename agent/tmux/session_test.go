@@ -2,7 +2,11 @@ package tmux
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -149,5 +153,42 @@ func waitCommand(t *testing.T, m *Manager, session, command string) {
 			t.Fatalf("session %s runs %q, want %q", session, p.CurrentCommand, command)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Killing a session ends every process in it, including a job that
+// ignores the hang-up, in a plain window and in a session run's window.
+func TestKillSessionEndsStubbornProcesses(t *testing.T) {
+	m := newManager(t)
+	dir := t.TempDir()
+	t.Cleanup(func() { _ = exec.Command("pkill", "-KILL", "-f", "sleep 1013").Run() })
+	mustCreate(t, m, "stub", "sh", "-c", `trap "" HUP TERM; sleep 1013 & wait`)
+	started := filepath.Join(dir, "started")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = m.RunInSession(context.Background(), RunSpec{Session: "stub", WindowName: "run",
+			Command: Command{Argv: []string{"sh", "-c", `trap "" HUP TERM; touch "$0"; sleep 1013 & wait`, started}}},
+			func(RunStarted) error { return nil }, func(uint64, []byte) error { return nil })
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, _ := exec.Command("pgrep", "-c", "-f", "^sleep 1013$").Output()
+		if _, err := os.Stat(started); err == nil && strings.TrimSpace(string(out)) == "2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session's jobs did not start: %s", out)
+		}
+	}
+	if err := m.KillSession(ctx(t), "stub"); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := exec.Command("pgrep", "-a", "-f", "^sleep 1013$").Output(); len(out) > 0 {
+		t.Errorf("processes outlived their killed session:\n%s", out)
+	}
+	select {
+	case <-done: // the run's window went with the session
+	case <-time.After(10 * time.Second):
+		t.Error("the session run did not end with its session")
 	}
 }
