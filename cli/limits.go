@@ -12,7 +12,7 @@ import (
 )
 
 // limitKeys documents --limit; the order is the help's.
-const limitKeys = `memory=SIZE (cgroup), pids=N (cgroup), cpus=N.N (cgroup quota), ` +
+const limitKeys = `memory=SIZE (cgroup; the OOM killer ends the run), pids=N (cgroup; the first refused fork ends the run), cpus=N.N (cgroup quota), ` +
 	`cpu-time=DURATION (RLIMIT_CPU), as=SIZE (RLIMIT_AS), nofile=N (RLIMIT_NOFILE), nproc=N (RLIMIT_NPROC)`
 
 // addLimitFlag registers the repeatable --limit KEY=VALUE flag.

@@ -137,6 +137,9 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 	if err != nil {
 		return err
 	}
+	if limits.GetMemoryBytes() != 0 || limits.GetPids() != 0 || limits.GetCpuMillis() != 0 {
+		return usageErrorf("--limit memory, pids and cpus need a run's own cgroups, which only dtmux exec gets; dtmux run takes cpu-time, as, nofile and nproc")
+	}
 	data, err := os.ReadFile(o.script)
 	if err != nil {
 		return usageErrorf("script: %v", err)
@@ -269,7 +272,13 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 			if started != nil {
 				id = started.GetSession() + ":" + started.GetWindow()
 			}
-			return a.trailerExit(id, e.Trailer)
+			err := a.trailerExit(id, e.Trailer)
+			if err == nil && waitRE != nil {
+				// A readiness gate must not pass when its pattern
+				// never showed.
+				return &ExitError{Code: 1, Msg: fmt.Sprintf("the script %s ended (exit 0) before its output matched --wait-for %q", id, o.waitFor)}
+			}
+			return err
 		}
 	}
 }

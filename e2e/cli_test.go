@@ -559,6 +559,26 @@ func TestCLIRunScript(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stderr, "progress: 10%\nprogress: 50%\nprogress: 100%\n") {
 		t.Errorf("--progress: exit %d stderr %q", r.code, r.stderr)
 	}
+	// A readiness gate whose pattern never shows does not pass.
+	r = dtmuxCLI(t, c, nil, "run", "w1", "--wait-for", "NEVER-SHOWN", script, "x", "0")
+	if r.code != 1 || !strings.Contains(r.stderr, "before its output matched --wait-for") {
+		t.Errorf("--wait-for a pattern that never shows: exit %d stderr %q", r.code, r.stderr)
+	}
+	// After --wait-for returned, the script's window still closes when
+	// the script ends (no --keep-window).
+	quick := filepath.Join(dir, "quick.sh")
+	if err := os.WriteFile(quick, []byte("#!/bin/sh\necho ready\nsleep 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := dtmuxCLI(t, c, nil, "run", "w1", "--wait-for", "ready", quick); r.code != 0 {
+		t.Errorf("--wait-for ready: exit %d stderr %q", r.code, r.stderr)
+	}
+	eventually(t, "the waited-for script's window closed after it ended", func() string {
+		if out := mustCLI(t, c, "session", "ls", "w1").stdout; strings.Contains(out, "quick-") {
+			return out
+		}
+		return ""
+	})
 
 	waiter := filepath.Join(dir, "server.sh")
 	if err := os.WriteFile(waiter, []byte("#!/bin/sh\necho booting\necho 'Build complete'\nexec sleep 300\n"), 0o644); err != nil {
@@ -951,7 +971,20 @@ func TestCLIResourceLimits(t *testing.T) {
 		}
 	}
 	r = dtmuxCLI(t, c, nil, "run", "w1", "--limit", "memory=64M", script)
-	if r.code == 0 || !strings.Contains(r.stderr, "exec runs only") {
-		t.Errorf("run --limit memory: exit %d stderr %q, want a refusal naming exec runs", r.code, r.stderr)
+	if r.code != 254 || !strings.Contains(r.stderr, "only dtmux exec") {
+		t.Errorf("run --limit memory: exit %d stderr %q, want a usage refusal naming dtmux exec", r.code, r.stderr)
+	}
+	// Above what the workspace allows (its hard limit, and never more
+	// than fs.nr_open): said before the start, not as a failed exec
+	// (exit 127).
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		over := strconv.FormatUint(n+1, 10)
+		for _, cmd := range [][]string{{"exec", "w1", "--limit", "nofile=" + over, "--", "true"}, {"run", "w1", "--limit", "nofile=" + over, script}} {
+			r := dtmuxCLI(t, c, nil, cmd...)
+			if r.code != 254 || !strings.Contains(r.stderr, "above this workspace's maximum") {
+				t.Errorf("%v: exit %d stderr %q, want 254 naming the maximum", cmd, r.code, r.stderr)
+			}
+		}
 	}
 }

@@ -50,13 +50,85 @@ func limitArgs(l Limits, cgroupDirs []string, path string, argv []string) []stri
 // removes: they are refused with ErrLimitUnavailable.
 func (m *Manager) LimitedArgv(l Limits, argv []string) ([]string, error) {
 	if l.hasCgroupLimits() {
-		return nil, fmt.Errorf("memory, pids and cpu limits apply to exec runs only (session runs take cpu seconds, address space, open files and processes): %w", ErrLimitUnavailable)
+		return nil, fmt.Errorf("memory, pids and cpus limits need a run's own cgroups, which only exec runs get; session runs take cpu-time, as, nofile and nproc: %w", ErrInvalidSpec)
+	}
+	if err := checkRlimits(l); err != nil {
+		return nil, err
 	}
 	if !l.hasRlimits() || len(argv) == 0 {
 		return argv, nil
 	}
 	h := m.cfg.LimitHelper
 	return append(slices.Clone(h), limitArgs(l, nil, argv[0], argv)...), nil
+}
+
+// checkRlimits refuses the rlimits the helper could not set: above the
+// agent's own hard limit, which only CAP_SYS_RESOURCE may raise (open
+// files never above fs.nr_open). Said before the start, not as a failed
+// exec.
+func checkRlimits(l Limits) error {
+	canRaise := hasCapSysResource()
+	for _, r := range []struct {
+		name string
+		res  int
+		v    uint64
+	}{
+		{"cpu-time", unix.RLIMIT_CPU, l.CPUSeconds},
+		{"as", unix.RLIMIT_AS, l.AddressSpaceBytes},
+		{"nofile", unix.RLIMIT_NOFILE, l.OpenFiles},
+		{"nproc", unix.RLIMIT_NPROC, l.Processes},
+	} {
+		if r.v == 0 {
+			continue
+		}
+		want := r.v
+		if r.res == unix.RLIMIT_CPU {
+			want++ // the hard CPU limit is a second above the soft one
+		}
+		var cur unix.Rlimit
+		if err := unix.Getrlimit(r.res, &cur); err != nil {
+			continue
+		}
+		max := cur.Max
+		if canRaise {
+			max = unix.RLIM_INFINITY
+			if r.res == unix.RLIMIT_NOFILE {
+				max = nrOpen()
+			}
+		}
+		if max != unix.RLIM_INFINITY && want > max {
+			return fmt.Errorf("limit %s=%d is above this workspace's maximum (%d): %w", r.name, r.v, max, ErrInvalidSpec)
+		}
+	}
+	return nil
+}
+
+// hasCapSysResource reports whether this process may raise hard limits.
+func hasCapSysResource() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	return false
+}
+
+// nrOpen is the kernel's ceiling on open files per process.
+func nrOpen() uint64 {
+	b, err := os.ReadFile("/proc/sys/fs/nr_open")
+	if err != nil {
+		return 1 << 20
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 1 << 20
+	}
+	return n
 }
 
 // ExecLimited is the body of the hidden subcommand: args are what follows

@@ -201,7 +201,7 @@ func validate(s Spec) error {
 	if s.Timeout < 0 || s.IdleTimeout < 0 {
 		return fmt.Errorf("negative timeout: %w", ErrInvalidSpec)
 	}
-	return nil
+	return checkRlimits(s.Limits)
 }
 
 // Start starts a run, or returns the existing run with spec.ID (existing

@@ -58,9 +58,10 @@ type RunResult struct {
 // The command belongs to its window, not to the caller: when ctx ends
 // first (the client cancelled or went away) or a callback fails, the
 // command keeps running like a detached run and ctx's (or the callback's)
-// error is returned. Only the timeout, which a Manager-owned watchdog keeps
-// enforcing after the caller left, or an explicit kill (KillSession, a
-// signal) ends it. The window then stays, whatever CloseWindow says.
+// error is returned. Only the timeout, which the pane helper (without
+// one, a Manager-owned watchdog) keeps enforcing after the caller left,
+// or an explicit kill (KillSession, a signal) ends it. With CloseWindow
+// its window then closes when it ends.
 func (m *Manager) RunInSession(ctx context.Context, spec RunSpec, started func(RunStarted) error, output func(offset uint64, data []byte) error) (RunResult, error) {
 	if err := m.Err(); err != nil {
 		return RunResult{}, err
@@ -421,9 +422,18 @@ func (r *run) cleanup() {
 		// The command outlives this call: stop copying its output into a
 		// log nobody will read, but keep a pipe so that tmux still reads
 		// its last output at exit (drain.go); the new pipe replaces the
-		// log's.
+		// log's. A window that was to close after the run closes when the
+		// command ends, since nobody waits for its status any more.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, _ = r.c.Command(ctx, drainLine(r.pane))
+		if r.spec.CloseWindow {
+			_, _ = r.c.Command(ctx, line("set-option", "-w", "-t", quoteWord(r.window), "remain-on-exit", "off"))
+			// It may have ended meanwhile, and a dead pane stays.
+			if b, err := r.c.Command(ctx, line("display-message", "-p", "-t", quoteWord(r.pane), quoteWord("#{pane_dead}"))); err == nil &&
+				len(b) == 1 && len(b[0].Body) == 1 && string(b[0].Body[0]) == "1" {
+				_, _ = r.c.Command(ctx, line("kill-window", "-t", quoteWord(r.window)))
+			}
+		}
 		cancel()
 	}
 	if r.pane != "" && r.spec.CloseWindow && r.ended {

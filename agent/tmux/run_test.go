@@ -215,7 +215,8 @@ func TestRunInSessionOutlivesCaller(t *testing.T) {
 		t.Helper()
 		c, cancel := context.WithCancel(ctx(t))
 		var st RunStarted
-		_, err := m.RunInSession(c, RunSpec{Session: "det", WindowName: win, Timeout: timeout, CloseWindow: true,
+		// The windows stay (no CloseWindow) so that their state shows.
+		_, err := m.RunInSession(c, RunSpec{Session: "det", WindowName: win, Timeout: timeout,
 			Command: Command{Argv: []string{"sh", "-c", "echo ready; exec sleep 300"}}},
 			func(s RunStarted) error { st = s; return nil },
 			func(_ uint64, d []byte) error {
