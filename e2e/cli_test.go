@@ -845,6 +845,11 @@ func TestCLILostConnection(t *testing.T) {
 			t.Errorf("exit %d, want 255 (stderr %q)", r.code, r.stderr)
 		}
 		oneLineError(t, r, "lost the connection to workspace w1's agent during run long-w1")
+		// The command the message suggests works right away: the call
+		// waits a moment for the agent the provider restarts.
+		if r := dtmuxCLI(t, c, nil, "runs", "ls", "w1"); r.code != 0 {
+			t.Errorf("runs ls right after the agent died: exit %d stderr %q", r.code, r.stderr)
+		}
 		// The restarted agent hangs the orphaned attached run up: its
 		// client is gone, as after a dropped ssh session.
 		eventually(t, "the attached run hung up by the next agent", func() string {

@@ -344,13 +344,30 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 	defer func() { e.touch(); e.active.Add(-1) }()
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	defer cancel()
-	settle(ctx, e.cc)
-	r, err := healthpb.NewHealthClient(e.cc).Check(ctx, &healthpb.HealthCheckRequest{})
-	if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		err = fmt.Errorf("agent health is %s", r.GetStatus())
-	}
-	if err == nil {
-		return nil
+	e.mu.Lock()
+	wasReached := e.everReached
+	e.mu.Unlock()
+	var err error
+	for start := time.Now(); ; {
+		settle(ctx, e.cc)
+		var r *healthpb.HealthCheckResponse
+		r, err = healthpb.NewHealthClient(e.cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			err = fmt.Errorf("agent health is %s", r.GetStatus())
+		}
+		if err == nil {
+			return nil
+		}
+		// An agent that was reached before and is gone now is most
+		// likely being restarted (a crash the supervisor answers, an
+		// upgrade): give it a moment before failing the call.
+		if !wasReached || time.Since(start) >= restartGrace || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	if s, ok := status.FromError(err); ok {
 		if s.Code() == codes.Canceled && ctx.Err() != nil {
@@ -369,6 +386,10 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 	}
 	return fmt.Errorf("%w: workspace %q: %v", ErrUnreachable, e.name, err)
 }
+
+// restartGrace is how long a call waits for an agent that was reached
+// before to come back.
+const restartGrace = 1500 * time.Millisecond
 
 // freshAttemptWait bounds the wait for grpc to start a new connection
 // attempt after its backoff was reset.
