@@ -313,6 +313,13 @@ func (m *Manager) ListSessions(ctx context.Context) ([]Session, error) {
 		return nil, err
 	}
 	out, err := m.run(ctx, nil, "list-panes", "-a", "-F", listFormat)
+	if err == nil && hasStatuslessDeadPane(out) {
+		// 3.3a lost the SIGCHLD of a pane's process (TMUX.md §2): make
+		// it reap, then read again, rather than report no exit status.
+		m.nudge()
+		time.Sleep(30 * time.Millisecond)
+		out, err = m.run(ctx, nil, "list-panes", "-a", "-F", listFormat)
+	}
 	if err != nil {
 		if errors.Is(err, ErrSessionNotFound) { // no server: no sessions
 			return nil, nil
@@ -367,6 +374,17 @@ func (m *Manager) ListSessions(ctx context.Context) ([]Session, error) {
 		res = append(res, *byName[n])
 	}
 	return res, nil
+}
+
+// hasStatuslessDeadPane reports whether a list-panes reply in listFormat
+// has a dead pane without an exit status or signal.
+func hasStatuslessDeadPane(out string) bool {
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.SplitN(l, "\t", 16); len(f) == 16 && f[7] == "1" && f[8] == "" && f[9] == "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Session describes one session.
