@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"syscall"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -248,7 +249,8 @@ func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.A
 	// rlimits go through the run manager's limit helper, between tmux's
 	// pane helper and the command.
 	var wrap func([]string) ([]string, error)
-	if limits := limitsFromProto(req.GetLimits()); limits != (process.Limits{MaxOutputBytes: limits.MaxOutputBytes}) {
+	limits := limitsFromProto(req.GetLimits())
+	if limits != (process.Limits{MaxOutputBytes: limits.MaxOutputBytes}) {
 		if s.runs == nil {
 			return toStatus(s.log, fmt.Errorf("%w: resource limits need the agent's run manager", errInvalid))
 		}
@@ -289,6 +291,9 @@ func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.A
 	switch {
 	case res.TimedOut:
 		tr.Reason, tr.Detail = agentv1.ExitReason_EXIT_REASON_TIMED_OUT, "wall-clock timeout "+timeout.String()
+	case limits.CPUSeconds > 0 && (res.Exit.Signal == int(syscall.SIGXCPU) || res.Exit.Signal == int(syscall.SIGKILL)):
+		tr.Reason = agentv1.ExitReason_EXIT_REASON_LIMIT_EXCEEDED
+		tr.Detail = fmt.Sprintf("cpu-time limit %ds exceeded", limits.CPUSeconds)
 	case res.Exit.Signal != 0:
 		tr.Reason = agentv1.ExitReason_EXIT_REASON_SIGNALED
 	}

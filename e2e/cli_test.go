@@ -964,6 +964,15 @@ func TestCLIResourceLimits(t *testing.T) {
 		t.Errorf("run --limit: stdout %q, want nofile=21 cpu=7", r.stdout)
 	}
 
+	spin := filepath.Join(filepath.Dir(script), "spin.sh")
+	if err := os.WriteFile(spin, []byte("#!/bin/sh\nwhile :; do :; done\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = dtmuxCLI(t, c, nil, "run", "w1", "--limit", "cpu-time=1", spin)
+	if r.code != 128+int(syscall.SIGXCPU) || !strings.Contains(r.stderr, "cpu-time limit 1s exceeded") {
+		t.Errorf("run over its cpu-time: exit %d stderr %q, want %d and the limit named", r.code, r.stderr, 128+int(syscall.SIGXCPU))
+	}
+
 	for _, bad := range [][]string{
 		{"exec", "w1", "--limit", "nofile=0", "--", "true"},
 		{"exec", "w1", "--limit", "bogus=1", "--", "true"},
