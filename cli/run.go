@@ -58,7 +58,8 @@ The window is named after the script with a random suffix (build-3f9a) and is
 closed when the script ends, unless --keep-window is given.
 
 --wait-for REGEX returns 0 as soon as the pattern appears in the output; the
-script keeps running in its window. --progress REGEX takes a pattern whose
+script keeps running in its window (exit 1, or the script's failure, when it
+ends before the pattern appears). --progress REGEX takes a pattern whose
 first group is a percentage and draws a progress bar on a terminal (plain
 "progress: N%" lines on stderr otherwise). Put flags for dtmux before SCRIPT
 or use -- before ARGS that look like flags.`,
@@ -71,7 +72,7 @@ or use -- before ARGS that look like flags.`,
 	f := cmd.Flags()
 	f.StringVar(&o.session, "session", DefaultRunSession, "session to run in (created when missing)")
 	f.DurationVar(&o.timeout, "timeout", 0, "kill the script's process group after this long (exit 124)")
-	f.StringVar(&o.waitFor, "wait-for", "", "return 0 as soon as output matches this regex (the script keeps running)")
+	f.StringVar(&o.waitFor, "wait-for", "", "return 0 as soon as output matches this regex (the script keeps running); exit 1 if the script ends first")
 	f.StringVar(&o.progress, "progress", "", "regex whose first group is a percentage, shown as a progress bar")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.BoolVar(&o.keepWindow, "keep-window", false, "keep the script's window, dead with its status, after the script ends (default: close it)")
