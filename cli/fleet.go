@@ -139,6 +139,7 @@ type fleetExecOptions struct {
 	maxFailures   uint32
 	cancelRunning bool
 	runID         string
+	limits        []string
 }
 
 func newFleetExecCmd(app *App) *cobra.Command {
@@ -187,6 +188,7 @@ and "dtmux fleet attach RUN_ID" collects their whole output.
 	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory (default: each workspace's)")
 	f.Uint32VarP(&o.maxParallel, "max-parallel", "p", 32, "targets running at once")
 	f.DurationVar(&o.timeout, "timeout", 0, "kill the command on a target after this long (the agent enforces it)")
+	addLimitFlag(f, &o.limits, "the command on each target")
 	f.DurationVar(&o.targetTimeout, "target-timeout", 0, "deadline for a target as a whole, connecting included")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 0, "kill the command on a target after this long without output")
 	f.Uint32Var(&o.retries, "retries", 2, "extra attempts to reach an unreachable target")
@@ -210,6 +212,10 @@ func (a *App) runFleetExec(ctx context.Context, o fleetExecOptions, argv []strin
 	if err != nil {
 		return err
 	}
+	limits, err := parseLimits(o.limits)
+	if err != nil {
+		return err
+	}
 	r, p, _, err := a.fleetRenderer(o.out)
 	if err != nil {
 		return err
@@ -228,6 +234,7 @@ func (a *App) runFleetExec(ctx context.Context, o fleetExecOptions, argv []strin
 		CancelRunning: o.cancelRunning,
 		RunId:         o.runID,
 		RetryBackoff:  durationpb.New(o.retryBackoff),
+		Limits:        limits,
 	}
 	for _, d := range []struct {
 		v   time.Duration

@@ -69,6 +69,16 @@ func TestFleet(t *testing.T) {
 	c := StartController(t, ControllerOptions{})
 	names := fleetWorkspaces(t, c, 50)
 
+	t.Run("limits on every target", func(t *testing.T) {
+		r := dtmuxCLI(t, c, nil, "fleet", "exec", "--ws", "ws01,ws02", "--limit", "nofile=33", "--", "sh", "-c", "ulimit -n")
+		if r.code != 0 || !strings.Contains(r.stdout, "ws01 | 33\n") || !strings.Contains(r.stdout, "ws02 | 33\n") {
+			t.Errorf("fleet exec --limit: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+		}
+		if r := dtmuxCLI(t, c, nil, "fleet", "exec", "--all", "--limit", "nofile=x", "--", "true"); r.code != 254 || !strings.Contains(r.stderr, "--limit nofile") {
+			t.Errorf("fleet exec with a bad --limit: exit %d stderr %q", r.code, r.stderr)
+		}
+	})
+
 	t.Run("output attributed, failures summarised", func(t *testing.T) {
 		script := `echo "hello from $DTMUX_WORKSPACE"; printf 'no newline %s' "$DTMUX_WORKSPACE"; echo "warn $DTMUX_WORKSPACE" >&2
 case $DTMUX_WORKSPACE in ws07|ws13) exit 3;; ws21) exit 9;; esac`
