@@ -225,7 +225,7 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 				if pane, _ := paneID.Load().(string); pane != "" {
 					stop = o.session + ":" + pane
 				}
-				return &ExitError{Code: 130, Msg: fmt.Sprintf("interrupted; the script keeps running in %s (stop it: dtmux session send %s %s --keys C-c)", where, o.ws, stop)}
+				return &ExitError{Code: 130, Msg: fmt.Sprintf("interrupted; the script keeps running in %s (interrupt it: dtmux session send %s %s --keys C-c; end everything in the session: dtmux session kill %s %s)", where, o.ws, stop, o.ws, o.session)}
 			default:
 			}
 			if started == nil || ctx.Err() != nil {
