@@ -7,9 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dtmux/dtmux/internal/procfs"
 )
 
 // Orphans. When an agent dies, the runs it had in flight are finished by
@@ -27,41 +28,13 @@ import (
 // leader's pid carries the run's DTMUX_RUN_ID and DTMUX_WORKSPACE (a
 // process group's number is not reused while it has members).
 
-// procStat returns the process group, the state letter and the start time
-// (clock ticks after boot) of pid from /proc.
-func procStat(pid int) (pgrp int, state byte, start uint64, err error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	// The command name may hold spaces and parentheses: fields start
-	// after the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state), f[2] field 5 (pgrp), f[19] field 22
-	// (starttime).
-	if len(f) < 20 || len(f[0]) != 1 {
-		return 0, 0, 0, errors.New("malformed stat")
-	}
-	if pgrp, err = strconv.Atoi(f[2]); err != nil {
-		return 0, 0, 0, err
-	}
-	if start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
-		return 0, 0, 0, err
-	}
-	return pgrp, f[0][0], start, nil
-}
-
 // startTicks returns the start time of pid, or 0 when it is unknown.
 func startTicks(pid int) uint64 {
-	_, _, start, err := procStat(pid)
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		return 0
 	}
-	return start
+	return st.StartTime
 }
 
 // groupAlive reports whether the process group of run info is still
@@ -71,25 +44,17 @@ func (m *Manager) groupAlive(info Info) bool {
 	if pid <= 0 {
 		return false
 	}
-	if _, state, start, err := procStat(pid); err == nil && info.StartTicks != 0 && start == info.StartTicks && state != 'Z' {
+	if st, err := procfs.ReadStat(pid); err == nil && info.StartTicks != 0 && st.StartTime == info.StartTicks && st.State != 'Z' {
 		return true
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return false
 	}
 	wantID := []byte("DTMUX_RUN_ID=" + info.ID)
 	wantWS := []byte("DTMUX_WORKSPACE=" + m.cfg.Workspace)
-	for _, e := range ents {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
+	for _, p := range procfs.Pids() {
+		st, err := procfs.ReadStat(p)
+		if err != nil || st.PGRP != pid || st.State == 'Z' {
 			continue
 		}
-		pgrp, state, _, err := procStat(p)
-		if err != nil || pgrp != pid || state == 'Z' {
-			continue
-		}
-		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		env, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(p), "environ"))
 		if err != nil {
 			continue
 		}

@@ -29,13 +29,20 @@ func needTmux(t testing.TB) {
 // killed when the test ends.
 func newManager(t testing.TB, mut ...func(*Config)) *Manager {
 	t.Helper()
+	return startManager(t, stateDir(t), mut...)
+}
+
+// stateDir is a fresh, short state directory (the server socket's path
+// must fit in 108 bytes), removed when the test ends.
+func stateDir(t testing.TB) string {
+	t.Helper()
 	needTmux(t)
 	dir, err := os.MkdirTemp("", "dt")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return startManager(t, dir, mut...)
+	return dir
 }
 
 func startManager(t testing.TB, dir string, mut ...func(*Config)) *Manager {

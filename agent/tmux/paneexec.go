@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dtmux/dtmux/internal/procfs"
 )
 
 // PaneExecCommand is the hidden subcommand of the agent binary that runs a
@@ -175,34 +177,11 @@ func sessionPeers() bool {
 	return false
 }
 
-// sessionMembers lists the processes whose session id is in sids, from
-// /proc.
+// sessionMembers lists the live processes whose session id is in sids.
 func sessionMembers(sids map[int]bool) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		// After "comm)": state ppid pgrp session ...
-		f := strings.Fields(s[i+1:])
-		if len(f) < 4 || f[0] == "Z" {
-			continue
-		}
-		if sid, err := strconv.Atoi(f[3]); err == nil && sids[sid] {
+	for _, pid := range procfs.Pids() {
+		if st, err := procfs.ReadStat(pid); err == nil && st.State != 'Z' && sids[st.Session] {
 			out = append(out, pid)
 		}
 	}
@@ -242,23 +221,12 @@ func killPane(pid int, sig syscall.Signal) {
 	_ = syscall.Kill(pid, sig)
 }
 
-// foregroundGroup is the foreground process group of pid's terminal
-// (tpgid in /proc/PID/stat), or 0.
+// foregroundGroup is the foreground process group of pid's terminal,
+// or 0 when pid is gone.
 func foregroundGroup(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		return 0
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	// After "comm)": state ppid pgrp session tty_nr tpgid ...
-	f := strings.Fields(s[i+1:])
-	if len(f) < 6 {
-		return 0
-	}
-	pg, _ := strconv.Atoi(f[5])
-	return pg
+	return st.TPGID
 }

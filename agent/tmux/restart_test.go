@@ -16,12 +16,7 @@ import (
 // leaves no control client behind (a client that is not read but lives
 // on freezes its panes, TMUX.md §1).
 func TestRestartFindsSessions(t *testing.T) {
-	needTmux(t)
-	dir, err := os.MkdirTemp("", "dt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := stateDir(t)
 	m1 := startManager(t, dir)
 	mustCreate(t, m1, "keep", "cat")
 	if err := m1.SendInput(ctx(t), Target{Session: "keep"}, Input{Text: []byte("before"), Enter: true}); err != nil {
@@ -84,15 +79,10 @@ func TestMissingTmux(t *testing.T) {
 // A session run's timeout holds after its caller left and the agent
 // restarted: the pane helper enforces it, not the agent.
 func TestRunTimeoutSurvivesRestart(t *testing.T) {
-	needTmux(t)
-	dir, err := os.MkdirTemp("", "dt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := stateDir(t)
 	m1 := startManager(t, dir)
 	c, cancel := context.WithCancel(ctx(t))
-	_, err = m1.RunInSession(c, RunSpec{Session: "to", CreateSession: true, WindowName: "slow", Timeout: 1500 * time.Millisecond,
+	_, err := m1.RunInSession(c, RunSpec{Session: "to", CreateSession: true, WindowName: "slow", Timeout: 1500 * time.Millisecond,
 		Command: Command{Argv: []string{"sh", "-c", "echo ready; exec sleep 300"}}},
 		func(RunStarted) error { return nil },
 		func(_ uint64, d []byte) error {

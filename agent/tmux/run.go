@@ -197,7 +197,7 @@ func (r *run) start(ctx context.Context, win string, argv []string) error {
 				r.cmdPID = pg
 				break
 			}
-			if pg == 0 { // the helper is gone already
+			if pg <= 0 { // the helper is gone already (or has no terminal)
 				break
 			}
 		}
