@@ -40,6 +40,7 @@ func (c *Client) respawn(ctx context.Context, pane, respawn string) error {
 		}
 		piped = len(blocks[0].Body) == 1 && string(blocks[0].Body[0]) == "1"
 	}
+	defer c.m.nudgeSoon()
 	if piped {
 		_, err := c.Command(ctx, respawn)
 		return err

@@ -292,6 +292,28 @@ func (m *Manager) KillServer() {
 	_ = os.Remove(m.sock)
 }
 
+// nudgeSoon sends the nudge a few times over the next half second, from
+// a goroutine the Manager owns: a command that exits right after a
+// respawn is the one whose SIGCHLD 3.3a tends to lose, leaving a dead pane
+// without status (and its service without logs) until the next nudge.
+func (m *Manager) nudgeSoon() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	m.watchers.Go(func() {
+		for _, d := range []time.Duration{20 * time.Millisecond, 100 * time.Millisecond, 400 * time.Millisecond} {
+			select {
+			case <-m.quit:
+				return
+			case <-time.After(d):
+				m.nudge()
+			}
+		}
+	})
+}
+
 // nudge sends SIGCHLD to the server: tmux 3.3a can lose one and leave a
 // dead pane without status and without its pane-died hook (#311, #4559).
 func (m *Manager) nudge() {

@@ -71,12 +71,24 @@ func (m *Manager) saveSpecs(session string, specs map[string]ServiceSpec) error 
 
 // servicePanes maps window names of a session to their first pane.
 func (m *Manager) servicePanes(ctx context.Context, c *Client, session string) (map[string]Pane, error) {
+	for attempt := 0; ; attempt++ {
+		panes, unknown, err := m.readServicePanes(ctx, c, session)
+		if err != nil || !unknown || attempt > 0 {
+			return panes, err
+		}
+		// A dead pane without status: 3.3a lost its SIGCHLD. Nudge
+		// (readServicePanes did), then read once more.
+		time.Sleep(30 * time.Millisecond)
+	}
+}
+
+func (m *Manager) readServicePanes(ctx context.Context, c *Client, session string) (panes map[string]Pane, unknown bool, err error) {
 	blocks, err := c.Command(ctx, line("list-panes", "-s", "-t", quoteWord("="+session), "-F",
 		quoteWord("#{window_name}\t#{window_id}\t#{pane_id}\t#{pane_pid}\t#{pane_dead}/#{pane_dead_status}/#{pane_dead_signal}")))
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	panes := map[string]Pane{}
+	panes = map[string]Pane{}
 	for _, l := range blocks[0].Body {
 		f := strings.Split(string(l), "\t")
 		if len(f) != 5 {
@@ -91,13 +103,14 @@ func (m *Manager) servicePanes(ctx context.Context, c *Client, session string) (
 		p.Exit, p.Dead, known = parseDead(f[4])
 		if p.Dead && !known {
 			m.nudge()
+			unknown = true
 		}
 		if !p.Dead {
 			p.Exit = PaneExit{Code: -1}
 		}
 		panes[f[0]] = p
 	}
-	return panes, nil
+	return panes, unknown, nil
 }
 
 // isServicesSession reports whether a session holds services: the
