@@ -212,6 +212,7 @@ func TestExecBadRequests(t *testing.T) {
 		{"negative timeout", []*agentv1.ExecRequest{start(&agentv1.CommandSpec{Argv: []string{"true"}}, func(s *agentv1.ExecStart) { s.Timeout = durationpb.New(-time.Second) })}, codes.InvalidArgument, "timeout"},
 		{"cgroup limits", []*agentv1.ExecRequest{start(&agentv1.CommandSpec{Argv: []string{"true"}}, func(s *agentv1.ExecStart) { s.Limits = &agentv1.RunLimits{MemoryBytes: 1} })}, codes.InvalidArgument, "cgroups"},
 		{"second start", []*agentv1.ExecRequest{startMsg("sleep", "1000"), startMsg("true")}, codes.InvalidArgument, "start may only be the first"},
+		{"argument too long for the kernel", []*agentv1.ExecRequest{start(&agentv1.CommandSpec{Argv: []string{"true"}, Env: map[string]string{"BIG": strings.Repeat("x", 200<<10)}}, nil)}, codes.InvalidArgument, "too long"},
 		{"unknown signal", []*agentv1.ExecRequest{startMsg("sleep", "1000"), {Msg: &agentv1.ExecRequest_Signal{Signal: &agentv1.ExecSignal{Signal: 77}}}}, codes.InvalidArgument, "signal 77"},
 	}
 	for _, tt := range tests {

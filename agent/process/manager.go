@@ -550,6 +550,8 @@ func execError(prog string, err error) error {
 		return fmt.Errorf("start %s: bad interpreter: no such file or directory: %w", prog, ErrProgramNotExecutable)
 	case errors.Is(err, syscall.EISDIR):
 		return fmt.Errorf("start %s: is a directory: %w", prog, ErrProgramNotExecutable)
+	case errors.Is(err, syscall.E2BIG):
+		return fmt.Errorf("start %s: argument list and environment too long for the kernel (E2BIG; one argument or variable may hold at most 128 KiB): %w", prog, ErrInvalidSpec)
 	}
 	return fmt.Errorf("start %s: %w", prog, err)
 }
