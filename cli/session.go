@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
@@ -309,9 +311,17 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 	if err != nil {
 		return err
 	}
+	following := false
 	for {
 		ev, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if following && status.Code(err) == codes.NotFound {
+			// The window or session went away under the follower (killed,
+			// or closed when its command ended): that ends the output,
+			// as tail -f's does when told to stop.
+			fmt.Fprintf(a.Stderr, "dtmux: %s closed while following it (its window or session was killed)\n", paneName(target))
 			return nil
 		}
 		if err != nil {
@@ -319,6 +329,7 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 		}
 		switch {
 		case ev.GetSnapshot() != nil:
+			following = true
 			if _, err := a.Stdout.Write(trimTrailingBlankLines(ev.GetSnapshot().GetContent())); err != nil {
 				return err
 			}
@@ -337,6 +348,15 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 			return exitCode(int(x.GetExitCode()))
 		}
 	}
+}
+
+// paneName names a pane target as the CLI takes it: SESSION[:WINDOW].
+func paneName(t *agentv1.PaneTarget) string {
+	n := t.GetSession()
+	if t.GetWindow() != "" {
+		n += ":" + t.GetWindow()
+	}
+	return n
 }
 
 // trimTrailingBlankLines drops the empty lines below a pane's last output

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/dtmux/dtmux/internal/testbin"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
@@ -207,5 +208,36 @@ func TestCLIServicesMissingAndExited(t *testing.T) {
 	mustCLI(t, c, "down", "w1")
 	if r := dtmuxCLI(t, c, nil, "ps", "w1"); r.code != 0 || strings.Contains(r.stdout, "crasher") || r.stderr != "" {
 		t.Errorf("ps after down: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// `session logs -f` ends cleanly, saying why, when the session it follows
+// is killed.
+func TestCLISessionLogsFollowEndsWhenKilled(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	mustCLI(t, c, "session", "new", "w1", "k1", "--", "cat")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "session", "logs", "w1", "k1", "-f")
+	cmd.Env = c.Env()
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, c, "session", "send", "w1", "k1", "--enter", "marker-1")
+	eventually(t, "the followed output", func() string {
+		if s := out.String(); !strings.Contains(s, "marker-1") {
+			return fmt.Sprintf("output so far %q", s)
+		}
+		return ""
+	})
+	mustCLI(t, c, "session", "kill", "w1", "k1")
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("session logs -f after the session was killed: %v (stderr %q), want exit 0", err, errb.String())
+	}
+	if !strings.Contains(errb.String(), "k1 closed while following it") {
+		t.Errorf("stderr %q, want a line saying the session went away", errb.String())
 	}
 }
