@@ -44,7 +44,7 @@ var codeOf = []struct {
 	{tmux.ErrInvalidName, codes.InvalidArgument, ""},
 	{tmux.ErrInvalidArgument, codes.InvalidArgument, ""},
 	{tmux.ErrPaneDead, codes.FailedPrecondition, errinfo.PaneDead},
-	{tmux.ErrCommandNotFound, codes.InvalidArgument, ""},
+	{tmux.ErrCommandNotFound, codes.InvalidArgument, errinfo.ProgramNotFound},
 	{tmux.ErrUnsupported, codes.FailedPrecondition, ""},
 	{tmux.ErrClosed, codes.Unavailable, ""},
 	{context.Canceled, codes.Canceled, ""},

@@ -121,7 +121,8 @@ func trimDesc(msg string) string {
 
 // ErrorCode is the process exit code for an error returned by a command:
 // an ExitError's code; 127 and 126 for a program that is missing or not
-// executable (as a shell); 254 for input the server rejected; else 255.
+// executable (as a shell); 254 for input the server rejected (invalid,
+// or naming something that already exists); else 255.
 func ErrorCode(err error) int {
 	var ee *ExitError
 	if errors.As(err, &ee) {
@@ -135,8 +136,8 @@ func ErrorCode(err error) int {
 	case errinfo.RunIDConflict:
 		return ExitUsage
 	}
-	if st, ok := status.FromError(err); ok && st.Code() == codes.InvalidArgument {
-		return ExitUsage
+	if st, ok := status.FromError(err); ok && (st.Code() == codes.InvalidArgument || st.Code() == codes.AlreadyExists) {
+		return ExitUsage // the request, not dtmux, is what to fix
 	}
 	return ExitFailure
 }

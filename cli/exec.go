@@ -91,6 +91,9 @@ func buildCommand(argv []string, shell bool, env, secretEnv []string, secretEnvF
 	if argv[0] == "" && !shell {
 		return nil, usageErrorf("empty command name")
 	}
+	if shell && strings.TrimSpace(strings.Join(argv, "")) == "" {
+		return nil, usageErrorf("--shell: the command is empty")
+	}
 	for _, w := range argv {
 		if !utf8.ValidString(w) || strings.ContainsRune(w, 0) {
 			return nil, usageErrorf("command word %q: must be valid UTF-8 without NUL", clip(w))

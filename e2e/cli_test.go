@@ -349,8 +349,8 @@ func TestCLIWorkspaces(t *testing.T) {
 	}
 
 	r = dtmuxCLI(t, c, nil, "ws", "create", "wa")
-	if r.code != 255 {
-		t.Errorf("duplicate create: exit %d", r.code)
+	if r.code != 254 {
+		t.Errorf("duplicate create: exit %d, want 254 (a name already taken)", r.code)
 	}
 	oneLineError(t, r, "wa")
 	r = dtmuxCLI(t, c, nil, "ws", "create", "")

@@ -241,3 +241,20 @@ func TestCLISessionLogsFollowEndsWhenKilled(t *testing.T) {
 		t.Errorf("stderr %q, want a line saying the session went away", errb.String())
 	}
 }
+
+// Session commands answer like a shell and like exec: a missing program
+// is 127, a session name already taken is invalid input (254).
+func TestCLISessionExitCodes(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	if r := dtmuxCLI(t, c, nil, "session", "new", "w1", "x", "--", "/no/such/dtmux-cmd"); r.code != 127 {
+		t.Errorf("session new with a missing program: exit %d stderr %q, want 127", r.code, r.stderr)
+	}
+	mustCLI(t, c, "session", "new", "w1", "dup", "--", "cat")
+	if r := dtmuxCLI(t, c, nil, "session", "new", "w1", "dup", "--", "cat"); r.code != 254 {
+		t.Errorf("session new with a taken name: exit %d stderr %q, want 254", r.code, r.stderr)
+	}
+	if r := dtmuxCLI(t, c, nil, "exec", "--shell", "w1", "--", " "); r.code != 254 || !strings.Contains(r.stderr, "the command is empty") {
+		t.Errorf("exec --shell with an empty command: exit %d stderr %q", r.code, r.stderr)
+	}
+}
