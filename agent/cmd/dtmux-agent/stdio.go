@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -55,6 +57,10 @@ func runStdio(log hclog.Logger, f *flags, args []string) error {
 		return err
 	}
 	cancel()
+	// When the hop's reader is gone a write to stdout fails with EPIPE;
+	// without Notify, Go would kill the process with SIGPIPE instead
+	// (it does so for fds 1 and 2), and the pump would not end cleanly.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	return daemon.Pump(os.Stdin, os.Stdout, conn)
 }
 
