@@ -565,11 +565,12 @@ func (r *Run) finish(t Trailer) {
 	r.trailer = &t
 	r.mu.Unlock()
 	r.m.runEnded(r) // before Done, so that a waiter may start the next run
+	// Queued for writing (see writer for when, and what that means after
+	// a crash) before Done: a Close that waited for Done then writes it
+	// too, instead of the write landing after Close returned.
+	r.m.writer.add(r)
 	close(r.done)
 	r.broadcast()
-	// Written right after it is reported (see writer for why and what
-	// that means after a crash).
-	r.m.writer.add(r)
 	r.log.Debug("run finished", "reason", int(t.Reason), "exit_code", t.ExitCode, "signal", t.Signal)
 }
 
