@@ -689,10 +689,14 @@ func TestCLIServices(t *testing.T) {
 	oneLineError(t, r, "missing.yaml")
 }
 
-// TestCLIAttach drives `dtmux attach` through a real terminal: an outer
-// tmux server on a private socket runs it in a pane, types into it, reads
-// the screen, and detaches with tmux's own key.
-func TestCLIAttach(t *testing.T) {
+// attachInOuterTerminal starts a controller with workspace w1 and a shell
+// session dbg, and runs `dtmux attach w1 dbg` in a pane of an outer tmux
+// server on a private socket, a real terminal for it; after dtmux exits
+// the pane prints attach-exit-CODE, runs then, and sleeps. It returns the
+// controller, a runner of outer tmux commands and the pane's id (an
+// unambiguous target: "=0" is not a pane).
+func attachInOuterTerminal(t *testing.T, then string) (*Controller, func(args ...string) string, string) {
+	t.Helper()
 	testbin.RequireTool(t, "tmux")
 	c := StartController(t, ControllerOptions{})
 	c.CreateWorkspace(t, "w1", nil)
@@ -714,9 +718,16 @@ func TestCLIAttach(t *testing.T) {
 			envArgs = append(envArgs, "-e", e)
 		}
 	}
-	// The pane id is an unambiguous target ("=0" is not a pane).
 	pane := strings.TrimSpace(outer(append(append([]string{"new-session", "-d", "-x", "120", "-y", "40", "-P", "-F", "#{pane_id}"}, envArgs...),
-		testbin.Path(t, testbin.CLI)+" attach w1 dbg; echo attach-exit-$?; stty -a; sleep 300")...))
+		testbin.Path(t, testbin.CLI)+" attach w1 dbg; echo attach-exit-$?; "+then+"sleep 300")...))
+	return c, outer, pane
+}
+
+// TestCLIAttach drives `dtmux attach` through a real terminal: an outer
+// tmux server on a private socket runs it in a pane, types into it, reads
+// the screen, and detaches with tmux's own key.
+func TestCLIAttach(t *testing.T) {
+	c, outer, pane := attachInOuterTerminal(t, "stty -a; ")
 	outer("set-option", "-g", "prefix", "C-a")
 	screen := func() string { return outer("capture-pane", "-p", "-J", "-t", pane) }
 
@@ -898,29 +909,7 @@ func TestCLILostConnection(t *testing.T) {
 // what was lost, exits 255, and leaves the terminal as it found it — not
 // in the inner tmux's alternate screen.
 func TestCLIAttachAgentLost(t *testing.T) {
-	testbin.RequireTool(t, "tmux")
-	c := StartController(t, ControllerOptions{})
-	c.CreateWorkspace(t, "w1", nil)
-	mustCLI(t, c, "session", "new", "w1", "dbg", "--", "sh")
-
-	sock := filepath.Join(shortTempDir(t), "outer")
-	outer := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command("tmux", append([]string{"-S", sock, "-f", "/dev/null"}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("outer tmux %q: %v: %s", args, err, out)
-		}
-		return string(out)
-	}
-	t.Cleanup(func() { _ = exec.Command("tmux", "-S", sock, "kill-server").Run() })
-	envArgs := []string{}
-	for _, e := range c.Env() {
-		if strings.HasPrefix(e, "DTMUX_") {
-			envArgs = append(envArgs, "-e", e)
-		}
-	}
-	pane := strings.TrimSpace(outer(append(append([]string{"new-session", "-d", "-x", "120", "-y", "40", "-P", "-F", "#{pane_id}"}, envArgs...),
-		testbin.Path(t, testbin.CLI)+" attach w1 dbg; echo attach-exit-$?; sleep 300")...))
+	c, outer, pane := attachInOuterTerminal(t, "")
 	alternate := func() string { return strings.TrimSpace(outer("display-message", "-p", "-t", pane, "#{alternate_on}")) }
 	eventually(t, "the inner tmux on the outer terminal's alternate screen", func() string {
 		if a := alternate(); a != "1" {
