@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -67,7 +68,9 @@ func (m *Manager) LimitedArgv(l Limits, argv []string) ([]string, error) {
 // files never above fs.nr_open). Said before the start, not as a failed
 // exec.
 func checkRlimits(l Limits) error {
-	canRaise := hasCapSysResource()
+	if !l.hasRlimits() {
+		return nil
+	}
 	for _, r := range []struct {
 		name string
 		res  int
@@ -90,7 +93,7 @@ func checkRlimits(l Limits) error {
 			continue
 		}
 		max := cur.Max
-		if canRaise {
+		if want > max && canRaiseLimits() {
 			max = unix.RLIM_INFINITY
 			if r.res == unix.RLIMIT_NOFILE {
 				max = nrOpen()
@@ -103,8 +106,9 @@ func checkRlimits(l Limits) error {
 	return nil
 }
 
-// hasCapSysResource reports whether this process may raise hard limits.
-func hasCapSysResource() bool {
+// canRaiseLimits reports whether this process may raise hard limits
+// (CAP_SYS_RESOURCE), read once: capabilities do not change under it.
+var canRaiseLimits = sync.OnceValue(func() bool {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return false
@@ -116,7 +120,7 @@ func hasCapSysResource() bool {
 		}
 	}
 	return false
-}
+})
 
 // nrOpen is the kernel's ceiling on open files per process.
 func nrOpen() uint64 {
