@@ -254,9 +254,8 @@ func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.A
 		if s.runs == nil {
 			return toStatus(s.log, fmt.Errorf("%w: resource limits need the agent's run manager", errInvalid))
 		}
-		if _, err := s.runs.LimitedArgv(limits, nil); err != nil {
-			return toStatus(s.log, err)
-		}
+		// Applied before any session or window is made, so a refused
+		// limit leaves nothing behind.
 		wrap = func(argv []string) ([]string, error) { return s.runs.LimitedArgv(limits, argv) }
 	}
 	timeout, err := duration("timeout", req.GetTimeout())
