@@ -2,6 +2,7 @@ package tmux
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dtmux/dtmux/internal/procfs"
 )
 
 // paneLog is a pipe-pane copy of a followed pane's output. tmux 3.3a
@@ -179,27 +182,26 @@ func pipeDrained(pidFile string) bool {
 	if err != nil {
 		return false
 	}
-	pid := strings.TrimSpace(string(b))
-	if _, err := strconv.Atoi(pid); err != nil {
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
 		return false
 	}
-	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	st, err := procfs.ReadStat(pid)
+	if errors.Is(err, procfs.ErrMalformed) {
+		return false
+	}
 	if err != nil {
 		return true // cat is gone: it wrote all it could
 	}
-	st := string(stat)
-	i := strings.LastIndexByte(st, ')')
-	if i < 0 || i+2 >= len(st) {
-		return false
-	}
-	switch st[i+2] {
+	switch st.State {
 	case 'Z', 'X':
 		return true
 	case 'S':
 	default:
 		return false // running or writing
 	}
-	if w, err := os.ReadFile("/proc/" + pid + "/wchan"); err == nil {
+	proc := "/proc/" + strconv.Itoa(pid)
+	if w, err := os.ReadFile(proc + "/wchan"); err == nil {
 		switch string(w) {
 		case "unix_stream_read_generic", "unix_stream_data_wait", "pipe_read", "pipe_wait", "pipe_wait_readable":
 			return true
@@ -208,6 +210,6 @@ func pipeDrained(pidFile string) bool {
 			return false
 		}
 	}
-	sc, err := os.ReadFile("/proc/" + pid + "/syscall")
+	sc, err := os.ReadFile(proc + "/syscall")
 	return err == nil && strings.HasPrefix(string(sc), "0 0x0 ")
 }

@@ -11,6 +11,10 @@ import (
 	"strings"
 )
 
+// ErrMalformed is a stat line that does not parse (any other error of
+// ReadStat is reading it: the process is usually gone).
+var ErrMalformed = errors.New("malformed /proc stat")
+
 // Stat is the part of /proc/PID/stat dtmux uses.
 type Stat struct {
 	State     byte   // R, S, D, Z, T, ...
@@ -35,13 +39,13 @@ func parseStat(b []byte) (Stat, error) {
 	// after the last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return Stat{}, errors.New("malformed stat")
+		return Stat{}, ErrMalformed
 	}
 	// f[0] is field 3 (state), then ppid, pgrp, session, tty_nr, tpgid;
 	// f[19] is field 22 (starttime).
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 20 || len(f[0]) != 1 {
-		return Stat{}, errors.New("malformed stat")
+		return Stat{}, ErrMalformed
 	}
 	var s Stat
 	s.State = f[0][0]
@@ -52,13 +56,13 @@ func parseStat(b []byte) (Stat, error) {
 		}
 		n, err := strconv.Atoi(f[1+k])
 		if err != nil {
-			return Stat{}, err
+			return Stat{}, ErrMalformed
 		}
 		*p = n
 	}
 	start, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
-		return Stat{}, err
+		return Stat{}, ErrMalformed
 	}
 	s.StartTime = start
 	return s, nil
