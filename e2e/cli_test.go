@@ -838,13 +838,13 @@ func TestCLILostConnection(t *testing.T) {
 	}
 
 	t.Run("agent killed", func(t *testing.T) {
-		meta := filepath.Join(c.StateDir, "workspaces", "w1", "agent", "runs", "long-w1", "meta.json")
+		journal := filepath.Join(c.StateDir, "workspaces", "w1", "agent", "runs", "journal")
 		r := execUntil(t, "w1", "long-w1", func() {
 			// An attached run's record is written just after its start;
 			// a run the agent never recorded is beyond the next agent.
 			eventually(t, "the run recorded", func() string {
-				if _, err := os.Stat(meta); err != nil {
-					return err.Error()
+				if b, err := os.ReadFile(journal); err != nil || !bytes.Contains(b, []byte(`"long-w1"`)) {
+					return fmt.Sprintf("%v: %.200q", err, b)
 				}
 				return ""
 			})

@@ -42,7 +42,8 @@ const (
 
 // Config configures a Manager.
 type Config struct {
-	// StateDir holds the runs (StateDir/runs/ID: metadata and spools).
+	// StateDir holds the runs: StateDir/runs/journal (their metadata) and
+	// StateDir/runs/ID (the spools of a run that printed something).
 	StateDir string
 	// Workspace is set as DTMUX_WORKSPACE in every run.
 	Workspace string
@@ -73,7 +74,7 @@ type Config struct {
 type Manager struct {
 	cfg     Config
 	log     hclog.Logger
-	store   store
+	journal *journal // run metadata; set by loadAll
 	runsDir string
 
 	stop     chan struct{}
@@ -243,7 +244,7 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 	for id == "" || m.runs[id] != nil {
 		id = newRunID()
 	}
-	r := m.newRun(id, filepath.Join(m.runsDir, id), true)
+	r := m.newRun(id, filepath.Join(m.runsDir, id))
 	r.info.ID = id
 	m.runs[id] = r
 	m.running++
@@ -263,9 +264,9 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 	return r, false, nil
 }
 
-// newRun makes the Run value; fresh says it is a new run rather than one
-// loaded from disk.
-func (m *Manager) newRun(id, dir string, fresh bool) *Run {
+// newRun makes the Run value. Its directory (dir) is made when a spool
+// needs it.
+func (m *Manager) newRun(id, dir string) *Run {
 	r := &Run{
 		m:        m,
 		log:      m.log.With("run_id", id),
@@ -277,9 +278,6 @@ func (m *Manager) newRun(id, dir string, fresh bool) *Run {
 		own:      newOwner(),
 	}
 	r.prepareDir = sync.OnceValue(func() error {
-		if fresh {
-			os.RemoveAll(dir) // a leftover of a run that was never recorded
-		}
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return fmt.Errorf("run directory: %w", err)
 		}
@@ -671,6 +669,7 @@ func (m *Manager) close(all bool) error {
 	// After the runs below have ended: writes what is queued, trailers and
 	// detached runs the next agent must find; later writes happen in the
 	// caller.
+	defer m.journal.close()
 	defer m.writer.close()
 
 	detail := "agent shutting down"
@@ -737,6 +736,9 @@ func (m *Manager) sweepOnce(now time.Time) {
 	m.mu.Unlock()
 	for _, r := range expired {
 		r.forget()
+		if err := m.journal.gone(r.info.ID); err != nil {
+			m.log.Warn("forget expired run", "run_id", r.info.ID, "error", err)
+		}
 		r.closeSpools()
 		if err := os.RemoveAll(r.dir); err != nil {
 			m.log.Warn("remove expired run", "run_id", r.info.ID, "error", err)
@@ -753,41 +755,65 @@ func (m *Manager) sweepOnce(now time.Time) {
 	}
 }
 
-// loadAll brings back the runs recorded by earlier agents.
+// loadAll brings back the runs recorded by earlier agents: those in the
+// journal, and those in the per-run metadata files that agents before the
+// journal wrote (moved into it). A run directory nobody recorded is a
+// leftover of a run that was never recorded, and goes.
 func (m *Manager) loadAll() error {
+	j, infos, bad, err := openJournal(m.runsDir)
+	if err != nil {
+		return fmt.Errorf("run manager: %w", err)
+	}
+	m.journal = j
+	if bad > 0 {
+		m.log.Warn("skipped unreadable lines of the run journal", "lines", bad)
+	}
 	entries, err := os.ReadDir(m.runsDir)
 	if err != nil {
 		return fmt.Errorf("run manager: %w", err)
 	}
-	now := time.Now()
+	recorded := map[string]bool{}
+	for _, info := range infos {
+		recorded[info.ID] = true
+	}
 	for _, e := range entries {
-		if !e.IsDir() || ValidateRunID(e.Name()) != nil {
+		id := e.Name()
+		if !e.IsDir() || ValidateRunID(id) != nil || recorded[id] {
 			continue
 		}
-		dir := filepath.Join(m.runsDir, e.Name())
-		r, err := m.load(dir, e.Name(), now)
-		if err != nil {
+		dir := filepath.Join(m.runsDir, id)
+		info, err := loadLegacyMeta(dir)
+		if err == nil && info.ID == id {
+			infos = append(infos, info)
+			os.Remove(filepath.Join(dir, legacyMeta))
+			continue
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			m.log.Warn("forgetting unreadable run", "dir", dir, "error", err)
-			os.RemoveAll(dir)
-			continue
 		}
-		if r != nil {
+		os.RemoveAll(dir)
+	}
+	now := time.Now()
+	for _, info := range infos {
+		if r := m.load(info, now); r != nil {
 			m.runs[r.info.ID] = r
 		}
+	}
+	// Drops the history of the runs above, and of the expired ones.
+	if err := j.compact(); err != nil {
+		return fmt.Errorf("run manager: %w", err)
 	}
 	return nil
 }
 
-func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
-	info, err := m.store.load(dir)
-	if err != nil {
-		return nil, err
-	}
-	if info.ID != id {
-		return nil, fmt.Errorf("metadata names run %q", info.ID)
-	}
+// load makes the Run of info, recorded by an earlier agent: finished as
+// AGENT_LOST when it was in flight then, nil (and gone from disk) when it
+// has expired or its spools are unreadable.
+func (m *Manager) load(info Info, now time.Time) *Run {
+	id := info.ID
+	dir := filepath.Join(m.runsDir, id)
 	inFlight := info.State != StateFinished || info.Trailer == nil
-	r := m.newRun(id, dir, false)
+	r := m.newRun(id, dir)
 	close(r.ready)
 	close(r.done)
 	limit := info.Limits.MaxOutputBytes
@@ -797,8 +823,10 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 	for i, name := range []string{"stdout", "stderr"} {
 		s, err := loadSpool(filepath.Join(dir, name), limit, inFlight)
 		if err != nil {
+			m.log.Warn("forgetting run with an unreadable spool", "run_id", id, "error", err)
 			r.closeSpools()
-			return nil, err
+			m.discard(id, dir)
+			return nil
 		}
 		r.out[i] = s
 	}
@@ -819,20 +847,28 @@ func (m *Manager) load(dir, id string, now time.Time) (*Run, error) {
 		_, t.StderrBytes = r.out[1].bounds()
 		info.State = StateFinished
 		info.Trailer = t
-		if err := m.store.save(dir, info); err != nil {
-			m.log.Warn("persist lost run", "run_id", id, "error", err)
-		}
 	}
 	if now.Sub(t.EndedAt) > m.cfg.Retention {
 		r.closeSpools()
-		os.RemoveAll(dir)
-		return nil, nil
+		m.discard(id, dir)
+		return nil
 	}
+	if err := m.journal.set(info); err != nil {
+		m.log.Warn("persist loaded run", "run_id", id, "error", err)
+	}
+	r.savedFinal = true
 	info.Trailer = nil
 	r.info = info
 	r.trailer = t
 	r.orphan = t.Reason == ReasonAgentLost && info.PID > 0
-	return r, nil
+	return r
+}
+
+// discard forgets a run of an earlier agent (loadAll rewrites the journal
+// afterwards).
+func (m *Manager) discard(id, dir string) {
+	m.journal.unset(id)
+	os.RemoveAll(dir)
 }
 
 // Sync returns once the metadata of every run started or finished before

@@ -446,11 +446,12 @@ func TestSecretsStayInTheEnvironment(t *testing.T) {
 	}
 	info, _ := json.Marshal(r.Info())
 	list, _ := json.Marshal(m.List(nil))
-	meta, err := os.ReadFile(filepath.Join(m.StateDir(), "runs", "secret-run", "meta.json"))
+	m.Sync()
+	meta, err := os.ReadFile(filepath.Join(m.StateDir(), "runs", "journal"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for what, b := range map[string][]byte{"info": info, "list": list, "meta.json": meta, "log": []byte(logs.String())} {
+	for what, b := range map[string][]byte{"info": info, "list": list, "journal": meta, "log": []byte(logs.String())} {
 		if bytes.Contains(b, []byte(secret)) {
 			t.Errorf("secret found in %s", what)
 		}

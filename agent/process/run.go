@@ -59,10 +59,10 @@ type Run struct {
 	escalate   chan struct{}
 	done       chan struct{} // closed when the trailer is final
 
-	// prepareDir makes the run's directory, once (see writer).
+	// prepareDir makes the run's directory, once, for its spools.
 	prepareDir func() error
 	saveMu     sync.Mutex  // serialises persist and forget
-	savedFinal bool        // guarded by saveMu; the trailer is on disk
+	savedFinal bool        // guarded by saveMu; the trailer is recorded
 	forgotten  bool        // guarded by saveMu; expired: write nothing more
 	queued     atomic.Bool // waits in the writer's queue
 
@@ -152,8 +152,8 @@ func (r *Run) final() bool {
 	}
 }
 
-// persist writes the run's metadata as it is now (with the trailer once it
-// is set) into its directory; the writer calls it. Once the trailer is
+// persist records the run's metadata as it is now (with the trailer once
+// it is set) in the journal; the writer calls it. Once the trailer is
 // written, or the run was forgotten, it does nothing.
 func (r *Run) persist() error {
 	r.saveMu.Lock()
@@ -161,11 +161,8 @@ func (r *Run) persist() error {
 	if r.savedFinal || r.forgotten {
 		return nil
 	}
-	if err := r.prepareDir(); err != nil {
-		return err
-	}
 	in := r.snapshot(true)
-	if err := r.m.store.save(r.dir, in); err != nil {
+	if err := r.m.journal.put(in); err != nil {
 		return err
 	}
 	r.savedFinal = in.Trailer != nil
@@ -619,16 +616,6 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
-}
-
-// prepare makes the run's directory unless the run was forgotten.
-func (r *Run) prepare() error {
-	r.saveMu.Lock()
-	defer r.saveMu.Unlock()
-	if r.forgotten {
-		return nil
-	}
-	return r.prepareDir()
 }
 
 // forget stops the writer from writing r again: it expired and its

@@ -1,31 +1,25 @@
 package process
 
 import (
-	"slices"
 	"sync"
 	"time"
 )
 
-// writer persists the metadata of new runs in the background, so that
-// starting a process costs no file creation (a run directory, a temporary
-// file and a rename cost more than the fork itself on common filesystems).
-// Spool files are made by the producer at the first output (a run
-// without output needs none).
+// writer records the metadata of runs in the journal in the background,
+// off the path that starts a process and the one that reports its end.
+// Spool files (and the run's directory) are made by the producer at the
+// first output (a run without output needs none).
 //
 // Durability, as before without fsync: metadata reaches the page cache
-// (and so survives an agent crash, not a host crash) within coalesce
-// (plus the time the writes take) of the start or the end of a run, and at
-// the latest when the manager closes (Close waits for attached
-// runs' trailers, then drains the queue). Persisting the trailer before
-// reporting it would put a file creation and a rename on the path of every
-// Exec, which costs more than the fork; so a trailer is written just after
-// Done closes. What an agent crash inside that window costs: a restarted
-// agent reports the run as AGENT_LOST (with its output intact) although a
-// client may have received the real trailer; a crash between the start of
-// an attached run and its first write loses the record of the run (the
-// next agent removes the unrecorded directory with any spool files).
-// Detached runs are recorded before their start is reported (Start), so a
-// crash never loses one.
+// (and so survives an agent crash, not a host crash) within coalesce of
+// the start or the end of a run, and at the latest when the manager closes
+// (Close waits for attached runs' trailers, then drains the queue). What
+// an agent crash inside that window costs: a restarted agent reports the
+// run as AGENT_LOST (with its output intact) although a client may have
+// received the real trailer; a crash between the start of an attached run
+// and its record loses the record of the run (the next agent removes any
+// spool files it left). Detached runs are recorded before their start is
+// reported (Start), so a crash never loses one.
 //
 // The manager owns the writer's goroutine: loop runs until close.
 type writer struct {
@@ -42,8 +36,7 @@ type writer struct {
 }
 
 // coalesce is how long the writer lets changes gather before writing: a
-// run that ends within it is written once, start and trailer together,
-// which halves the file creations of short runs.
+// run that ends within it is written once, start and trailer together.
 const coalesce = 5 * time.Millisecond
 
 func newWriter() *writer {
@@ -77,17 +70,8 @@ func (w *writer) loop() {
 		stopping := false
 		select {
 		case <-w.wake:
-			// The directories now, so that a first output need not make
-			// one. Then, as most runs end within a few milliseconds, wait
-			// that long so that the start and the trailer become one write.
-			w.mu.Lock()
-			q := slices.Clone(w.queue)
-			w.mu.Unlock()
-			for _, r := range q {
-				if err := r.prepare(); err != nil {
-					r.log.Debug("run directory", "error", err) // persist reports it
-				}
-			}
+			// Most runs end within a few milliseconds: wait that long so
+			// that the start and the trailer become one write.
 			t := time.NewTimer(coalesce)
 			select {
 			case <-t.C:
