@@ -34,6 +34,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/internal/auth"
 )
 
 // Names of the files in the state directory.
@@ -323,19 +325,9 @@ func dial(sock string) (*net.UnixConn, error) {
 // peerPID is the pid of the process listening at the other end
 // (SO_PEERCRED), refused unless it runs as this user.
 func peerPID(c *net.UnixConn) (int, error) {
-	raw, err := c.SyscallConn()
+	cred, err := auth.PeerCred(c)
 	if err != nil {
-		return 0, err
-	}
-	var cred *syscall.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, fmt.Errorf("peer credentials: %w", cerr)
+		return 0, fmt.Errorf("peer credentials: %w", err)
 	}
 	if int(cred.Uid) != os.Getuid() {
 		return 0, fmt.Errorf("the agent socket is served by uid %d, not this user", cred.Uid)

@@ -31,30 +31,51 @@ func (UnixPeerCreds) ClientHandshake(_ context.Context, _ string, c net.Conn) (n
 	return c, PeerInfo{}, nil
 }
 
-// ServerHandshake implements credentials.TransportCredentials.
+// ServerHandshake implements credentials.TransportCredentials. Besides a
+// unix socket it takes any connection that knows its peer's credentials
+// (PeerCredConn: a hop an agent's pump handed over).
 func (UnixPeerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return nil, nil, errors.New("peer credentials: not a unix socket")
+	var cred *syscall.Ucred
+	var err error
+	switch pc := c.(type) {
+	case *net.UnixConn:
+		cred, err = PeerCred(pc)
+	case PeerCredConn:
+		cred, err = pc.PeerCred()
+	default:
+		err = errors.New("not a unix socket")
 	}
-	raw, err := uc.SyscallConn()
 	if err != nil {
 		return nil, nil, fmt.Errorf("peer credentials: %w", err)
+	}
+	return c, PeerInfo{
+		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
+		UID:            cred.Uid, GID: cred.Gid, PID: cred.Pid,
+	}, nil
+}
+
+// PeerCredConn is a connection that is not a unix socket itself but
+// carries the credentials of the process at its other end.
+type PeerCredConn interface {
+	net.Conn
+	PeerCred() (*syscall.Ucred, error)
+}
+
+// PeerCred returns the credentials of the process at the other end of c,
+// as the kernel recorded them when it connected (SO_PEERCRED).
+func PeerCred(c *net.UnixConn) (*syscall.Ucred, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
 	var cred *syscall.Ucred
 	var credErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 	}); err != nil {
-		return nil, nil, fmt.Errorf("peer credentials: %w", err)
+		return nil, err
 	}
-	if credErr != nil {
-		return nil, nil, fmt.Errorf("peer credentials: %w", credErr)
-	}
-	return c, PeerInfo{
-		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		UID:            cred.Uid, GID: cred.Gid, PID: cred.Pid,
-	}, nil
+	return cred, credErr
 }
 
 // Info implements credentials.TransportCredentials.

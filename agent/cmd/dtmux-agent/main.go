@@ -21,8 +21,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/dtmux/dtmux/agent"
 	"github.com/dtmux/dtmux/agent/cgroup"
+	"github.com/dtmux/dtmux/agent/daemon"
 	"github.com/dtmux/dtmux/agent/process"
 	"github.com/dtmux/dtmux/agent/tmux"
 	"github.com/dtmux/dtmux/internal/logging"
@@ -191,6 +194,13 @@ func run(args []string) error {
 	}); err != nil {
 		return err
 	}
+	// The daemon of a state dir (what --stdio pumps join) also takes the
+	// hops they hand over, and serves them on the same server. Its socket
+	// comes first: a pump that reached the daemon's socket finds it.
+	hops := listenHops(log, addr, f.stateDir)
+	if hops != nil {
+		defer hops.Close()
+	}
 	lis, err := transport.Listen(addr)
 	if err != nil {
 		return err
@@ -248,8 +258,13 @@ func run(args []string) error {
 	}))
 	srv.MarkServing()
 
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(lis) }()
+	serving := 1
+	if hops != nil {
+		serving++
+		go func() { served <- srv.Serve(hops) }()
+	}
 	log.Info("serving", "listen", lis.Addr().String(), "workspace", f.workspace, "state_dir", f.stateDir, "version", version.Version)
 
 	var serveErr error
@@ -263,6 +278,7 @@ func run(args []string) error {
 		log.Info("shutting down with every run (SIGUSR1)")
 		closeRuns = runs.CloseAll
 	case serveErr = <-served:
+		serving--
 	}
 	// Kill attached runs first so that their Exec streams end with a
 	// trailer; detached runs keep going, unless SIGUSR1 said otherwise.
@@ -270,11 +286,28 @@ func run(args []string) error {
 		log.Warn("stop runs", "error", err)
 	}
 	srv.GracefulStop(drainGrace)
-	if serveErr == nil {
-		serveErr = <-served
+	for ; serving > 0; serving-- {
+		if err := <-served; serveErr == nil {
+			serveErr = err
+		}
 	}
 	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
 	}
 	return nil
+}
+
+// listenHops opens the hand-off socket when addr is the daemon socket of
+// stateDir; nil otherwise, or when it cannot (pumps then copy).
+func listenHops(log hclog.Logger, addr transport.Address, stateDir string) net.Listener {
+	abs, err := filepath.Abs(stateDir)
+	if err != nil || addr.Network != "unix" || filepath.Clean(addr.Addr) != daemon.SocketPath(abs) {
+		return nil
+	}
+	hops, err := daemon.ListenHops(abs)
+	if err != nil {
+		log.Warn("hops are copied by their pumps", "error", err)
+		return nil
+	}
+	return hops
 }

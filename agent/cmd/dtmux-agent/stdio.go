@@ -22,9 +22,11 @@ const connectTimeout = time.Minute
 // else runs (see daemon.Adopt); in any other agent process this is a no-op.
 func init() { daemon.Adopt() }
 
-// runStdio is --stdio: a byte pump between the hop (stdin/stdout) and the
-// long-lived agent daemon of the same state dir, which it starts when none
-// runs, or replaces when it is another build or has other flags.
+// runStdio is --stdio: it joins the hop (stdin/stdout) to the long-lived
+// agent daemon of the same state dir, which it starts when none runs, or
+// replaces when it is another build or has other flags. The daemon takes
+// the hop's pipes over (daemon.HandOff); when it cannot, this process
+// copies bytes between the hop and the daemon's socket.
 //
 // Why not serve gRPC here: a workspace is reached through one hop, and
 // hops die. An agent that lived on the hop's pipes took its runs (even
@@ -57,6 +59,15 @@ func runStdio(log hclog.Logger, f *flags, args []string) error {
 		return err
 	}
 	cancel()
+	// The daemon serves the hop's pipes itself when it can take them;
+	// this process then only waits, for whoever runs the hop waits for it.
+	hop, err := daemon.HandOff(state, os.Stdin, os.Stdout)
+	if err == nil {
+		conn.Close()
+		hop.Wait()
+		return nil
+	}
+	log.Debug("copying the hop: the daemon did not take it", "error", err)
 	// When the hop's reader is gone a write to stdout fails with EPIPE;
 	// without Notify, Go would kill the process with SIGPIPE instead
 	// (it does so for fds 1 and 2), and the pump would not end cleanly.

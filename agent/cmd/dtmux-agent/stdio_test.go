@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -61,7 +60,9 @@ type pump struct {
 	cmd     *exec.Cmd
 	client  agentv1.AgentServiceClient
 	exited  chan struct{}
-	waitErr error // set before exited is closed
+	waitErr error    // set before exited is closed
+	pipes   []string // the hop's stdin and stdout, as /proc names them
+	hop     net.Conn // this end of the hop
 }
 
 func startPump(t *testing.T, bin, state, workdir string, extra ...string) *pump {
@@ -77,11 +78,19 @@ func startPump(t *testing.T, bin, state, workdir string, extra ...string) *pump 
 		t.Fatal(err)
 	}
 	p.cmd.Stderr = os.Stderr
+	// The hop's two pipes, as /proc names them: the child's ends, which
+	// exec closes in this process after Start.
+	for _, f := range []any{p.cmd.Stdin, p.cmd.Stdout} {
+		if l, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.(*os.File).Fd())); err == nil {
+			p.pipes = append(p.pipes, l)
+		}
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() { p.waitErr = p.cmd.Wait(); close(p.exited) }()
 	conn := transport.NewPipeConn(stdout, stdin, "pump", nil)
+	p.hop = conn
 	var once sync.Once
 	cc, err := grpc.NewClient("passthrough:///stdio",
 		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
@@ -287,8 +296,10 @@ func TestStdioNewBuildTakesOver(t *testing.T) {
 	}
 }
 
-// TestStdioDaemonDetached: the daemon holds none of the hop's pipes (sshd
-// waits for those), has its own session, and logs into the state dir.
+// TestStdioDaemonDetached: the daemon has its own session, logs into the
+// state dir, serves the hop's own pipes (handed over by the pump, which
+// keeps no copy) while the hop lasts, and lets go of them when the hop
+// ends, so that sshd, which waits for them to close, ends the session.
 func TestStdioDaemonDetached(t *testing.T) {
 	state, work := stateDir(t), t.TempDir()
 	p := startPump(t, agentBin, state, work)
@@ -297,31 +308,62 @@ func TestStdioDaemonDetached(t *testing.T) {
 	if err != nil || sid != pid {
 		t.Errorf("daemon session %d %v, want its own (%d)", sid, err, pid)
 	}
-	pumpFDs := map[string]bool{}
-	for _, fd := range []int{0, 1} {
-		if l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", p.cmd.Process.Pid, fd)); err == nil {
-			pumpFDs[l] = true
-		}
+	if len(p.pipes) != 2 {
+		t.Fatalf("hop pipes %v", p.pipes)
 	}
-	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
-	for _, fd := range fds {
-		if l, err := os.Readlink(fd); err == nil && pumpFDs[l] {
-			t.Errorf("daemon fd %s is the pump's pipe %s", fd, l)
+	holds := func(pid int) (n int) {
+		for _, l := range openFDs(t, pid) {
+			if slices.Contains(p.pipes, l) {
+				n++
+			}
 		}
+		return n
 	}
-	if len(pumpFDs) != 2 {
-		t.Fatalf("pump pipes: %v", pumpFDs)
+	if n := holds(pid); n != 2 {
+		t.Errorf("the daemon holds %d of the hop's pipes, want both (handed over)", n)
+	}
+	if n := holds(p.cmd.Process.Pid); n != 0 {
+		t.Errorf("the pump still holds %d of the hop's pipes after handing them over", n)
 	}
 	st, err := os.Stat(filepath.Join(state, daemon.SocketName))
 	if err != nil || st.Mode().Perm() != 0o600 || st.Mode().Type() != os.ModeSocket {
 		t.Errorf("daemon socket: %v %v", st, err)
 	}
+	st, err = os.Stat(filepath.Join(state, daemon.HopSocketName))
+	if err != nil || st.Mode().Perm() != 0o600 || st.Mode().Type() != os.ModeSocket {
+		t.Errorf("hand-off socket: %v %v", st, err)
+	}
 	b, err := os.ReadFile(filepath.Join(state, daemon.LogName))
 	if err != nil || !strings.Contains(string(b), "serving") {
 		t.Errorf("daemon log %q %v", b, err)
 	}
-	// The pump's stdout carries only the connection: closing stdin ends it.
-	p.cmd.Stdin.(io.Closer).Close()
+	// The hop ends: the daemon lets go of its pipes and the pump exits;
+	// the daemon lives on.
+	p.hop.Close()
+	p.waitExit(t, "its hop ended")
+	deadline := time.Now().Add(10 * time.Second)
+	for holds(pid) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon still holds the hop's pipes after the hop ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Errorf("the daemon went with the hop: %v", err)
+	}
+}
+
+// openFDs lists what a process's descriptors point at.
+func openFDs(t *testing.T, pid int) []string {
+	t.Helper()
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	var out []string
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 // sessionOf reads a process's session id from /proc/PID/stat.
