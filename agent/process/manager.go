@@ -408,8 +408,11 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	}
 	r.cmd = cmd
 	r.info.PID = cmd.Process.Pid
-	// Read now, before the supervisor can reap the leader and free its pid.
-	r.info.StartTicks = startTicks(r.info.PID)
+	if r.info.Detached {
+		// Recorded below, before the start is reported; an attached
+		// run's supervisor reads it off this path (see supervise).
+		r.startTicks.Store(startTicks(r.info.PID))
+	}
 	r.info.StartedAt = time.Now()
 	r.lastOutput.Store(r.info.StartedAt.UnixNano())
 	r.log.Debug("run started", "pid", r.info.PID, "argc", len(argv), "pty", r.info.PTY, "detached", r.info.Detached)
@@ -459,16 +462,16 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY) error {
 			f.Close()
 		}
 	}
-	pipe := func() (*os.File, *os.File, error) {
-		rd, wr, err := os.Pipe()
+	pipe := func(childReads bool) (*os.File, *os.File, error) {
+		rd, wr, err := childPipe(childReads)
 		if err == nil {
 			files = append(files, rd, wr)
 		}
 		return rd, wr, err
 	}
-	inR, inW, err1 := pipe()
-	outR, outW, err2 := pipe()
-	errR, errW, err3 := pipe()
+	inR, inW, err1 := pipe(true)
+	outR, outW, err2 := pipe(false)
+	errR, errW, err3 := pipe(false)
 	if err := errors.Join(err1, err2, err3); err != nil {
 		closeAll()
 		return fmt.Errorf("start run: %w", err)

@@ -24,3 +24,26 @@ func growPipe(f *os.File, size int) {
 		_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size)
 	})
 }
+
+// childPipe makes a pipe between the agent and a run's process; childReads
+// says which end is the child's. Only the agent's end joins Go's poller:
+// the child's end is closed here right after the fork, and registering it
+// (and unregistering it) would cost two epoll calls for nothing.
+func childPipe(childReads bool) (r, w *os.File, err error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, os.NewSyscallError("pipe2", err)
+	}
+	ours := p[1]
+	if !childReads {
+		ours = p[0]
+	}
+	if err := unix.SetNonblock(ours, true); err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, nil, os.NewSyscallError("setnonblock", err)
+	}
+	// NewFile makes a descriptor in non-blocking mode pollable, and leaves
+	// a blocking one alone.
+	return os.NewFile(uintptr(p[0]), "|0"), os.NewFile(uintptr(p[1]), "|1"), nil
+}

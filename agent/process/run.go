@@ -56,6 +56,9 @@ type Run struct {
 	stdinMu sync.Mutex // serialises writes and close of stdin
 
 	lastOutput atomic.Int64 // unix nanoseconds of the latest output
+	// startTicks is the leader's start time (Info.StartTicks) of a run
+	// started here, read by Start or, for attached runs, the supervisor.
+	startTicks atomic.Uint64
 	escalate   chan struct{}
 	done       chan struct{} // closed when the trailer is final
 
@@ -93,6 +96,9 @@ func (r *Run) snapshot(withTrailer bool) Info {
 	in := r.info
 	in.Argv = append([]string(nil), in.Argv...)
 	in.State = StateRunning
+	if in.StartTicks == 0 {
+		in.StartTicks = r.startTicks.Load()
+	}
 	r.mu.Lock()
 	if r.trailer != nil && withTrailer {
 		t := *r.trailer
@@ -319,6 +325,10 @@ func (r *Run) terminate(reason Reason, detail string, sig syscall.Signal, grace 
 // writes the trailer. The Manager owns this goroutine.
 func (r *Run) supervise(copiers *sync.WaitGroup) {
 	cfg := r.m.cfg
+	if r.startTicks.Load() == 0 {
+		// Before the leader is reaped, which frees its pid.
+		r.startTicks.Store(startTicks(r.info.PID))
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- r.cmd.Wait() }() // ends when the leader does
 
