@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unicode/utf8"
@@ -40,6 +41,13 @@ const (
 	DefaultDrainGrace = 2 * time.Second
 )
 
+// memSpool is how much output of each stream of an attached run stays in
+// memory before its spool file is made (see spool).
+const memSpool = 64 << 10
+
+// DefaultOutputMemory is Config.OutputMemory's default.
+const DefaultOutputMemory = 16 << 20
+
 // Config configures a Manager.
 type Config struct {
 	// StateDir holds the runs: StateDir/runs/journal (their metadata) and
@@ -54,6 +62,11 @@ type Config struct {
 	SpoolLimit uint64
 	// Retention is how long finished runs stay queryable (1h).
 	Retention time.Duration
+	// OutputMemory bounds what finished runs keep of their output in
+	// memory, in all (DefaultOutputMemory); the rest is in their spool
+	// files. Output of attached runs stays in memory up to 64 KiB per
+	// stream, and is recorded with the run when it ends.
+	OutputMemory int64
 	// MaxRuns caps the runs running at once (256).
 	MaxRuns int
 	// KillGrace, HangupGrace and DrainGrace: see the Default constants.
@@ -80,6 +93,9 @@ type Manager struct {
 	stop     chan struct{}
 	sweeping sync.WaitGroup
 	writer   *writer // persists run metadata off the start path
+	// memLeft is what finished runs may still keep of their output in
+	// memory (Config.OutputMemory less what they keep).
+	memLeft atomic.Int64
 
 	mu      sync.Mutex
 	runs    map[string]*Run // guarded by mu
@@ -106,6 +122,9 @@ func NewManager(cfg Config) (*Manager, error) {
 	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
+	}
+	if cfg.OutputMemory <= 0 {
+		cfg.OutputMemory = DefaultOutputMemory
 	}
 	if cfg.MaxRuns <= 0 {
 		cfg.MaxRuns = DefaultMaxRuns
@@ -137,6 +156,7 @@ func NewManager(cfg Config) (*Manager, error) {
 		runs:    map[string]*Run{},
 		writer:  newWriter(),
 	}
+	m.memLeft.Store(cfg.OutputMemory)
 	if err := os.MkdirAll(m.runsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("run manager: %w", err)
 	}
@@ -352,11 +372,15 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 		r.own.active.Store(true)
 	}
 
-	// Nothing touches the disk before the process starts: the run's
-	// directory, spool files and metadata are made by the manager's writer
-	// in the background, or by whoever needs them first (see writer).
+	// Nothing touches the disk before the process starts: the metadata is
+	// recorded by the manager's writer in the background (see writer); an
+	// attached run's output starts in memory (see spool).
+	memMax := memSpool
+	if spec.Detach {
+		memMax = 0
+	}
 	for i, name := range []string{"stdout", "stderr"} {
-		r.out[i] = newSpool(filepath.Join(r.dir, name), limits.MaxOutputBytes, r.broadcast, r.prepareDir)
+		r.out[i] = newSpool(filepath.Join(r.dir, name), limits.MaxOutputBytes, memMax, r.broadcast, r.prepareDir)
 	}
 
 	env := os.Environ()
@@ -776,8 +800,8 @@ func (m *Manager) loadAll() error {
 		return fmt.Errorf("run manager: %w", err)
 	}
 	recorded := map[string]bool{}
-	for _, info := range infos {
-		recorded[info.ID] = true
+	for _, l := range infos {
+		recorded[l.ID] = true
 	}
 	for _, e := range entries {
 		id := e.Name()
@@ -787,7 +811,7 @@ func (m *Manager) loadAll() error {
 		dir := filepath.Join(m.runsDir, id)
 		info, err := loadLegacyMeta(dir)
 		if err == nil && info.ID == id {
-			infos = append(infos, info)
+			infos = append(infos, loaded{Info: info})
 			os.Remove(filepath.Join(dir, legacyMeta))
 			continue
 		}
@@ -797,8 +821,8 @@ func (m *Manager) loadAll() error {
 		os.RemoveAll(dir)
 	}
 	now := time.Now()
-	for _, info := range infos {
-		if r := m.load(info, now); r != nil {
+	for _, l := range infos {
+		if r := m.load(l, now); r != nil {
 			m.runs[r.info.ID] = r
 		}
 	}
@@ -812,7 +836,8 @@ func (m *Manager) loadAll() error {
 // load makes the Run of info, recorded by an earlier agent: finished as
 // AGENT_LOST when it was in flight then, nil (and gone from disk) when it
 // has expired or its spools are unreadable.
-func (m *Manager) load(info Info, now time.Time) *Run {
+func (m *Manager) load(l loaded, now time.Time) *Run {
+	info := l.Info
 	id := info.ID
 	dir := filepath.Join(m.runsDir, id)
 	inFlight := info.State != StateFinished || info.Trailer == nil
@@ -824,7 +849,21 @@ func (m *Manager) load(info Info, now time.Time) *Run {
 		limit = m.cfg.SpoolLimit
 	}
 	for i, name := range []string{"stdout", "stderr"} {
-		s, err := loadSpool(filepath.Join(dir, name), limit, inFlight)
+		recorded := info.StdoutBytes
+		if i == 1 {
+			recorded = info.StderrBytes
+		}
+		path := filepath.Join(dir, name)
+		if l.output != nil {
+			r.out[i] = loadMemSpool(path, limit, l.output[i], recorded, r.broadcast, r.prepareDir)
+			if !r.out[i].charge(&m.memLeft) {
+				if err := r.out[i].spill(); err != nil {
+					m.log.Warn("move output to disk", "run_id", id, "error", err)
+				}
+			}
+			continue
+		}
+		s, err := loadSpool(path, limit, inFlight, recorded)
 		if err != nil {
 			m.log.Warn("forgetting run with an unreadable spool", "run_id", id, "error", err)
 			r.closeSpools()
@@ -856,7 +895,7 @@ func (m *Manager) load(info Info, now time.Time) *Run {
 		m.discard(id, dir)
 		return nil
 	}
-	if err := m.journal.set(info); err != nil {
+	if err := m.journal.set(info, r.memOutput()); err != nil {
 		m.log.Warn("persist loaded run", "run_id", id, "error", err)
 	}
 	r.savedFinal = true

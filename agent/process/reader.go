@@ -145,8 +145,16 @@ func (rd *Reader) Next(ctx context.Context, follow bool) (Event, error) {
 func (rd *Reader) read(k int) (int, uint64, error) {
 	s := rd.r.out[k]
 	if rd.files[k] == nil {
-		// Nothing new: no need for the file, which may not exist yet.
-		if start, end := s.bounds(); rd.off[k] >= end && rd.off[k] >= start {
+		if n, gap, ok := s.readMem(rd.off[k], rd.buf); ok {
+			return n, gap, nil
+		}
+		// Nothing new, or only a gap: no need for the file, which may
+		// not exist (yet, or at all when the output was lost in memory).
+		start, end := s.bounds()
+		if rd.off[k] < start {
+			return 0, start - rd.off[k], nil
+		}
+		if rd.off[k] >= end {
 			return 0, 0, nil
 		}
 		f, err := s.acquire()

@@ -168,7 +168,11 @@ func (r *Run) persist() error {
 		return nil
 	}
 	in := r.snapshot(true)
-	if err := r.m.journal.put(in); err != nil {
+	var output *[2][]byte
+	if in.Trailer != nil {
+		output = r.memOutput()
+	}
+	if err := r.m.journal.put(in, output); err != nil {
 		return err
 	}
 	r.savedFinal = in.Trailer != nil
@@ -626,6 +630,36 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// memOutput returns the output of a finished run that is held in memory,
+// or nil when a stream is in its file.
+func (r *Run) memOutput() *[2][]byte {
+	var out [2][]byte
+	for i, s := range r.out {
+		b, ok := s.memBytes()
+		if !ok {
+			return nil
+		}
+		out[i] = b
+	}
+	if out[0] == nil && out[1] == nil {
+		return nil
+	}
+	return &out
+}
+
+// settleSpools keeps a finished run's output in memory while the
+// manager's budget allows, and moves it into its spool files otherwise.
+func (r *Run) settleSpools() {
+	for _, s := range r.out {
+		if s.charge(&r.m.memLeft) {
+			continue
+		}
+		if err := s.spill(); err != nil {
+			r.log.Warn("move output to disk", "error", err)
+		}
+	}
 }
 
 // forget stops the writer from writing r again: it expired and its

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // spoolHeader is the size of the header at the start of a spool file: the
@@ -23,10 +24,19 @@ const readChunk = 1 << 20
 // pull any offset they like with ReadAt and learn about evicted bytes as a
 // gap. Memory use does not depend on how much output there is.
 //
+// A spool may begin in memory (memMax > 0, for attached runs): it keeps
+// up to memMax bytes there and makes its file only when the output
+// outgrows that (spill). Most commands print a few lines, and creating a
+// directory and a file costs more than running them on some filesystems
+// (a millisecond of CPU on a virtual disk), and that on the way to the
+// first output byte. A finished run's memory counts against a budget
+// shared by the manager's runs (memBudget); what does not fit is spilled
+// by the manager's writer. Spools of detached runs, which a client comes
+// back for after an agent restart, use the file from the first byte.
+//
 // The file is created lazily (create), by the producer before its first
-// write or by the manager's writer in the background, never on the path
-// that starts the process: creating files is the costliest step of a start
-// on most filesystems, and a run without output needs none.
+// write to it, never on the path that starts the process: a run without
+// output needs none.
 //
 // The file is open only while someone uses it: the producer until the run
 // ends (seal), then readers, each holding a reference (acquire/unref) while
@@ -41,6 +51,9 @@ type spool struct {
 	mkdir func() error
 	// hdr is the producer's header buffer; only the producer uses it.
 	hdr [spoolHeader]byte
+	// memMax is how much the spool keeps in memory before it spills to
+	// its file; 0: the file from the first byte.
+	memMax int
 
 	createMu sync.Mutex // serialises create; never held with mu while waiting
 
@@ -53,12 +66,152 @@ type spool struct {
 	refs    int      // guarded by mu; the producer (created, until sealed) and readers
 	sealed  bool     // guarded by mu; no more writes
 	gone    bool     // guarded by mu; removed: no more reads
+	// mem holds bytes [start, end) until the spool spills; nil after, or
+	// when it never held any.
+	mem      []byte        // guarded by mu
+	inMemory bool          // guarded by mu; not spilled (memMax > 0)
+	budget   *atomic.Int64 // guarded by mu; what mem was charged to, if any
+	charged  int64         // guarded by mu; how much
 }
 
 // newSpool returns the spool at path without touching the disk; the file
-// is made by create.
-func newSpool(path string, limit uint64, onWrite func(), mkdir func() error) *spool {
-	return &spool{path: path, limit: limit, onWrite: onWrite, mkdir: mkdir}
+// is made by create, after memMax bytes in memory.
+func newSpool(path string, limit uint64, memMax int, onWrite func(), mkdir func() error) *spool {
+	return &spool{path: path, limit: limit, memMax: memMax, inMemory: memMax > 0, onWrite: onWrite, mkdir: mkdir}
+}
+
+// writeMem appends p in memory, evicting past limit, unless that would
+// hold more than memMax bytes; ok false: the spool must spill.
+func (s *spool) writeMem(p []byte) (ok bool) {
+	s.mu.Lock()
+	if !s.inMemory || s.gone {
+		s.mu.Unlock()
+		return false
+	}
+	newEnd := s.end + uint64(len(p))
+	keep := min(newEnd-s.start, s.limit) // bytes held after this write
+	if keep > uint64(s.memMax) {
+		s.mu.Unlock()
+		return false
+	}
+	if uint64(len(p)) >= keep {
+		s.mem = append(s.mem[:0], p[uint64(len(p))-keep:]...)
+	} else {
+		drop := uint64(len(s.mem)) + uint64(len(p)) - keep
+		s.mem = append(s.mem[drop:], p...)
+	}
+	s.start, s.end = newEnd-keep, newEnd
+	s.mu.Unlock()
+	if s.onWrite != nil {
+		s.onWrite()
+	}
+	return true
+}
+
+// spill moves the memory part into the spool's file; from then on the
+// spool is file-backed. Safe to call from any goroutine while the
+// producer writes (create serialises them).
+func (s *spool) spill() error {
+	s.createMu.Lock()
+	defer s.createMu.Unlock()
+	s.mu.Lock()
+	if !s.inMemory {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.gone {
+		s.mu.Unlock()
+		return fmt.Errorf("write spool: %w", os.ErrClosed)
+	}
+	mem, start, end, sealed := s.mem, s.start, s.end, s.sealed
+	s.mu.Unlock()
+	f, err := s.createFile()
+	if err != nil {
+		return err
+	}
+	err = writeRing(f, s.limit, start, mem)
+	if err == nil {
+		var hdr [spoolHeader]byte
+		binary.LittleEndian.PutUint64(hdr[:], end)
+		_, err = f.WriteAt(hdr[:], 0)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(s.path)
+		return fmt.Errorf("write spool: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.releaseBudgetLocked()
+	s.created, s.inMemory, s.mem = true, false, nil
+	if sealed || s.sealed || s.gone {
+		f.Close()
+		return nil
+	}
+	s.w, s.f, s.refs = f, f, s.refs+1
+	return nil
+}
+
+// charge counts a sealed spool's memory against budget, and reports
+// false (nothing charged) when it does not fit: then it should spill.
+func (s *spool) charge(budget *atomic.Int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := int64(len(s.mem))
+	if !s.inMemory || n == 0 || s.budget != nil {
+		return true
+	}
+	if budget.Add(-n) < 0 {
+		budget.Add(n)
+		return false
+	}
+	s.budget, s.charged = budget, n
+	return true
+}
+
+func (s *spool) releaseBudgetLocked() {
+	if s.budget != nil {
+		s.budget.Add(s.charged)
+		s.budget, s.charged = nil, 0
+	}
+}
+
+// memBytes returns the memory part (not a copy: it no longer changes once
+// the spool is sealed); ok false when the spool is file-backed.
+func (s *spool) memBytes() (b []byte, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.created || (!s.inMemory && s.end > 0) {
+		return nil, false
+	}
+	return s.mem, true
+}
+
+// loadMemSpool is the spool of a run from an earlier agent whose output
+// was recorded with it (memBytes): data is the stream's last bytes, up to
+// end.
+func loadMemSpool(path string, limit uint64, data []byte, end uint64, onWrite func(), mkdir func() error) *spool {
+	s := newSpool(path, limit, max(len(data), 1), onWrite, mkdir)
+	s.mem, s.end, s.sealed = data, end, true
+	s.start = end - min(uint64(len(data)), end)
+	return s
+}
+
+// readMem copies from the memory part at off into buf, like read; ok
+// false: the spool is file-backed, read its file.
+func (s *spool) readMem(off uint64, buf []byte) (n int, gap uint64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.inMemory {
+		return 0, 0, false
+	}
+	switch {
+	case off < s.start:
+		return 0, s.start - off, true
+	case off >= s.end:
+		return 0, 0, true
+	}
+	return copy(buf, s.mem[off-s.start:]), 0, true
 }
 
 // create makes the spool file (empty, header 0) unless it exists or the
@@ -81,6 +234,24 @@ func (s *spool) create() (*os.File, error) {
 	if done || unused {
 		return w, nil
 	}
+	f, err := s.createFile()
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.created = true
+	if s.sealed || s.gone {
+		f.Close() // nothing will be written: keep no descriptor
+		return nil, nil
+	}
+	s.w, s.f, s.refs = f, f, s.refs+1
+	return f, nil
+}
+
+// createFile makes the spool file, empty with header 0 (and the run's
+// directory first).
+func (s *spool) createFile() (*os.File, error) {
 	if err := s.mkdir(); err != nil {
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
@@ -94,27 +265,23 @@ func (s *spool) create() (*os.File, error) {
 		os.Remove(s.path)
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.created = true
-	if s.sealed || s.gone {
-		f.Close() // nothing will be written: keep no descriptor
-		return nil, nil
-	}
-	s.w, s.f, s.refs = f, f, s.refs+1
 	return f, nil
 }
 
 // loadSpool reads the spool header of a run from an earlier agent; the
-// file stays closed until a reader wants it. inFlight says the run was
+// file stays closed until a reader wants it. recorded is how many bytes
+// the run's record says the stream had. inFlight says the run was
 // still writing when that agent died: then the chunk after the recorded end
 // may have overwritten the oldest bytes of the ring, so those count as
 // evicted.
-func loadSpool(path string, limit uint64, inFlight bool) (*spool, error) {
+func loadSpool(path string, limit uint64, inFlight bool, recorded uint64) (*spool, error) {
 	s := &spool{path: path, limit: limit, sealed: true, created: true}
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return s, nil // the run wrote nothing before that agent stopped
+		// The run wrote nothing before that agent stopped, or what it
+		// wrote was in memory (recorded bytes): a gap then.
+		s.start, s.end = recorded, recorded
+		return s, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
@@ -183,6 +350,8 @@ func (s *spool) remove() {
 	s.seal()
 	s.mu.Lock()
 	s.gone = true
+	s.releaseBudgetLocked()
+	s.mem = nil
 	if s.refs == 0 && s.f != nil {
 		s.f.Close()
 		s.f = nil
@@ -192,6 +361,12 @@ func (s *spool) remove() {
 
 // write appends p. Only the producer calls it, before seal.
 func (s *spool) write(p []byte) error {
+	if s.writeMem(p) {
+		return nil
+	}
+	if err := s.spill(); err != nil {
+		return err
+	}
 	w, err := s.create()
 	if err != nil {
 		return err
@@ -209,17 +384,8 @@ func (s *spool) write(p []byte) error {
 	}
 	s.mu.Unlock()
 
-	if uint64(len(p)) > s.limit {
-		skip := uint64(len(p)) - s.limit
-		p, off = p[skip:], off+skip
-	}
-	for len(p) > 0 {
-		pos := off % s.limit
-		n := min(uint64(len(p)), s.limit-pos)
-		if _, err := w.WriteAt(p[:n], spoolHeader+int64(pos)); err != nil {
-			return fmt.Errorf("write spool: %w", err)
-		}
-		p, off = p[n:], off+n
+	if err := writeRing(w, s.limit, off, p); err != nil {
+		return fmt.Errorf("write spool: %w", err)
 	}
 	binary.LittleEndian.PutUint64(s.hdr[:], newEnd)
 	if _, err := w.WriteAt(s.hdr[:], 0); err != nil {
@@ -231,6 +397,24 @@ func (s *spool) write(p []byte) error {
 	s.mu.Unlock()
 	if s.onWrite != nil {
 		s.onWrite()
+	}
+	return nil
+}
+
+// writeRing writes p, the bytes from offset off of a stream, into the
+// ring of limit bytes in f; of more than limit bytes only the last fit.
+func writeRing(f *os.File, limit, off uint64, p []byte) error {
+	if uint64(len(p)) > limit {
+		skip := uint64(len(p)) - limit
+		p, off = p[skip:], off+skip
+	}
+	for len(p) > 0 {
+		pos := off % limit
+		n := min(uint64(len(p)), limit-pos)
+		if _, err := f.WriteAt(p[:n], spoolHeader+int64(pos)); err != nil {
+			return err
+		}
+		p, off = p[n:], off+n
 	}
 	return nil
 }

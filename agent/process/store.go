@@ -47,15 +47,25 @@ const compactAbove = 1 << 20
 
 // record is one line of the journal.
 type record struct {
-	Run  *Info  `json:"run,omitempty"`
-	Gone string `json:"gone,omitempty"` // the id of a forgotten run
+	Run *Info `json:"run,omitempty"`
+	// Output is a finished run's output (stdout, stderr) when it was
+	// small enough to stay in memory (see spool): the last bytes of each
+	// stream, up to Run's byte counts.
+	Output *[2][]byte `json:"output,omitempty"`
+	Gone   string     `json:"gone,omitempty"` // the id of a forgotten run
+}
+
+// loaded is a run read back from the journal.
+type loaded struct {
+	Info
+	output *[2][]byte
 }
 
 // openJournal reads the journal in dir (none yet is an empty one) and
 // returns it with the last record of every run it names, in the order
 // they were first written. Lines that do not decode are skipped and
 // counted in bad.
-func openJournal(dir string) (j *journal, runs []Info, bad int, err error) {
+func openJournal(dir string) (j *journal, runs []loaded, bad int, err error) {
 	j = &journal{path: filepath.Join(dir, journalFile), latest: map[string][]byte{}}
 	f, err := os.Open(j.path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -102,7 +112,7 @@ func openJournal(dir string) (j *journal, runs []Info, bad int, err error) {
 		if err := json.Unmarshal(line, &rec); err != nil {
 			return nil, nil, 0, fmt.Errorf("read run journal: %w", err)
 		}
-		runs = append(runs, *rec.Run)
+		runs = append(runs, loaded{Info: *rec.Run, output: rec.Output})
 	}
 	return j, runs, bad, nil
 }
@@ -120,15 +130,18 @@ func (j *journal) drop(id string) {
 	}
 }
 
-// put records info as the run's current state.
-func (j *journal) put(info Info) error { return j.keepRun(info, true) }
+// put records info (and output, when not nil) as the run's current
+// state.
+func (j *journal) put(info Info, output *[2][]byte) error { return j.keepRun(info, output, true) }
 
 // set makes info the run's current state for the next rewrite (compact)
 // without writing it now.
-func (j *journal) set(info Info) error { return j.keepRun(info, false) }
+func (j *journal) set(info Info, output *[2][]byte) error {
+	return j.keepRun(info, output, false)
+}
 
-func (j *journal) keepRun(info Info, write bool) error {
-	b, err := json.Marshal(record{Run: &info})
+func (j *journal) keepRun(info Info, output *[2][]byte, write bool) error {
+	b, err := json.Marshal(record{Run: &info, Output: output})
 	if err != nil {
 		return fmt.Errorf("encode run %s: %w", info.ID, err)
 	}

@@ -29,16 +29,16 @@ func TestJournalCompactsAndReplays(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 10000 {
-		if err := j.put(finishedInfo("busy", i)); err != nil {
+		if err := j.put(finishedInfo("busy", i), nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := j.put(finishedInfo("kept", 7)); err != nil {
+	if err := j.put(finishedInfo("kept", 7), nil); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 100 {
 		id := "gone-" + strings.Repeat("x", i%10) + string(rune('a'+i%26))
-		if err := j.put(finishedInfo(id, 1)); err != nil {
+		if err := j.put(finishedInfo(id, 1), nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := j.gone(id); err != nil {

@@ -132,6 +132,11 @@ func (w *writer) close() {
 
 func (w *writer) write(r *Run) {
 	r.queued.Store(false) // a change from now on queues it again
+	if r.final() {
+		// Before the trailer is recorded, which records the output too
+		// while it is in memory.
+		r.settleSpools()
+	}
 	if err := r.persist(); err != nil {
 		r.log.Warn("persist run", "error", err)
 	}

@@ -1,8 +1,10 @@
 package process_test
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -69,5 +71,77 @@ func TestCloseWritesPendingRuns(t *testing.T) {
 		if in.Trailer == nil || in.Trailer.Reason != process.ReasonAgentLost || len(in.Argv) != 2 {
 			t.Errorf("run %s after restart: %+v", in.ID, in)
 		}
+	}
+}
+
+// An attached run's output stays in memory while it is small: no files
+// at all, and a restarted agent still has it (recorded with the run).
+// Output beyond the memory part moves to the spool files, byte for byte.
+func TestSmallOutputStaysInMemory(t *testing.T) {
+	state := t.TempDir()
+	m1, _ := newManager(t, func(c *process.Config) { c.StateDir = state })
+	small := start(t, m1, process.Spec{ID: "small", Argv: []string{"sh", "-c", "echo out; echo err >&2; exit 4"}})
+	big := start(t, m1, process.Spec{ID: "big", Argv: []string{"sh", "-c", "head -c 200000 /dev/zero | tr '\\0' x"}})
+	waitDone(t, small)
+	waitDone(t, big)
+	m1.Sync()
+	if _, err := os.Stat(filepath.Join(state, "runs", "small")); !os.IsNotExist(err) {
+		t.Errorf("directory of a run with little output: %v, want none", err)
+	}
+	if _, err := os.Stat(filepath.Join(state, "runs", "big", "stdout")); err != nil {
+		t.Errorf("spool of a run with 200000 bytes of output: %v", err)
+	}
+	check := func(m *process.Manager, when string) {
+		t.Helper()
+		r, err := m.Get("small")
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := collect(t, r, 0, 0)
+		if string(res.stdout) != "out\n" || string(res.stderr) != "err\n" || res.trailer.ExitCode != 4 {
+			t.Errorf("%s: stdout %q stderr %q trailer %+v", when, res.stdout, res.stderr, res.trailer)
+		}
+		r, err = m.Get("big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := collect(t, r, 0, 0); string(res.stdout) != strings.Repeat("x", 200000) {
+			t.Errorf("%s: big run's stdout is %d bytes, want 200000 x", when, len(res.stdout))
+		}
+	}
+	check(m1, "before a restart")
+	if err := m1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2, _ := newManager(t, func(c *process.Config) { c.StateDir = state })
+	check(m2, "after a restart")
+}
+
+// A memory part that would exceed its limit evicts like the file does:
+// a gap, then the newest bytes.
+func TestSmallLimitInMemory(t *testing.T) {
+	m, _ := newManager(t, nil)
+	r := start(t, m, process.Spec{Argv: []string{"sh", "-c", "printf 0123456789abcdef"}, Limits: process.Limits{MaxOutputBytes: 6}})
+	waitDone(t, r)
+	res := collect(t, r, 0, 0)
+	if string(res.stdout) != "abcdef" || len(res.gaps) != 1 || res.gaps[0].Bytes != 10 {
+		t.Errorf("stdout %q after gaps %+v, want abcdef after one of 10", res.stdout, res.gaps)
+	}
+}
+
+// What finished runs keep in memory is bounded: past OutputMemory their
+// output moves to their spool files.
+func TestOutputMemoryBudget(t *testing.T) {
+	state := t.TempDir()
+	m, _ := newManager(t, func(c *process.Config) { c.StateDir = state; c.OutputMemory = 10 })
+	r := start(t, m, process.Spec{ID: "over", Argv: []string{"sh", "-c", "echo more than ten bytes"}})
+	waitDone(t, r)
+	m.Sync()
+	b, err := os.ReadFile(filepath.Join(state, "runs", "over", "stdout"))
+	if err != nil || !bytes.Contains(b, []byte("more than ten bytes\n")) {
+		t.Errorf("spool of a run over the memory budget: %q %v", b, err)
+	}
+	if res := collect(t, r, 0, 0); string(res.stdout) != "more than ten bytes\n" {
+		t.Errorf("stdout %q", res.stdout)
 	}
 }
