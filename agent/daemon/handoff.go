@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/dtmux/dtmux/internal/auth"
+	"github.com/dtmux/dtmux/internal/transport"
 )
 
 // A pump hands its hop to the daemon rather than copying it: it passes its
@@ -37,11 +38,6 @@ const HopSocketName = "agent.hop.sock"
 // handoffTimeout bounds how long a new hand-off connection may take to
 // send its pipes.
 const handoffTimeout = 5 * time.Second
-
-// hopPipeBytes is the pipe buffer asked for on a handed-off hop: the
-// daemon writes HTTP/2 frames in 256 KiB buffers (transport tuning), which
-// a default 64 KiB pipe would take in four wake-ups of the hop's reader.
-const hopPipeBytes = 1 << 20
 
 // HopSocketPath is where the daemon of stateDir takes hops.
 func HopSocketPath(stateDir string) string { return filepath.Join(stateDir, HopSocketName) }
@@ -158,7 +154,6 @@ func (l *HopListener) receive(c *net.UnixConn) (*HopConn, error) {
 	for _, fd := range fds {
 		unix.CloseOnExec(fd) // never into a run
 		_ = unix.SetNonblock(fd, true)
-		_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETPIPE_SZ, hopPipeBytes) // best effort; not a pipe: no-op
 	}
 	hc := &HopConn{
 		in:   os.NewFile(uintptr(fds[0]), "hop-in"),
@@ -166,6 +161,8 @@ func (l *HopListener) receive(c *net.UnixConn) (*HopConn, error) {
 		ctl:  c,
 		cred: *cred,
 	}
+	transport.GrowPipe(hc.in, transport.HopPipeBytes)
+	transport.GrowPipe(hc.out, transport.HopPipeBytes)
 	// Owned by the connection: it ends when the pump goes or Close closes
 	// ctl, and then closes the pipes.
 	go hc.watch()

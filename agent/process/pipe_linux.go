@@ -4,6 +4,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dtmux/dtmux/internal/transport"
 )
 
 // firstChunk is the read buffer of a run's output until it turns out to
@@ -15,15 +17,7 @@ const firstChunk = 64 << 10
 // 64 KiB. Only runs with bulk output get it: the bytes count against the
 // user's pipe quota (fs.pipe-user-pages-soft). Failure (a PTY, the quota,
 // fs.pipe-max-size) leaves the pipe as it is.
-func growPipe(f *os.File, size int) {
-	sc, err := f.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = sc.Control(func(fd uintptr) {
-		_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size)
-	})
-}
+func growPipe(f *os.File, size int) { transport.GrowPipe(f, size) }
 
 // childPipe makes a pipe between the agent and a run's process; childReads
 // says which end is the child's. Only the agent's end joins Go's poller:

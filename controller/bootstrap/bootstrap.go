@@ -180,6 +180,14 @@ func (b *Bootstrapper) start(ctx context.Context, log hclog.Logger, workspace st
 	if err := cmd.Start(); err != nil {
 		return nil, probe{}, fmt.Errorf("workspace %q: start %s: %w", workspace, hop, err)
 	}
+	// Bulk output crosses these pipes: see transport.HopPipeBytes.
+	for _, p := range []any{stdin, stdout} {
+		if f, ok := p.(interface {
+			SyscallConn() (syscall.RawConn, error)
+		}); ok {
+			transport.GrowPipe(f, transport.HopPipeBytes)
+		}
+	}
 	h := &hopProc{cmd: cmd, exited: make(chan struct{})}
 	go func() { h.err = cmd.Wait(); close(h.exited) }()
 
