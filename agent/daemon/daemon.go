@@ -1,17 +1,19 @@
 // Package daemon keeps one long-lived agent per state directory, listening
-// on a unix socket inside it, and joins short-lived byte pumps (the
-// `dtmux-agent --stdio` end of an ssh hop) to it.
+// on a unix socket inside it, and joins the short-lived `dtmux-agent
+// --stdio` process at the end of an ssh hop (the pump) to it.
 //
 // Why: a workspace is reached through one hop (ssh, daytona ssh), and hops
 // die (network, sshd restart, the controller's idle close). Runs and tmux
 // sessions must outlive them. So the process at the end of the hop owns
-// nothing: it finds or starts the daemon and copies bytes, and when the hop
+// nothing: it finds or starts the daemon and hands it the hop's pipes
+// (handoff.go), or copies bytes when it cannot (Pump), and when the hop
 // dies only the pump exits; the controller redials, a new pump joins the
 // same daemon, and clients reattach to their runs.
 //
 // Files in the state directory:
 //
 //	agent.sock        the daemon's socket (0600 in the 0700 state dir)
+//	agent.hop.sock    where pumps hand the daemon their hops (0600)
 //	agent.pid         the daemon's pid; the daemon holds a flock on it for
 //	                  its whole life, so "is a daemon alive" never depends
 //	                  on pids that may be reused or zombies never reaped
