@@ -366,7 +366,7 @@ type jsonRenderer struct {
 	w io.Writer
 }
 
-var ndjson = protojson.MarshalOptions{UseProtoNames: true}
+var ndjson = protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}
 
 func (j *jsonRenderer) event(ev *controllerv1.FleetEvent) error {
 	b, err := ndjson.Marshal(ev)

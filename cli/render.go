@@ -16,9 +16,10 @@ import (
 )
 
 // printJSON writes m as indented JSON with the proto field names, followed
-// by a newline.
+// by a newline. Every scalar field is there, zero values too (an exit_code
+// of 0 is an answer), so scripts need not guess at missing keys.
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	b, err := protojson.MarshalOptions{UseProtoNames: true, EmitDefaultValues: true}.Marshal(m)
 	if err != nil {
 		return err
 	}

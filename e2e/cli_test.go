@@ -774,7 +774,7 @@ func TestCLIAttach(t *testing.T) {
 	}
 	// Detaching left the session and its shell running.
 	r = mustCLI(t, c, "session", "ls", "w1", "-o", "json")
-	if !strings.Contains(r.stdout, "dbg") || strings.Contains(r.stdout, `"dead"`) {
+	if !strings.Contains(r.stdout, "dbg") || strings.Contains(r.stdout, `"dead": true`) {
 		t.Errorf("the session did not survive the detach:\n%s", r.stdout)
 	}
 }

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -159,10 +160,41 @@ func TestCLISessionsKeysAndDeadPanes(t *testing.T) {
 	}
 
 	mustCLI(t, c, "session", "new", "w1", "s2", "--", "sh", "-c", "exit 9")
-	eventually(t, "the pane to die", func() string {
+	// A pane that exited 0 says so too: zero is an answer, not a missing
+	// key.
+	mustCLI(t, c, "session", "new", "w1", "s0", "--", "true")
+	eventually(t, "the panes to die", func() string {
 		r := mustCLI(t, c, "session", "ls", "w1", "-o", "json")
-		if !strings.Contains(r.stdout, `"exit_code": 9`) && !strings.Contains(r.stdout, `"exitCode": 9`) {
-			return r.stdout
+		var listed struct {
+			Sessions []struct {
+				Name    string `json:"name"`
+				Windows []struct {
+					Panes []struct {
+						Dead     bool `json:"dead"`
+						ExitCode *int `json:"exit_code"`
+					} `json:"panes"`
+				} `json:"windows"`
+			} `json:"sessions"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &listed); err != nil {
+			return err.Error()
+		}
+		want := map[string]int{"s2": 9, "s0": 0}
+		for _, ss := range listed.Sessions {
+			code, ok := want[ss.Name]
+			if !ok {
+				continue
+			}
+			for _, w := range ss.Windows {
+				for _, p := range w.Panes {
+					if p.Dead && p.ExitCode != nil && *p.ExitCode == code {
+						delete(want, ss.Name)
+					}
+				}
+			}
+		}
+		if len(want) > 0 {
+			return fmt.Sprintf("no dead pane with exit_code %v in:\n%s", want, r.stdout)
 		}
 		return ""
 	})
