@@ -854,8 +854,8 @@ func (m *Manager) load(l loaded, now time.Time) *Run {
 			recorded = info.StderrBytes
 		}
 		path := filepath.Join(dir, name)
-		if l.output != nil {
-			r.out[i] = loadMemSpool(path, limit, l.output[i], recorded, r.broadcast, r.prepareDir)
+		if l.output != nil && l.output[i] != nil {
+			r.out[i] = loadMemSpool(path, limit, *l.output[i], recorded, r.broadcast, r.prepareDir)
 			if !r.out[i].charge(&m.memLeft) {
 				if err := r.out[i].spill(); err != nil {
 					m.log.Warn("move output to disk", "run_id", id, "error", err)
@@ -877,6 +877,10 @@ func (m *Manager) load(l loaded, now time.Time) *Run {
 		detail := "the agent stopped while the run was in flight"
 		if !info.Detached {
 			detail += "; the run was attached and its client went with the agent, so its process group is hung up"
+			if _, err := os.Stat(filepath.Join(dir, "stdout")); err != nil {
+				// Its output had not outgrown memory (see spool).
+				detail += "; its output was in the agent's memory and went with it"
+			}
 		}
 		t = &Trailer{
 			Reason:   ReasonAgentLost,

@@ -168,7 +168,7 @@ func (r *Run) persist() error {
 		return nil
 	}
 	in := r.snapshot(true)
-	var output *[2][]byte
+	var output *memOutput
 	if in.Trailer != nil {
 		output = r.memOutput()
 	}
@@ -632,16 +632,14 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
-// memOutput returns the output of a finished run that is held in memory,
-// or nil when a stream is in its file.
-func (r *Run) memOutput() *[2][]byte {
-	var out [2][]byte
+// memOutput returns what a finished run's streams hold in memory, nil
+// when both are in their spool files.
+func (r *Run) memOutput() *memOutput {
+	var out memOutput
 	for i, s := range r.out {
-		b, ok := s.memBytes()
-		if !ok {
-			return nil
+		if b, ok := s.memBytes(); ok {
+			out[i] = &b
 		}
-		out[i] = b
 	}
 	if out[0] == nil && out[1] == nil {
 		return nil
@@ -650,15 +648,19 @@ func (r *Run) memOutput() *[2][]byte {
 }
 
 // settleSpools keeps a finished run's output in memory while the
-// manager's budget allows, and moves it into its spool files otherwise.
+// manager's budget allows, and moves it into its spool files otherwise:
+// both streams or neither.
 func (r *Run) settleSpools() {
 	for _, s := range r.out {
 		if s.charge(&r.m.memLeft) {
 			continue
 		}
-		if err := s.spill(); err != nil {
-			r.log.Warn("move output to disk", "error", err)
+		for _, s := range r.out {
+			if err := s.spill(); err != nil { // gives back what it was charged
+				r.log.Warn("move output to disk", "error", err)
+			}
 		}
+		return
 	}
 }
 

@@ -48,17 +48,21 @@ const compactAbove = 1 << 20
 // record is one line of the journal.
 type record struct {
 	Run *Info `json:"run,omitempty"`
-	// Output is a finished run's output (stdout, stderr) when it was
-	// small enough to stay in memory (see spool): the last bytes of each
-	// stream, up to Run's byte counts.
-	Output *[2][]byte `json:"output,omitempty"`
+	// Output is what a finished run's streams kept in memory (see
+	// memOutput).
+	Output *memOutput `json:"output,omitempty"`
 	Gone   string     `json:"gone,omitempty"` // the id of a forgotten run
 }
+
+// memOutput is a finished run's output that stayed in memory (see
+// spool), per stream (stdout, stderr): the stream's last bytes, up to the
+// run's byte count; nil for a stream in its spool file.
+type memOutput [2]*[]byte
 
 // loaded is a run read back from the journal.
 type loaded struct {
 	Info
-	output *[2][]byte
+	output *memOutput
 }
 
 // openJournal reads the journal in dir (none yet is an empty one) and
@@ -132,15 +136,15 @@ func (j *journal) drop(id string) {
 
 // put records info (and output, when not nil) as the run's current
 // state.
-func (j *journal) put(info Info, output *[2][]byte) error { return j.keepRun(info, output, true) }
+func (j *journal) put(info Info, output *memOutput) error { return j.keepRun(info, output, true) }
 
 // set makes info the run's current state for the next rewrite (compact)
 // without writing it now.
-func (j *journal) set(info Info, output *[2][]byte) error {
+func (j *journal) set(info Info, output *memOutput) error {
 	return j.keepRun(info, output, false)
 }
 
-func (j *journal) keepRun(info Info, output *[2][]byte, write bool) error {
+func (j *journal) keepRun(info Info, output *memOutput, write bool) error {
 	b, err := json.Marshal(record{Run: &info, Output: output})
 	if err != nil {
 		return fmt.Errorf("encode run %s: %w", info.ID, err)

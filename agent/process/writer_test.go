@@ -145,3 +145,30 @@ func TestOutputMemoryBudget(t *testing.T) {
 		t.Errorf("stdout %q", res.stdout)
 	}
 }
+
+// A run whose stdout outgrew memory and whose stderr did not keeps both
+// across a restart; so does one whose output did not fit the memory
+// budget.
+func TestMixedSpoolsSurviveRestart(t *testing.T) {
+	state := t.TempDir()
+	m1, _ := newManager(t, func(c *process.Config) { c.StateDir = state; c.OutputMemory = 100 })
+	mixed := start(t, m1, process.Spec{ID: "mixed", Argv: []string{"sh", "-c", "head -c 100000 /dev/zero; echo small >&2"}})
+	waitDone(t, mixed)
+	m1.Sync()
+	over := start(t, m1, process.Spec{ID: "over", Argv: []string{"sh", "-c", "echo 0123456789012345678901234567890123456789; echo 0123456789012345678901234567890123456789012345678901234567890123456789 >&2"}})
+	waitDone(t, over)
+	if err := m1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m2, _ := newManager(t, func(c *process.Config) { c.StateDir = state })
+	for id, want := range map[string][2]int{"mixed": {100000, 6}, "over": {41, 71}} {
+		r, err := m2.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := collect(t, r, 0, 0)
+		if len(res.stdout) != want[0] || len(res.stderr) != want[1] || len(res.gaps) != 0 {
+			t.Errorf("%s after a restart: %d bytes of stdout, %d of stderr, gaps %+v; want %v", id, len(res.stdout), len(res.stderr), res.gaps, want)
+		}
+	}
+}
