@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/dtmux/dtmux/agent/daemon"
 	"github.com/dtmux/dtmux/internal/benchenv"
@@ -109,11 +108,8 @@ func startRemote(b *testing.B) *remote {
 			<-exited
 		}
 	})
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { cc.Close() })
+	// Connected as the CLI connects (internal/transport).
+	cc := benchenv.Dial(b, addr)
 	r.conn = cc
 	if err := benchenv.WaitServing(cc, exited); err != nil {
 		b.Fatalf("controller: %v\n%s", err, r.readLog())

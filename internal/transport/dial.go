@@ -54,9 +54,13 @@ func DialOptions(a Address, c DialConfig) []grpc.DialOption {
 	return opts
 }
 
-// Dial creates a client connection; it connects lazily, on the first call.
+// Dial creates a client's connection (the CLI's: one per process); it
+// connects lazily, on the first call. Its read buffer is ClientReadBytes:
+// a client reads bulk output, and it has one connection to pay for, where
+// the controller's pool keeps a thousand at ReadBufferBytes.
 func Dial(a Address, c DialConfig, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
-	cc, err := grpc.NewClient(a.Target(), append(DialOptions(a, c), extra...)...)
+	opts := append(DialOptions(a, c), grpc.WithReadBufferSize(ClientReadBytes))
+	cc, err := grpc.NewClient(a.Target(), append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", a, err)
 	}

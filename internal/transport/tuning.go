@@ -26,6 +26,10 @@ const (
 	// ReadBufferBytes is each connection's read buffer, held for the
 	// connection's life; kept at a size a thousand connections can afford.
 	ReadBufferBytes = 64 << 10
+	// ClientReadBytes is the read buffer of a client's single connection
+	// (Dial): a read syscall per 1 MiB of bulk output rather than per
+	// 64 KiB.
+	ClientReadBytes = 1 << 20
 )
 
 // ClientTuning returns the dial options that apply the windows and
