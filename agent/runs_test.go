@@ -132,6 +132,9 @@ func drain(t *testing.T, recv func() (*agentv1.ExecResponse, error)) execResult 
 		if r.trailer != nil {
 			t.Fatalf("event after the trailer: %v", ev)
 		}
+		if _, ok := ev.GetEvent().(*agentv1.ExecResponse_Started); !ok && r.started == nil {
+			t.Fatalf("event before the started event: %v", ev)
+		}
 		switch e := ev.GetEvent().(type) {
 		case *agentv1.ExecResponse_Started:
 			r.started = e.Started
@@ -183,6 +186,37 @@ func TestExecExitCodeAndStreams(t *testing.T) {
 	tr := r.trailer
 	if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_EXITED || tr.GetExitCode() != 3 || tr.GetStdoutBytes() != 4 || tr.GetStderrBytes() != 4 {
 		t.Errorf("trailer %v", tr)
+	}
+}
+
+// The started event may wait a moment for the run's first event, never
+// for a run that stays silent.
+func TestExecStartedWhileSilent(t *testing.T) {
+	a := newTestAgent(t, nil)
+	stream, err := a.client.Exec(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(startMsg("sleep", "30")); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := stream.Recv()
+	if err != nil || ev.GetStarted() == nil || ev.GetStarted().GetPid() <= 0 {
+		t.Fatalf("first event %v, %v; want started with a pid", ev, err)
+	}
+	if _, err := a.client.SignalRun(ctxT(t), &agentv1.SignalRunRequest{RunId: ev.GetStarted().GetRunId(), Signal: agentv1.Signal_SIGNAL_TERM}); err != nil {
+		t.Fatal(err)
+	}
+	first := true
+	r := drain(t, func() (*agentv1.ExecResponse, error) {
+		if first {
+			first = false
+			return ev, nil
+		}
+		return stream.Recv()
+	})
+	if r.trailer == nil || r.trailer.GetReason() != agentv1.ExitReason_EXIT_REASON_SIGNALED {
+		t.Errorf("trailer %v (err %v), want signaled", r.trailer, r.err)
 	}
 }
 
