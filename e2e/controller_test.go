@@ -125,7 +125,15 @@ func TestControllerWorkspaces(t *testing.T) {
 
 	// Deleted: gone from the list, its directory and agent removed.
 	pid = c.AgentPID("web-2")
-	if _, err := ws.DeleteWorkspace(ctx, &controllerv1.DeleteWorkspaceRequest{Name: "web-2"}); err != nil {
+	// A running workspace is deleted only when forced, like docker rm.
+	_, err = ws.DeleteWorkspace(ctx, &controllerv1.DeleteWorkspaceRequest{Name: "web-2"})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "--force") {
+		t.Errorf("delete a running workspace without force: %v, want FailedPrecondition naming --force", err)
+	}
+	if syscall.Kill(pid, 0) != nil {
+		t.Errorf("a refused delete stopped the agent")
+	}
+	if _, err := ws.DeleteWorkspace(ctx, &controllerv1.DeleteWorkspaceRequest{Name: "web-2", Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	if got := ctlNames(t, c); !slices.Equal(got, []string{"db", "web-1"}) {
@@ -424,7 +432,20 @@ func TestControllerStopAndDeleteEndEverything(t *testing.T) {
 				}
 			})
 
-			mustCLI(t, c, "ws", op, ws)
+			if op == "rm" {
+				// Refused while running, with the way out; nothing ends.
+				r := dtmuxCLI(t, c, nil, "ws", "rm", ws)
+				if r.code == 0 {
+					t.Fatal("ws rm of a running workspace without --force succeeded")
+				}
+				oneLineError(t, r, "is running; stop it first (dtmux ws stop "+ws+") or delete it with --force")
+				if now := wsProcesses(c, ws); len(now) < len(want) {
+					t.Fatalf("a refused ws rm ended processes: %v (before: %v)", now, before)
+				}
+				mustCLI(t, c, "ws", "rm", "--force", ws)
+			} else {
+				mustCLI(t, c, "ws", op, ws)
+			}
 			if left := wsProcesses(c, ws); len(left) > 0 {
 				t.Fatalf("after ws %s, still running: %v (before: %v)", op, left, before)
 			}

@@ -406,10 +406,16 @@ func (p *Provider) stopLocked(w *workspace) error {
 }
 
 // Delete implements provider.Provider: stop the agent, its tmux server
-// and what its runs left running, then remove the directory.
-func (p *Provider) Delete(_ context.Context, name string, _ bool) error {
+// and what its runs left running, then remove the directory. A started
+// workspace is deleted only with force.
+func (p *Provider) Delete(_ context.Context, name string, force bool) error {
 	p.mu.Lock()
 	w, err := p.lookup(name)
+	if err == nil && !force && !w.meta.Stopped {
+		// Like docker rm: deleting ends everything that runs there.
+		p.mu.Unlock()
+		return fmt.Errorf("delete workspace %q: %w: it is running; stop it first (dtmux ws stop %s) or delete it with --force", name, provider.ErrPrecondition, name)
+	}
 	if err == nil {
 		w.deleting = true
 	}

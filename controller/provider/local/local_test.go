@@ -205,7 +205,14 @@ func TestLifecycle(t *testing.T) {
 
 	// Delete: agent and directory go.
 	pid = agentPID(t, p, "web-1")
-	if err := p.Delete(ctx, "web-1", false); err != nil {
+	// Running: refused unless forced, and nothing is stopped.
+	if err := p.Delete(ctx, "web-1", false); !errors.Is(err, provider.ErrPrecondition) || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("delete a running workspace without force: %v, want ErrPrecondition naming --force", err)
+	}
+	if w, err := p.Get(ctx, "web-1"); err != nil || w.State != provider.StateStarted {
+		t.Fatalf("after a refused delete: %+v %v", w, err)
+	}
+	if err := p.Delete(ctx, "web-1", true); err != nil {
 		t.Fatal(err)
 	}
 	if alive(pid, false) {
@@ -350,7 +357,7 @@ func TestDeleteKillsTmuxServer(t *testing.T) {
 	if _, err := fmt.Sscan(string(out), &server, &pane); err != nil {
 		t.Fatalf("tmux said %q: %v", out, err)
 	}
-	if err := p.Delete(ctx, "ws", false); err != nil {
+	if err := p.Delete(ctx, "ws", true); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the tmux server and its pane to end", func() bool { return !alive(server, false) && !alive(pane, false) })

@@ -61,7 +61,7 @@ func TestStopAndDeleteEndLeftoverProcesses(t *testing.T) {
 			if op == "stop" {
 				_, err = p.Stop(ctx, "ws")
 			} else {
-				err = p.Delete(ctx, "ws", false)
+				err = p.Delete(ctx, "ws", true)
 			}
 			if err != nil {
 				t.Fatal(err)
