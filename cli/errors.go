@@ -94,6 +94,16 @@ func statusLine(st *status.Status, addr string) string {
 		}
 		return "unavailable: " + msg
 	case codes.ResourceExhausted:
+		if requestTooLarge(st) {
+			// gRPC says "trying to send message larger than max (N vs. M)".
+			sizes := ""
+			if _, after, ok := strings.Cut(msg, "("); ok {
+				if n, m, ok := strings.Cut(strings.TrimSuffix(after, ")"), " vs. "); ok {
+					sizes = fmt.Sprintf(" (%s bytes; at most %s in one message)", n, m)
+				}
+			}
+			return "the request is too large" + sizes + ": pass big inputs on stdin or as a file, not in arguments or the environment"
+		}
 		if strings.Contains(msg, "larger than max") {
 			return "message too large: " + msg
 		}
@@ -136,7 +146,7 @@ func ErrorCode(err error) int {
 	case errinfo.RunIDConflict:
 		return ExitUsage
 	}
-	if st, ok := status.FromError(err); ok && (st.Code() == codes.InvalidArgument || st.Code() == codes.AlreadyExists) {
+	if st, ok := status.FromError(err); ok && (st.Code() == codes.InvalidArgument || st.Code() == codes.AlreadyExists || requestTooLarge(st)) {
 		return ExitUsage // the request, not dtmux, is what to fix
 	}
 	return ExitFailure
@@ -164,4 +174,10 @@ func startError(err error, argv []string, runID string) error {
 		return &ExitError{Code: ExitUsage, Msg: fmt.Sprintf("run id %q is already used by a different command: choose another --run-id, or leave it out", clip(runID))}
 	}
 	return err
+}
+
+// requestTooLarge reports whether st is the client library refusing to
+// send a message over the size limit: the user's input is what to fix.
+func requestTooLarge(st *status.Status) bool {
+	return st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "trying to send message larger than max")
 }

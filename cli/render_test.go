@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
@@ -122,5 +124,21 @@ func TestTrailerExit(t *testing.T) {
 		if tt.msg == "" && err != nil && err.Error() != "" && !strings.HasPrefix(err.Error(), "exit status") {
 			t.Errorf("%v: unexpected message %q", tt.tr, err)
 		}
+	}
+}
+
+// Input over gRPC's message limit is the user's to fix: exit 254 and one
+// line saying so with the sizes; a response over it is dtmux's failure.
+func TestRequestTooLarge(t *testing.T) {
+	err := status.Error(codes.ResourceExhausted, "grpc: trying to send message larger than max (10000047 vs. 4194304)")
+	if got := ErrorCode(err); got != ExitUsage {
+		t.Errorf("exit %d, want %d", got, ExitUsage)
+	}
+	if got, want := errorLine(err, ""), "dtmux: the request is too large (10000047 bytes; at most 4194304 in one message)"; !strings.HasPrefix(got, want) {
+		t.Errorf("line %q, want it to start with %q", got, want)
+	}
+	recv := status.Error(codes.ResourceExhausted, "grpc: received message larger than max (5000000 vs. 4194304)")
+	if got := ErrorCode(recv); got != ExitFailure {
+		t.Errorf("received too large: exit %d, want %d", got, ExitFailure)
 	}
 }

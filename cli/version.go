@@ -33,7 +33,8 @@ func newVersionCmd(app *App) *cobra.Command {
 	return cmd
 }
 
-// versionInfo is what dtmux version -o json prints.
+// versionInfo is what dtmux version -o json prints: every field, empty
+// ones too, as every -o json does; agent only with --workspace.
 type versionInfo struct {
 	Client     string             `json:"client"`
 	Controller *controllerVersion `json:"controller"`
@@ -43,9 +44,9 @@ type versionInfo struct {
 type controllerVersion struct {
 	Address string `json:"address"`
 	// Version is empty when the controller did not report one.
-	Version string `json:"version,omitempty"`
+	Version string `json:"version"`
 	// Error says why the controller could not be reached.
-	Error string `json:"error,omitempty"`
+	Error string `json:"error"`
 }
 
 type agentVersion struct {
@@ -53,8 +54,8 @@ type agentVersion struct {
 	Version     string `json:"version"`
 	OS          string `json:"os"`
 	Arch        string `json:"arch"`
-	TmuxVersion string `json:"tmux_version,omitempty"`
-	TmuxError   string `json:"tmux_error,omitempty"`
+	TmuxVersion string `json:"tmux_version"`
+	TmuxError   string `json:"tmux_error"`
 }
 
 func (a *App) runVersion(ctx context.Context, ws string) error {

@@ -473,10 +473,18 @@ func TestWorkspaceService(t *testing.T) {
 			_, err := c.CreateWorkspace(ctx, &controllerv1.CreateWorkspaceRequest{Name: "a/b"})
 			return err
 		}, codes.InvalidArgument},
-		{"delete unsupported", func() error {
+		{"delete running without force", func() error {
 			_, err := c.DeleteWorkspace(ctx, &controllerv1.DeleteWorkspaceRequest{Name: "a"})
 			return err
+		}, codes.FailedPrecondition},
+		{"delete unsupported", func() error {
+			_, err := c.DeleteWorkspace(ctx, &controllerv1.DeleteWorkspaceRequest{Name: "a", Force: true})
+			return err
 		}, codes.Unimplemented},
+		{"get invalid name", func() error {
+			_, err := c.GetWorkspace(ctx, &controllerv1.GetWorkspaceRequest{Name: "Bad Name"})
+			return err
+		}, codes.InvalidArgument},
 	}
 	for _, tt := range errTests {
 		if err := tt.call(); status.Code(err) != tt.code {

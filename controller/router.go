@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dtmux/dtmux/controller/pool"
+	"github.com/dtmux/dtmux/controller/provider"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -80,6 +81,9 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	}
 	if ws == "" {
 		return status.Error(codes.InvalidArgument, "no workspace named: set metadata "+WorkspaceMetadataKey)
+	}
+	if err := provider.ValidateName(ws); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	cc, err := r.pool.Conn(ctx, ws)
 	if err != nil {

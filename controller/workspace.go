@@ -90,10 +90,17 @@ func (s *WorkspaceService) CreateWorkspace(ctx context.Context, req *controllerv
 }
 
 // DeleteWorkspace kills the workspace's runs, drops the connection to its
-// agent and deletes the workspace.
+// agent and deletes the workspace; a running one only with force.
 func (s *WorkspaceService) DeleteWorkspace(ctx context.Context, req *controllerv1.DeleteWorkspaceRequest) (*controllerv1.DeleteWorkspaceResponse, error) {
 	if err := needName(req.GetName()); err != nil {
 		return nil, err
+	}
+	// Like docker rm: a running workspace goes only when forced, and
+	// before anything in it is ended.
+	if !req.GetForce() && provider.ManagesLifecycle(s.prov) {
+		if w, err := s.prov.Get(ctx, req.GetName()); err == nil && w.State == provider.StateStarted {
+			return nil, status.Errorf(codes.FailedPrecondition, "workspace %q: it is running; stop it first (dtmux ws stop %s) or delete it with --force", w.Name, w.Name)
+		}
 	}
 	s.killRuns(ctx, req.GetName())
 	s.pool.Evict(req.GetName())
@@ -134,6 +141,9 @@ func (s *WorkspaceService) StopWorkspace(ctx context.Context, req *controllerv1.
 func needName(name string) error {
 	if name == "" {
 		return status.Error(codes.InvalidArgument, "workspace name is required")
+	}
+	if err := provider.ValidateName(name); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	return nil
 }

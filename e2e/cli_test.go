@@ -269,7 +269,21 @@ func TestCLIExec(t *testing.T) {
 		if r.code != 255 {
 			t.Errorf("unknown workspace: exit %d", r.code)
 		}
-		oneLineError(t, r, "nope")
+		oneLineError(t, r, `workspace "nope" not found`)
+		// A name no workspace can have is the caller's mistake, not a
+		// missing workspace; so for the fleet.
+		for _, args := range [][]string{{"exec", "Bad Name", "--", "true"}, {"runs", "ls", "a/b"}, {"fleet", "exec", "--ws", "w1,Bad Name", "--", "true"}} {
+			r := dtmuxCLI(t, c, nil, args...)
+			if r.code != 254 {
+				t.Errorf("%v: exit %d, want 254", args, r.code)
+			}
+			oneLineError(t, r, "workspace name")
+		}
+		r = dtmuxCLI(t, c, nil, "fleet", "exec", "--ws", "w1,nope", "--", "true")
+		if r.code != 255 {
+			t.Errorf("fleet exec on an unknown workspace: exit %d", r.code)
+		}
+		oneLineError(t, r, `workspace "nope" not found`)
 
 		for name, args := range map[string][]string{
 			"empty argv":     {"exec", "w1"},
@@ -315,10 +329,11 @@ func TestCLIExec(t *testing.T) {
 			t.Fatal(err)
 		}
 		r = dtmuxCLI(t, c, nil, "exec", "w1", "--secret-env-file", secrets, "--", "true")
-		if r.code != 255 {
-			t.Errorf("oversized message: exit %d", r.code)
+		// The caller's input to fix, as a large value the kernel refuses.
+		if r.code != 254 {
+			t.Errorf("oversized message: exit %d, want 254", r.code)
 		}
-		oneLineError(t, r, "too large")
+		oneLineError(t, r, "the request is too large (")
 
 		r = dtmuxCLI(t, c, nil, "runs", "logs", "w1", "no-such-run")
 		if r.code != 255 {

@@ -548,7 +548,12 @@ func TestDaytonaLegacy(t *testing.T) {
 			t.Errorf("start unknown: exit %d", r.code)
 		}
 		oneLineError(t, r, "not found")
-		mustCLI(t, d.c, "ws", "rm", "Spoon-Knife")
+		// Running: refused without --force, and still there.
+		if r := dtmuxCLI(t, d.c, nil, "ws", "rm", "Spoon-Knife"); r.code != 255 || !strings.Contains(r.stderr, "--force") {
+			t.Errorf("rm of a running workspace: exit %d stderr %q", r.code, r.stderr)
+		}
+		mustCLI(t, d.c, "exec", "Spoon-Knife", "--", "true")
+		mustCLI(t, d.c, "ws", "rm", "--force", "Spoon-Knife")
 		if _, ok := wsList(t, d.c)["Spoon-Knife"]; ok {
 			t.Fatal("Spoon-Knife still listed after rm")
 		}
@@ -624,7 +629,12 @@ func TestDaytonaSandboxes(t *testing.T) {
 			t.Fatalf("start: %+v", w)
 		}
 		mustCLI(t, d.c, "exec", "sb1", "--", "true")
-		mustCLI(t, d.c, "ws", "rm", "sb1")
+		// Running: refused without --force, and still there.
+		if r := dtmuxCLI(t, d.c, nil, "ws", "rm", "sb1"); r.code != 255 || !strings.Contains(r.stderr, "--force") {
+			t.Errorf("rm of a running workspace: exit %d stderr %q", r.code, r.stderr)
+		}
+		mustCLI(t, d.c, "exec", "sb1", "--", "true")
+		mustCLI(t, d.c, "ws", "rm", "--force", "sb1")
 		if _, ok := wsList(t, d.c)["sb1"]; ok {
 			t.Fatal("sb1 still listed after rm")
 		}

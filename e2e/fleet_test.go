@@ -282,6 +282,27 @@ func TestFleetTimeoutLongLinesAttachDuration(t *testing.T) {
 		}
 	})
 
+	t.Run("start failures exit as a shell would", func(t *testing.T) {
+		for _, tc := range []struct {
+			argv []string
+			code int
+			says string
+		}{
+			{[]string{"/no/such/program"}, 127, "not found"},
+			{[]string{"/etc/passwd"}, 126, "/etc/passwd"},
+			{[]string{"-w", "/no/such/dir", "--", "true"}, 254, "/no/such/dir"},
+		} {
+			args := append([]string{"fleet", "exec", "--ws", "f01,f02"}, tc.argv...)
+			if tc.argv[0] != "-w" {
+				args = append([]string{"fleet", "exec", "--ws", "f01,f02", "--"}, tc.argv...)
+			}
+			r := dtmuxCLI(t, c, nil, args...)
+			if r.code != tc.code || !strings.Contains(r.stderr, tc.says) {
+				t.Errorf("fleet exec %v: exit %d, want %d; stderr %q", tc.argv, r.code, tc.code, r.stderr)
+			}
+		}
+	})
+
 	t.Run("long lines stay whole", func(t *testing.T) {
 		r := dtmuxCLI(t, c, nil, "fleet", "exec", "--ws", "f01,f03", "--", "sh", "-c",
 			`case $DTMUX_WORKSPACE in f01) for i in $(seq 200); do echo "short $i"; done;; *) head -c 200000 /dev/zero | tr "\0" a; echo;; esac`)

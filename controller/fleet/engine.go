@@ -16,7 +16,14 @@ import (
 type Engine struct {
 	targets Targets
 	log     hclog.Logger
+	// bg tracks work a fleet run leaves behind when it reports (kills of
+	// targets that timed out before their command started); Close waits.
+	bg sync.WaitGroup
 }
+
+// Close waits for the work fleet runs left behind (each bounded by the
+// kill grace).
+func (e *Engine) Close() { e.bg.Wait() }
 
 // New returns an engine. log may be nil.
 func New(targets Targets, log hclog.Logger) *Engine {

@@ -180,6 +180,45 @@ func TestTargetTimeoutKills(t *testing.T) {
 	}
 }
 
+// A target whose agent hangs (the call never answers) is reported
+// unreachable at its target deadline; the kill sent in case the start got
+// through does not hold the report or the summary.
+func TestTargetTimeoutBeforeStartReportsAtOnce(t *testing.T) {
+	f := startFleet(t, 1)
+	killTried := make(chan struct{})
+	f.clientHook = func(ctx context.Context, ws string, call int) error {
+		if ws != "w00" {
+			return nil
+		}
+		if call == 1 {
+			<-ctx.Done() // hung
+			return ctx.Err()
+		}
+		close(killTried)
+		<-ctx.Done() // still hung for the kill, until its grace ends
+		return ctx.Err()
+	}
+	e := New(f, nil)
+	c := newCollected()
+	began := time.Now()
+	sum, err := e.Exec(testCtx(t), Spec{Selector: Selector{All: true}, Command: sh("true"), TargetTimeout: 300 * time.Millisecond}, c.emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > killGrace/2 {
+		t.Errorf("fleet exec took %v with a 300ms target timeout (kill grace %v)", took, killGrace)
+	}
+	if c.finals["w00"].Kind != KindUnreachable || sum.Unreachable != 1 {
+		t.Errorf("final event %+v, summary %+v; want w00 unreachable", c.finals["w00"], sum)
+	}
+	select {
+	case <-killTried:
+	case <-time.After(10 * time.Second):
+		t.Error("no kill was tried on the hung target")
+	}
+	e.Close() // the kill's grace ends it
+}
+
 func TestRetryAfterLostStartNeverRunsTwice(t *testing.T) {
 	f := startFleet(t, 1)
 	f.agents["w00"].dropAfterStart.Store(1)

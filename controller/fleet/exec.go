@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/dtmux/dtmux/internal/errinfo"
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
@@ -306,11 +307,17 @@ func (r *fleetRun) work(ctx context.Context, it *item) (retry bool) {
 	}
 	unreachable, retryable := classify(err)
 	if !it.deadline.IsZero() && !time.Now().Before(it.deadline) {
-		// The start may have reached the agent: kill by run id.
-		r.kill(ctx, it.name, nil)
 		r.record(it.name, resUnreachable, 0)
 		_ = r.out.send(Event{Kind: KindUnreachable, Workspace: it.name, Attempts: uint32(it.attempt),
 			Reason: fmt.Sprintf("target timeout (%s) before the command started: %s", r.spec.TargetTimeout, errMessage(err))})
+		// The start may have reached the agent: kill by run id, in the
+		// background, so that a hung agent does not hold the report (and
+		// the summary) for the kill's grace. The engine owns it.
+		r.e.bg.Add(1)
+		go func() {
+			defer r.e.bg.Done()
+			r.kill(context.WithoutCancel(ctx), it.name, nil)
+		}()
 		return false
 	}
 	if !unreachable {
@@ -402,11 +409,20 @@ func (r *fleetRun) start(tctx context.Context, name string, deadline time.Time) 
 }
 
 // startFailure turns a start error (not an unreachable agent) into a
-// trailer and an exit code: 127 when the program was not found, else 1.
+// trailer and an exit code, as `dtmux exec` exits: 127 when the program
+// was not found, 126 when it cannot be executed, 254 for a request the
+// agent refused (a bad working directory, limit, run id), else 1.
 func startFailure(err error) (*agentv1.RunTrailer, int) {
 	code := 1
-	if status.Code(err) == codes.NotFound {
+	switch errinfo.Reason(err) {
+	case errinfo.ProgramNotFound:
 		code = 127
+	case errinfo.ProgramNotExecutable:
+		code = 126
+	default:
+		if c := status.Code(err); c == codes.InvalidArgument || c == codes.AlreadyExists {
+			code = 254
+		}
 	}
 	return &agentv1.RunTrailer{ExitCode: -1, Detail: "start failed: " + errMessage(err)}, code
 }

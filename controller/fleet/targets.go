@@ -54,8 +54,11 @@ func SelectFrom(list []provider.Workspace, sel Selector) ([]Target, error) {
 		labels[k] = v
 	}
 	for _, n := range sel.Workspaces {
+		if err := provider.ValidateName(n); err != nil {
+			return nil, err
+		}
 		if !slices.ContainsFunc(list, func(w provider.Workspace) bool { return w.Name == n }) {
-			return nil, fmt.Errorf("%w: %s", provider.ErrNotFound, n)
+			return nil, unknownWorkspace(n)
 		}
 	}
 	var out []Target
@@ -83,3 +86,12 @@ func matchLabels(have, want map[string]string) bool {
 	}
 	return true
 }
+
+// unknownWorkspace is provider.ErrNotFound for a named workspace, worded
+// as every other call says it.
+type unknownWorkspace string
+
+func (u unknownWorkspace) Error() string { return fmt.Sprintf("workspace %q not found", string(u)) }
+
+// Is makes errors.Is(err, provider.ErrNotFound) hold.
+func (unknownWorkspace) Is(target error) bool { return target == provider.ErrNotFound }

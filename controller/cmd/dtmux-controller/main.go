@@ -216,7 +216,9 @@ func run(args []string) error {
 	reg := controller.WithVersionHeader(srv.Server, version.Version)
 	controllerv1.RegisterWorkspaceServiceServer(reg, controller.NewWorkspaceService(prov, pl, log))
 	controller.NewRouter(pl, log).Register(reg)
-	controllerv1.RegisterFleetServiceServer(reg, controller.NewFleetService(controller.NewFleetEngine(prov, pl, log), log))
+	fleetEngine := controller.NewFleetEngine(prov, pl, log)
+	defer fleetEngine.Close() // before the pool closes
+	controllerv1.RegisterFleetServiceServer(reg, controller.NewFleetService(fleetEngine, log))
 	srv.MarkServing()
 
 	served := make(chan error, 1)

@@ -288,7 +288,7 @@ func (p *Provider) Create(ctx context.Context, o provider.CreateOptions) (provid
 	if err != nil {
 		return provider.Workspace{}, err
 	}
-	if o.Name != "" && !validName(o.Name) {
+	if o.Name != "" && !provider.ValidName(o.Name) {
 		return provider.Workspace{}, fmt.Errorf("%w: workspace name %q", provider.ErrInvalid, o.Name)
 	}
 	for k := range o.Labels {
@@ -375,10 +375,6 @@ func (p *Provider) poll(ctx context.Context, wait time.Duration, what string, ge
 		}
 	}
 }
-
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
-func validName(s string) bool { return nameRE.MatchString(s) }
 
 // reportedState says what Daytona reports for a workspace that cannot be
 // reached, with what to do about it where the user can: the detail reads

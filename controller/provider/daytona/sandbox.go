@@ -56,7 +56,7 @@ func (p *Provider) sandboxes(ctx context.Context) ([]sandbox, error) {
 }
 
 func (p *Provider) sandboxInfo(ctx context.Context, name string) (sandbox, error) {
-	if !validName(name) {
+	if !provider.ValidName(name) {
 		return sandbox{}, fmt.Errorf("%w: %q", provider.ErrNotFound, name)
 	}
 	out, err := p.run(ctx, "sandbox", "info", name, "-f", "json")

@@ -12,7 +12,6 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"sync"
@@ -27,11 +26,6 @@ import (
 // MaxSocketPath is the longest unix socket path accepted (the kernel's
 // limit is 107 bytes; keep a margin).
 const MaxSocketPath = 100
-
-var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
-// ValidName reports whether name is a valid workspace name.
-func ValidName(name string) bool { return nameRe.MatchString(name) }
 
 // Config configures the provider.
 type Config struct {
@@ -122,7 +116,7 @@ func New(cfg Config) (*Provider, error) {
 		return nil, fmt.Errorf("local provider: %w", err)
 	}
 	for _, e := range ents {
-		if !e.IsDir() || !ValidName(e.Name()) {
+		if !e.IsDir() || !provider.ValidName(e.Name()) {
 			continue
 		}
 		w, err := p.load(e.Name())
@@ -235,7 +229,7 @@ func (p *Provider) describe(w *workspace) provider.Workspace {
 // Create implements provider.Provider: it makes the directory, starts the
 // agent and waits until it answers.
 func (p *Provider) Create(ctx context.Context, o provider.CreateOptions) (provider.Workspace, error) {
-	if !ValidName(o.Name) {
+	if !provider.ValidName(o.Name) {
 		return provider.Workspace{}, fmt.Errorf("%w: workspace name %q: want letters, digits, '_', '.' and '-', at most 63, starting with a letter or digit", provider.ErrInvalid, o.Name)
 	}
 	if o.Repository != "" || o.Image != "" {

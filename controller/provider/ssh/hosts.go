@@ -31,13 +31,8 @@ type hostsFile struct {
 }
 
 var (
-	nameRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 	labelRE = regexp.MustCompile(`^([A-Za-z0-9][A-Za-z0-9._-]{0,252}/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$`)
 )
-
-// ValidName reports whether s is a valid workspace name: letters, digits,
-// '-', '_' and '.', at most 63 bytes, starting with a letter or digit.
-func ValidName(s string) bool { return nameRE.MatchString(s) }
 
 // ParseHosts reads a hosts file:
 //
@@ -66,7 +61,7 @@ func ParseHosts(data []byte) ([]Host, error) {
 			where = fmt.Sprintf("host %q", h.Name)
 		}
 		switch {
-		case !ValidName(h.Name):
+		case !provider.ValidName(h.Name):
 			return nil, fmt.Errorf("%w: %s: name must be letters, digits, '-', '_' or '.', at most 63 bytes, starting with a letter or digit", provider.ErrInvalid, where)
 		case seen[h.Name]:
 			return nil, fmt.Errorf("%w: %s: duplicate name", provider.ErrInvalid, where)

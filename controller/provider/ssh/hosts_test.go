@@ -92,7 +92,7 @@ func FuzzParseHosts(f *testing.F) {
 		}
 		seen := map[string]bool{}
 		for _, h := range hosts {
-			if !ValidName(h.Name) || seen[h.Name] {
+			if !provider.ValidName(h.Name) || seen[h.Name] {
 				t.Fatalf("accepted bad or duplicate name %q", h.Name)
 			}
 			if h.Destination == "" || strings.HasPrefix(h.Destination, "-") {

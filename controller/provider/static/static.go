@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -17,8 +16,6 @@ import (
 	"github.com/dtmux/dtmux/controller/provider"
 	"github.com/dtmux/dtmux/internal/transport"
 )
-
-var nameRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // Agent is one listed agent.
 type Agent struct {
@@ -42,7 +39,7 @@ type Provider struct {
 func New(agents []Agent, dial transport.DialConfig) (*Provider, error) {
 	p := &Provider{agents: make(map[string]Agent, len(agents)), dial: dial}
 	for _, a := range agents {
-		if !nameRe.MatchString(a.Name) {
+		if !provider.ValidName(a.Name) {
 			return nil, fmt.Errorf("%w: workspace name %q", provider.ErrInvalid, a.Name)
 		}
 		if _, dup := p.agents[a.Name]; dup {
