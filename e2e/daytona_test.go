@@ -116,7 +116,7 @@ func startDaytona(t *testing.T, o daytonaOptions) *daytonaEnv {
 		"version": o.version,
 		"ssh":     append(append([]string{"ssh"}, d.srv.Args()...), "-T", d.srv.Destination()),
 	}
-	sandboxes := !strings.HasPrefix(o.version, "v0.5")
+	sandboxes := !strings.HasPrefix(o.version, "v0.5") && !strings.HasPrefix(o.version, "v0.2")
 	if sandboxes {
 		var page struct {
 			Items []map[string]any `json:"items"`
@@ -129,10 +129,24 @@ func startDaytona(t *testing.T, o daytonaOptions) *daytonaEnv {
 		st["sandboxes"] = page.Items
 	} else {
 		var ws []map[string]any
-		readSample(t, "list-v0.53.json", &ws)
+		sample := "list-v0.53.json"
+		switch {
+		case strings.HasPrefix(o.version, "v0.26"):
+			sample = "list-v0.26.json"
+		case strings.HasPrefix(o.version, "v0.51"):
+			sample = "list-v0.51.json"
+		}
+		readSample(t, sample, &ws)
 		// The server blanks these for the CLI's own key; a stand-in that
 		// does not shows that dtmux never passes them on.
 		for _, w := range ws {
+			if projects, ok := w["projects"].([]any); ok {
+				// Before v0.52 the environment is the projects'.
+				for _, p := range projects {
+					p.(map[string]any)["envVars"] = map[string]any{"DB_PASSWORD": daytonaEnvSecret}
+				}
+				continue
+			}
 			w["apiKey"] = daytonaWSAPIKey
 			w["envVars"] = map[string]any{"DB_PASSWORD": daytonaEnvSecret}
 		}
@@ -484,6 +498,35 @@ func wantCode(t *testing.T, d *daytonaEnv, ws string, code codes.Code, words ...
 		t.Errorf("%s: escaped quotes in %q", ws, r.stderr)
 	}
 	noSecrets(t, "error", r.stderr+status.Convert(err).Message())
+}
+
+// Before v0.52 the CLI nests projects in each workspace and its ssh takes
+// the project's name: v0.51 lists, runs commands over its hop and
+// survives a hop killed mid-stream; v0.26 lists, and says why it cannot
+// run commands (its ssh has no command form).
+func TestDaytonaBeforeV052(t *testing.T) {
+	t.Run("v0.51", func(t *testing.T) {
+		d := startDaytona(t, daytonaOptions{version: "v0.51.0"})
+		ws := wsList(t, d.c)
+		if w := ws["Hello-World"]; w.State != "WORKSPACE_STATE_STARTED" {
+			t.Fatalf("Hello-World: %+v (all: %+v)", w, ws)
+		}
+		t.Run("exec over daytona ssh WS PROJECT", func(t *testing.T) { execChecks(t, d, "Hello-World") })
+		t.Run("hop killed mid-stream", func(t *testing.T) { hopKilledMidStream(t, d, "Hello-World") })
+		noSecrets(t, "controller log", d.c.Log())
+	})
+	t.Run("v0.26", func(t *testing.T) {
+		d := startDaytona(t, daytonaOptions{version: "v0.26.0"})
+		ws := wsList(t, d.c)
+		if w := ws["Hello-World"]; w.State != "WORKSPACE_STATE_STARTED" {
+			t.Fatalf("Hello-World: %+v (all: %+v)", w, ws)
+		}
+		r := dtmuxCLI(t, d.c, nil, "exec", "Hello-World", "--", "true")
+		if r.code != 255 {
+			t.Errorf("exec on v0.26: exit %d", r.code)
+		}
+		oneLineError(t, r, "v0.28 or later")
+	})
 }
 
 func TestDaytonaLegacy(t *testing.T) {

@@ -1,5 +1,6 @@
 // Command daytona-standin stands in for the daytona CLI in tests: it
-// answers the legacy (v0.53) and sandbox (v0.100+) commands dtmux uses
+// answers the legacy (v0.20–v0.53: list, and ssh with the project name
+// before v0.52) and sandbox (v0.100+) commands dtmux uses
 // with JSON of the real shapes, keeping its state in the JSON file named
 // by $DAYTONA_STANDIN, and runs `ssh WS CMD...` through the real ssh.
 package main
@@ -183,12 +184,34 @@ func legacySSH(args []string) {
 	if w == nil {
 		fatal("failed to get workspace: workspace not found")
 	}
-	if s, _ := w["state"].(map[string]any); s["name"] != "started" {
-		fatal("workspace is not running")
-	}
 	rest := args[1:]
-	if len(rest) > 0 && rest[0] == "--" {
+	if projects, ok := w["projects"].([]any); ok {
+		// v0.28–v0.51: `ssh WORKSPACE PROJECT CMD...`; a project runs
+		// while its uptime is above 0.
+		if len(rest) == 0 {
+			fatal("no project")
+		}
+		var project map[string]any
+		for _, p := range projects {
+			if pm, _ := p.(map[string]any); pm["name"] == rest[0] {
+				project = pm
+			}
+		}
+		if project == nil {
+			fatal("project " + rest[0] + " not found")
+		}
+		state, _ := project["state"].(map[string]any)
+		if up, _ := state["uptime"].(float64); up <= 0 {
+			fatal("project is not running")
+		}
 		rest = rest[1:]
+	} else {
+		if s, _ := w["state"].(map[string]any); s["name"] != "started" {
+			fatal("workspace is not running")
+		}
+		if len(rest) > 0 && rest[0] == "--" {
+			rest = rest[1:]
+		}
 	}
 	argv := append(append([]string{}, st.SSH...), rest...)
 	bin, err := exec.LookPath(argv[0])
