@@ -239,6 +239,7 @@ func TestTidyErrors(t *testing.T) {
 		{[]string{"ws", "create", "w", "--label", "bad"}, "dtmux: --label \"bad\": want KEY=VALUE\n"},
 		{[]string{"ws", "create", "w", "--opt", "bad"}, "dtmux: --opt \"bad\": want KEY=VALUE\n"},
 		{[]string{"fleet", "ls", "--label", "bad"}, "dtmux: --label \"bad\": want KEY=VALUE\n"},
+		{[]string{"fleet", "exec", "--all", "-l", "team=web", "--", "true"}, "dtmux: --all selects every started workspace: give it alone, or --ws / --label without it\n"},
 		{[]string{"exec", "ws", "ls", "-la"}, "dtmux: unknown shorthand flag: 'l' in -la (put -- before the command: dtmux exec WS -- CMD ARGS...)\n"},
 		{[]string{"run", "ws", "x.sh", "--bogus"}, "dtmux: unknown flag: --bogus (put -- before the script's arguments: dtmux run WS SCRIPT -- ARGS...)\n"},
 	} {

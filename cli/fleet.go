@@ -54,6 +54,12 @@ func (s *fleetSelector) flags(f *pflag.FlagSet) {
 }
 
 func (s *fleetSelector) proto() (*controllerv1.Selector, error) {
+	if s.all && (len(s.ws) > 0 || len(s.labels) > 0) {
+		// Selectors add up, so --all would make the others moot: say so
+		// rather than run on more than the user may have meant (as
+		// kubectl refuses --all with --selector).
+		return nil, usageErrorf("--all selects every started workspace: give it alone, or --ws / --label without it")
+	}
 	for _, l := range s.labels {
 		if _, _, err := ParseLabel(l); err != nil {
 			return nil, usageErrorf("--label %v", err)
