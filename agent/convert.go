@@ -36,6 +36,7 @@ func specFromStart(st *agentv1.ExecStart) (process.Spec, error) {
 		SecretEnv:   c.GetSecretEnv(),
 		Cwd:         c.GetCwd(),
 		Detach:      st.GetDetach(),
+		NoStdin:     st.GetNoStdin(),
 		Timeout:     timeout,
 		IdleTimeout: idle,
 		Labels:      st.GetLabels(),

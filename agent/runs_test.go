@@ -189,6 +189,18 @@ func TestExecExitCodeAndStreams(t *testing.T) {
 	}
 }
 
+// no_stdin gives the process /dev/null (as ssh -n): a command that reads
+// stdin ends without any stdin message, and stdin messages are dropped.
+func TestExecNoStdin(t *testing.T) {
+	a := newTestAgent(t, nil)
+	start := startMsg("sh", "-c", "readlink /proc/self/fd/0; cat; echo done")
+	start.GetStart().NoStdin = true
+	r := a.exec(t, start, &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Stdin{Stdin: []byte("dropped\n")}})
+	if r.err != nil || r.trailer.GetExitCode() != 0 || r.stdout != "/dev/null\ndone\n" {
+		t.Errorf("stdout %q trailer %v err %v; want /dev/null, then done", r.stdout, r.trailer, r.err)
+	}
+}
+
 // The started event may wait a moment for the run's first event, never
 // for a run that stays silent.
 func TestExecStartedWhileSilent(t *testing.T) {

@@ -167,6 +167,11 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	}
 	inFD, inTTY := a.stdinTerminal()
 	outFD := fdOf(a.Stdout)
+	// Stdin is forwarded unless the run is detached or stdin is a
+	// terminal without -t (as ssh -n): then the process reads /dev/null
+	// from the start. (ExecStdinClose is still sent below, for agents
+	// older than no_stdin.)
+	start.NoStdin = o.detach || (!o.tty && inTTY)
 	if o.tty {
 		start.Pty = &agentv1.PtySpec{Rows: 24, Cols: 80, Term: a.termName()}
 		if rows, cols, ok := terminalSize(inFD, outFD); ok {

@@ -423,7 +423,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	cmd.Env = env
 	cmd.Dir = cwd
 
-	if err := m.startProcess(r, cmd, spec.PTY); err != nil {
+	if err := m.startProcess(r, cmd, spec.PTY, spec.NoStdin); err != nil {
 		r.closeSpools()
 		if r.group != nil {
 			_ = r.group.Close()
@@ -462,7 +462,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 
 // startProcess starts cmd in its own process group (or session, with a
 // PTY) and wires its stdio.
-func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY) error {
+func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY, noStdin bool) error {
 	if p != nil {
 		rows, cols := p.Rows, p.Cols
 		if rows == 0 {
@@ -493,23 +493,32 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY) error {
 		}
 		return rd, wr, err
 	}
-	inR, inW, err1 := pipe(true)
+	var inR, inW *os.File // nil with noStdin: exec gives the child /dev/null
+	var err1 error
+	if !noStdin {
+		inR, inW, err1 = pipe(true)
+	}
 	outR, outW, err2 := pipe(false)
 	errR, errW, err3 := pipe(false)
 	if err := errors.Join(err1, err2, err3); err != nil {
 		closeAll()
 		return fmt.Errorf("start run: %w", err)
 	}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, errW
+	if inR != nil {
+		cmd.Stdin = inR
+	}
+	cmd.Stdout, cmd.Stderr = outW, errW
 	if err := cmd.Start(); err != nil {
 		closeAll()
 		return execError(cmd.Path, err)
 	}
 	// The child holds its ends now.
-	inR.Close()
+	if inR != nil {
+		inR.Close()
+		r.stdin = inW
+	}
 	outW.Close()
 	errW.Close()
-	r.stdin = inW
 	r.outputs = []*os.File{outR, errR}
 	return nil
 }

@@ -109,6 +109,9 @@ type Spec struct {
 	PTY *PTY
 	// Detach keeps the run going when its last Exec client goes away.
 	Detach bool
+	// NoStdin gives the process /dev/null as its standard input (as ssh
+	// -n) instead of a pipe the client writes; ignored with a PTY.
+	NoStdin bool
 	// Owner says the caller will read the output from the start through
 	// Run.OwnerReader and that the output must reach it byte-exact, as
 	// ssh's does: when the owner falls a whole spool behind, the process

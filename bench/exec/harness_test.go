@@ -35,7 +35,7 @@ type execOpts struct {
 	maxOutput uint64       // the run's spool size per stream (0: the agent's default)
 }
 
-// execRun starts argv with stdin at EOF, reads the stream to its trailer,
+// execRun starts argv with no stdin, reads the stream to its trailer,
 // and fails b unless the command exited 0.
 func execRun(ctx context.Context, b testing.TB, c agentv1.AgentServiceClient, o execOpts, argv ...string) run {
 	b.Helper()
@@ -43,16 +43,15 @@ func execRun(ctx context.Context, b testing.TB, c agentv1.AgentServiceClient, o 
 	if err != nil {
 		b.Fatalf("exec %v: %v", argv, err)
 	}
-	es := &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: argv}}
+	// Nothing to send: stdin is /dev/null from the start (as ssh -n).
+	es := &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: argv}, NoStdin: true}
 	if o.maxOutput > 0 {
 		es.Limits = &agentv1.RunLimits{MaxOutputBytes: o.maxOutput}
 	}
 	start := &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: es}}
-	eof := &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}}
 	if err := st.Send(start); err != nil && err != io.EOF {
 		b.Fatalf("exec %v: send: %v", argv, err)
 	}
-	_ = st.Send(eof) // a failure shows in Recv
 	var r run
 	for {
 		ev, err := st.Recv()

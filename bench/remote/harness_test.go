@@ -136,14 +136,14 @@ func execRun(ctx context.Context, b testing.TB, c agentv1.AgentServiceClient, ma
 	if err != nil {
 		b.Fatalf("exec %v: %v", argv, err)
 	}
-	es := &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: argv}}
+	// Nothing to send: stdin is /dev/null from the start (as ssh -n).
+	es := &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: argv}, NoStdin: true}
 	if maxOutput > 0 {
 		es.Limits = &agentv1.RunLimits{MaxOutputBytes: maxOutput}
 	}
 	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: es}}); err != nil && err != io.EOF {
 		b.Fatalf("exec %v: send: %v", argv, err)
 	}
-	_ = st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}})
 	for {
 		ev, err := st.Recv()
 		if err != nil {

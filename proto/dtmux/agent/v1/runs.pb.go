@@ -569,7 +569,13 @@ type ExecStart struct {
 	// New runs always stream from the start.
 	StdoutOffset uint64 `protobuf:"varint,9,opt,name=stdout_offset,json=stdoutOffset,proto3" json:"stdout_offset,omitempty"`
 	// As stdout_offset, for stderr.
-	StderrOffset  uint64 `protobuf:"varint,10,opt,name=stderr_offset,json=stderrOffset,proto3" json:"stderr_offset,omitempty"`
+	StderrOffset uint64 `protobuf:"varint,10,opt,name=stderr_offset,json=stderrOffset,proto3" json:"stderr_offset,omitempty"`
+	// When true the process's standard input is /dev/null from the start
+	// (as with ssh -n): for a client with nothing to send, it saves the
+	// ExecStdinClose message and the process never waits for input. Stdin
+	// messages on such a stream are dropped. Ignored with a pty (its input
+	// is the terminal) and when attaching to an existing run.
+	NoStdin       bool `protobuf:"varint,11,opt,name=no_stdin,json=noStdin,proto3" json:"no_stdin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -672,6 +678,13 @@ func (x *ExecStart) GetStderrOffset() uint64 {
 		return x.StderrOffset
 	}
 	return 0
+}
+
+func (x *ExecStart) GetNoStdin() bool {
+	if x != nil {
+		return x.NoStdin
+	}
+	return false
 }
 
 // ExecStdinClose closes the process's standard input (EOF).
@@ -2073,7 +2086,7 @@ const file_dtmux_agent_v1_runs_proto_rawDesc = "" +
 	"\aPtySpec\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\x12\x12\n" +
-	"\x04term\x18\x03 \x01(\tR\x04term\"\x86\x04\n" +
+	"\x04term\x18\x03 \x01(\tR\x04term\"\xa1\x04\n" +
 	"\tExecStart\x125\n" +
 	"\acommand\x18\x01 \x01(\v2\x1b.dtmux.agent.v1.CommandSpecR\acommand\x12\x15\n" +
 	"\x06run_id\x18\x02 \x01(\tR\x05runId\x12\x16\n" +
@@ -2085,7 +2098,8 @@ const file_dtmux_agent_v1_runs_proto_rawDesc = "" +
 	"\x06labels\x18\b \x03(\v2%.dtmux.agent.v1.ExecStart.LabelsEntryR\x06labels\x12#\n" +
 	"\rstdout_offset\x18\t \x01(\x04R\fstdoutOffset\x12#\n" +
 	"\rstderr_offset\x18\n" +
-	" \x01(\x04R\fstderrOffset\x1a9\n" +
+	" \x01(\x04R\fstderrOffset\x12\x19\n" +
+	"\bno_stdin\x18\v \x01(\bR\anoStdin\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x10\n" +
