@@ -184,7 +184,7 @@ func table(b *testing.B, r *results) {
 		w("  %-40s %6.2f GB/s  (median of %d; %s)", "ssh host head -c 1G", median(r.tputSSH)/1e9, len(r.tputSSH), spread(scale(r.tputSSH, 1e-9)))
 	}
 	if x := median(r.latRatios); x > 0 {
-		w("  Exec(true) p50 is %.1fx faster than ssh ControlMaster (median of %d rounds; %s) (target >= 5x): %s", x, len(r.latRatios), spread(r.latRatios), verdict(x >= 5))
+		w("  Exec(true) p50 is %.2fx faster than ssh ControlMaster (median of %d rounds; %s) (target >= 5x): %s", x, len(r.latRatios), spread(r.latRatios), verdict(x >= 5))
 	}
 	if len(r.execHop) > 0 && len(r.sshNew) > 0 {
 		w("  Exec(true) p50 is %.1fx faster than ssh new connection", float64(r.sshNew.P50())/float64(r.execHop.P50()))
