@@ -30,8 +30,8 @@ const readChunk = 1 << 20
 // directory and a file costs more than running them on some filesystems
 // (a millisecond of CPU on a virtual disk), and that on the way to the
 // first output byte. A finished run's memory counts against a budget
-// shared by the manager's runs (memBudget); what does not fit is spilled
-// by the manager's writer. Spools of detached runs, which a client comes
+// shared by the manager's runs (Config.OutputMemory); what does not fit
+// is spilled by the manager's writer. Spools of detached runs, which a client comes
 // back for after an agent restart, use the file from the first byte.
 //
 // The file is created lazily (create), by the producer before its first
