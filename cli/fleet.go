@@ -84,7 +84,7 @@ type fleetOutput struct {
 func (o *fleetOutput) flags(f *pflag.FlagSet) {
 	f.BoolVar(&o.json, "json", false, "print NDJSON: one event a line, the summary last")
 	f.BoolVar(&o.group, "group", false, "print each distinct output once with the workspaces that produced it (like dshbak -c)")
-	f.StringVar(&o.logDir, "log-dir", "", "write NAME.stdout and NAME.stderr per workspace, and the succeeded and failed lists, into this directory")
+	f.StringVar(&o.logDir, "log-dir", "", "write NAME.stdout and NAME.stderr per workspace (instead of the terminal, which gets the summary), and the succeeded and failed lists, into this directory")
 }
 
 // renderer picks the output mode; the progress line is nil unless stderr

@@ -7,8 +7,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
@@ -203,12 +206,16 @@ func ParseSignal(s string) (agentv1.Signal, error) {
 	return 0, fmt.Errorf("unknown signal %q (want one of %s, or its number)", clip(s), strings.Join(names, ", "))
 }
 
-// signalName is "SIGTERM" for SIGNAL_TERM, or "signal N".
+// signalName is "SIGTERM" for 15, "SIGXCPU" for 24 (the name of any
+// signal the platform knows), else "signal N".
 func signalName(n int32) string {
 	for name, sig := range signalNames {
 		if int32(sig) == n {
 			return "SIG" + name
 		}
+	}
+	if name := unix.SignalName(syscall.Signal(n)); name != "" {
+		return name
 	}
 	return fmt.Sprintf("signal %d", n)
 }

@@ -133,6 +133,9 @@ func TestParseSignal(t *testing.T) {
 			t.Errorf("ParseSignal(%q) = %v, want an error", in, got)
 		}
 	}
+	if got := signalName(24); got != "SIGXCPU" { // a cpu-time limit's
+		t.Errorf("signalName(24) = %q", got)
+	}
 	if got := signalName(15); got != "SIGTERM" {
 		t.Errorf("signalName(15) = %q", got)
 	}

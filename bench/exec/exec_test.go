@@ -12,7 +12,7 @@
 //	DTMUX_BIN=$PWD/bin go test -run '^$' -bench . -benchtime 1x ./bench/exec/
 //
 // Without DTMUX_BIN the binaries are built from this tree. The table at
-// the end compares the figures with the targets in DESIGN.md.
+// the end compares the figures with the project's targets.
 package execbench
 
 import (
@@ -390,7 +390,7 @@ func startMaster(b *testing.B, s *sshtest.Server) string {
 }
 
 // table prints every figure measured in this run beside its baseline and
-// the DESIGN.md target.
+// the target.
 func table(b *testing.B, r *results) {
 	var sb strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&sb, format+"\n", a...) }
@@ -427,7 +427,7 @@ func table(b *testing.B, r *results) {
 	tput("head -c 1G local pipe (floor)", r.tputLocal, "")
 	tput("head -c 1G via controller, 1 GiB spool", r.tputCtlBigSpool, "(the spool keeps all of it)")
 	tput("ssh host head -c 1G (after the handshake)", r.tputSSH, "")
-	w("against the targets (DESIGN.md):")
+	w("against the targets:")
 	if len(r.execCtl) > 0 && len(r.floor) > 0 {
 		over := r.execCtl.P50() - r.floor.P50()
 		w("  Exec(true) via controller p50 %.2f ms = floor + %.2f ms (target <= +1 ms): %s", ms(r.execCtl.P50()), ms(over), verdict(over <= time.Millisecond))

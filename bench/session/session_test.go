@@ -447,7 +447,7 @@ func unescape(s string) []byte {
 }
 
 // table prints every figure of this run beside the baselines and the
-// DESIGN.md targets.
+// targets.
 func table(b *testing.B, r *results) {
 	var sb strings.Builder
 	w := func(format string, a ...any) { fmt.Fprintf(&sb, format+"\n", a...) }
@@ -469,7 +469,7 @@ func table(b *testing.B, r *results) {
 	lat("tmux control mode: send-keys -> %output (floor)", r.floor)
 	lat("seed: exec send-keys, capture-pane every 10 ms", r.poll10)
 	lat("seed: exec send-keys, capture-pane every 0.5 s", r.poll500)
-	w("against the targets (DESIGN.md):")
+	w("against the targets:")
 	if len(r.ctl) > 0 {
 		w("  via controller p50 %.2f ms (target <= 2 ms): %s", ms(r.ctl.P50()), verdict(r.ctl.P50() <= 2*time.Millisecond))
 		if len(r.floor) > 0 {
