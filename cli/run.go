@@ -61,8 +61,8 @@ closed when the script ends, unless --keep-window is given.
 script keeps running in its window (exit 1, or the script's failure, when it
 ends before the pattern appears). --progress REGEX takes a pattern whose
 first group is a percentage and draws a progress bar on a terminal (plain
-"progress: N%" lines on stderr otherwise). Put flags for dtmux before SCRIPT
-or use -- before ARGS that look like flags.`,
+"progress: N%" lines on stderr otherwise). dtmux's flags may come before or
+after SCRIPT; the script's own ARGS that look like flags go after --.`,
 		Args: minArgs(2, "WS SCRIPT [ARGS...]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.ws, o.script, o.args = args[0], args[1], args[2:]
