@@ -109,47 +109,10 @@ func (s *spool) writeMem(p []byte) (ok bool) {
 }
 
 // spill moves the memory part into the spool's file; from then on the
-// spool is file-backed. Safe to call from any goroutine while the
-// producer writes (create serialises them).
+// spool is file-backed (see create).
 func (s *spool) spill() error {
-	s.createMu.Lock()
-	defer s.createMu.Unlock()
-	s.mu.Lock()
-	if !s.inMemory {
-		s.mu.Unlock()
-		return nil
-	}
-	if s.gone {
-		s.mu.Unlock()
-		return fmt.Errorf("write spool: %w", os.ErrClosed)
-	}
-	mem, start, end, sealed := s.mem, s.start, s.end, s.sealed
-	s.mu.Unlock()
-	f, err := s.createFile()
-	if err != nil {
-		return err
-	}
-	err = writeRing(f, s.limit, start, mem)
-	if err == nil {
-		var hdr [spoolHeader]byte
-		binary.LittleEndian.PutUint64(hdr[:], end)
-		_, err = f.WriteAt(hdr[:], 0)
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(s.path)
-		return fmt.Errorf("write spool: %w", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.releaseBudgetLocked()
-	s.created, s.inMemory, s.mem = true, false, nil
-	if sealed || s.sealed || s.gone {
-		f.Close()
-		return nil
-	}
-	s.w, s.f, s.refs = f, f, s.refs+1
-	return nil
+	_, err := s.create()
+	return err
 }
 
 // charge counts a sealed spool's memory against budget, and reports
@@ -181,10 +144,7 @@ func (s *spool) releaseBudgetLocked() {
 func (s *spool) memBytes() (b []byte, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.created || (!s.inMemory && s.end > 0) {
-		return nil, false
-	}
-	return s.mem, true
+	return s.mem, s.inMemory
 }
 
 // loadMemSpool is the spool of a run from an earlier agent whose output
@@ -214,10 +174,13 @@ func (s *spool) readMem(off uint64, buf []byte) (n int, gap uint64, ok bool) {
 	return copy(buf, s.mem[off-s.start:]), 0, true
 }
 
-// create makes the spool file (empty, header 0) unless it exists or the
-// spool was sealed without output (a restarted agent reads a missing file
-// as empty), and returns the producer's file, nil once sealed. Safe to
-// call from any goroutine, any number of times.
+// create makes the spool file unless it exists, and returns the
+// producer's file, nil once sealed. The file starts with what the memory
+// part holds, so a spool that outgrew memory, or does not fit the
+// manager's budget, moves to its file whole (spill). A spool removed, or
+// sealed with nothing in memory, gets none (a restarted agent reads a
+// missing file as empty). Safe to call from any goroutine, any number of
+// times.
 func (s *spool) create() (*os.File, error) {
 	s.mu.Lock()
 	w, done := s.w, s.created
@@ -227,31 +190,35 @@ func (s *spool) create() (*os.File, error) {
 	}
 	s.createMu.Lock()
 	defer s.createMu.Unlock()
+	// Only the producer writes before seal, and it is the one calling
+	// create then: the memory part holds still until the file replaces it.
 	s.mu.Lock()
 	w, done = s.w, s.created
-	unused := s.sealed || s.gone // sealed before any write: no file needed
+	mem, start, end := s.mem, s.start, s.end
+	unused := s.gone || (s.sealed && len(mem) == 0)
 	s.mu.Unlock()
 	if done || unused {
 		return w, nil
 	}
-	f, err := s.createFile()
+	f, err := s.createFile(mem, start, end)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.created = true
+	s.releaseBudgetLocked()
+	s.created, s.inMemory, s.mem = true, false, nil
 	if s.sealed || s.gone {
-		f.Close() // nothing will be written: keep no descriptor
+		f.Close() // nothing more will be written: keep no descriptor
 		return nil, nil
 	}
 	s.w, s.f, s.refs = f, f, s.refs+1
 	return f, nil
 }
 
-// createFile makes the spool file, empty with header 0 (and the run's
-// directory first).
-func (s *spool) createFile() (*os.File, error) {
+// createFile makes the spool file (and the run's directory first) holding
+// mem, the stream's bytes [start, end).
+func (s *spool) createFile(mem []byte, start, end uint64) (*os.File, error) {
 	if err := s.mkdir(); err != nil {
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
@@ -259,8 +226,13 @@ func (s *spool) createFile() (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create spool: %w", err)
 	}
-	var zero [spoolHeader]byte
-	if _, err := f.WriteAt(zero[:], 0); err != nil {
+	var hdr [spoolHeader]byte
+	binary.LittleEndian.PutUint64(hdr[:], end)
+	err = writeRing(f, s.limit, start, mem)
+	if err == nil {
+		_, err = f.WriteAt(hdr[:], 0)
+	}
+	if err != nil {
 		f.Close()
 		os.Remove(s.path)
 		return nil, fmt.Errorf("create spool: %w", err)
@@ -363,9 +335,6 @@ func (s *spool) remove() {
 func (s *spool) write(p []byte) error {
 	if s.writeMem(p) {
 		return nil
-	}
-	if err := s.spill(); err != nil {
-		return err
 	}
 	w, err := s.create()
 	if err != nil {
