@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -66,16 +67,15 @@ type loaded struct {
 }
 
 // openJournal reads the journal in dir (none yet is an empty one) and
-// returns it with the last record of every run it names, in the order
-// they were first written. Lines that do not decode are skipped and
-// counted in bad.
+// returns it with the last record of every run it names, by id. Lines
+// that do not decode are skipped and counted in bad.
 func openJournal(dir string) (j *journal, runs []loaded, bad int, err error) {
 	j = &journal{path: filepath.Join(dir, journalFile), latest: map[string][]byte{}}
 	f, err := os.Open(j.path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, nil, 0, fmt.Errorf("read run journal: %w", err)
 	}
-	var order []string
+	last := map[string]loaded{}
 	if f != nil {
 		defer f.Close()
 		rd := bufio.NewReaderSize(f, 64<<10)
@@ -88,11 +88,10 @@ func openJournal(dir string) (j *journal, runs []loaded, bad int, err error) {
 					bad++
 				case rec.Gone != "":
 					j.drop(rec.Gone)
+					delete(last, rec.Gone)
 				case rec.Run != nil && ValidateRunID(rec.Run.ID) == nil:
-					if _, ok := j.latest[rec.Run.ID]; !ok {
-						order = append(order, rec.Run.ID)
-					}
 					j.keep(rec.Run.ID, line)
+					last[rec.Run.ID] = loaded{Info: *rec.Run, output: rec.Output}
 				default:
 					bad++
 				}
@@ -107,16 +106,8 @@ func openJournal(dir string) (j *journal, runs []loaded, bad int, err error) {
 			}
 		}
 	}
-	for _, id := range order {
-		line, ok := j.latest[id]
-		if !ok {
-			continue
-		}
-		var rec record
-		if err := json.Unmarshal(line, &rec); err != nil {
-			return nil, nil, 0, fmt.Errorf("read run journal: %w", err)
-		}
-		runs = append(runs, loaded{Info: *rec.Run, output: rec.Output})
+	for _, id := range slices.Sorted(maps.Keys(last)) {
+		runs = append(runs, last[id])
 	}
 	return j, runs, bad, nil
 }

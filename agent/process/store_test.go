@@ -67,6 +67,29 @@ func TestJournalCompactsAndReplays(t *testing.T) {
 	}
 }
 
+// A run id forgotten and then used again is one run when read back.
+func TestJournalReusedID(t *testing.T) {
+	dir := t.TempDir()
+	j, _, _, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func() error{
+		func() error { return j.put(finishedInfo("again", 1), nil) },
+		func() error { return j.gone("again") },
+		func() error { return j.put(finishedInfo("again", 2), nil) },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j.close()
+	_, runs, bad, err := openJournal(dir)
+	if err != nil || bad != 0 || len(runs) != 1 || runs[0].Trailer.ExitCode != 2 {
+		t.Fatalf("read back %+v (%d bad, %v); want one run, exit 2", runs, bad, err)
+	}
+}
+
 // A line torn by a crash in the middle of an append, or garbage, costs
 // that line only.
 func TestJournalSkipsTornLines(t *testing.T) {
