@@ -288,8 +288,10 @@ func (p *Provider) Create(ctx context.Context, o provider.CreateOptions) (provid
 	if err != nil {
 		return provider.Workspace{}, err
 	}
-	if o.Name != "" && !provider.ValidName(o.Name) {
-		return provider.Workspace{}, fmt.Errorf("%w: workspace name %q", provider.ErrInvalid, o.Name)
+	if o.Name != "" {
+		if err := provider.ValidateName(o.Name); err != nil {
+			return provider.Workspace{}, err
+		}
 	}
 	for k := range o.Labels {
 		if strings.ContainsAny(k, "=,\x00") || k == "" {

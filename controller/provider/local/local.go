@@ -229,8 +229,8 @@ func (p *Provider) describe(w *workspace) provider.Workspace {
 // Create implements provider.Provider: it makes the directory, starts the
 // agent and waits until it answers.
 func (p *Provider) Create(ctx context.Context, o provider.CreateOptions) (provider.Workspace, error) {
-	if !provider.ValidName(o.Name) {
-		return provider.Workspace{}, fmt.Errorf("%w: workspace name %q: want letters, digits, '_', '.' and '-', at most 63, starting with a letter or digit", provider.ErrInvalid, o.Name)
+	if err := provider.ValidateName(o.Name); err != nil {
+		return provider.Workspace{}, err
 	}
 	if o.Repository != "" || o.Image != "" {
 		return provider.Workspace{}, fmt.Errorf("%w: the local provider takes no repository or image", provider.ErrInvalid)

@@ -39,8 +39,8 @@ type Provider struct {
 func New(agents []Agent, dial transport.DialConfig) (*Provider, error) {
 	p := &Provider{agents: make(map[string]Agent, len(agents)), dial: dial}
 	for _, a := range agents {
-		if !provider.ValidName(a.Name) {
-			return nil, fmt.Errorf("%w: workspace name %q", provider.ErrInvalid, a.Name)
+		if err := provider.ValidateName(a.Name); err != nil {
+			return nil, err
 		}
 		if _, dup := p.agents[a.Name]; dup {
 			return nil, fmt.Errorf("%w: workspace %q listed twice", provider.ErrInvalid, a.Name)
