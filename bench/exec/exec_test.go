@@ -351,7 +351,7 @@ func sshBaselines(ctx context.Context, b *testing.B, c *benchenv.Controller, r *
 				r.latRatios = append(r.latRatios, float64(m.P50())/float64(d.P50()))
 			}
 		}
-		b.ReportMetric(median(r.latRatios), "x-controlmaster-rounds")
+		b.ReportMetric(benchenv.Median(r.latRatios), "x-controlmaster-rounds")
 	})
 	b.Run("ssh-1GiB", func(b *testing.B) {
 		s := sshtest.Start(b, sshtest.Options{})
@@ -365,7 +365,7 @@ func sshBaselines(ctx context.Context, b *testing.B, c *benchenv.Controller, r *
 			}
 		}
 		b.ReportMetric(r.tputSSH/1e9, "GB/s")
-		b.ReportMetric(median(r.tputRatios), "x-ssh-rounds")
+		b.ReportMetric(benchenv.Median(r.tputRatios), "x-ssh-rounds")
 	})
 }
 
@@ -433,7 +433,7 @@ func table(b *testing.B, r *results) {
 		w("  Exec(true) via controller p50 %.2f ms = floor + %.2f ms (target <= +1 ms): %s", ms(r.execCtl.P50()), ms(over), verdict(over <= time.Millisecond))
 	}
 	if len(r.latRatios) > 0 {
-		x := median(r.latRatios)
+		x := benchenv.Median(r.latRatios)
 		w("  Exec(true) via controller is %.2fx faster than ssh ControlMaster (median of %d alternating rounds; %.2f-%.2f) (target >= 5x): %s",
 			x, len(r.latRatios), slices.Min(r.latRatios), slices.Max(r.latRatios), verdict(x >= 5))
 	}
@@ -449,7 +449,7 @@ func table(b *testing.B, r *results) {
 			ms(r.firstByte.P50()), 500/ms(r.firstByte.P50()), verdict(r.firstByte.P50() <= 2*time.Millisecond))
 	}
 	if len(r.tputRatios) > 0 {
-		x := median(r.tputRatios)
+		x := benchenv.Median(r.tputRatios)
 		w("  output via controller is %.2fx ssh (median of %d alternating rounds; %.2f-%.2f) (target >= 1.5x): %s",
 			x, len(r.tputRatios), slices.Min(r.tputRatios), slices.Max(r.tputRatios), verdict(x >= 1.5))
 	}
@@ -470,14 +470,4 @@ func verdict(ok bool) string {
 		return "met"
 	}
 	return "NOT met"
-}
-
-// median of xs (0 for none).
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

@@ -82,7 +82,7 @@ func BenchmarkRemote(b *testing.B) {
 			}
 		}
 		res.execHop.Report(b)
-		b.ReportMetric(median(res.latRatios), "x-controlmaster")
+		b.ReportMetric(benchenv.Median(res.latRatios), "x-controlmaster")
 	})
 	b.Run("ssh-true-new-connection", func(b *testing.B) {
 		args := append(r.srv.Args(), "-o", "ControlMaster=no", "-o", "ControlPath=none", r.srv.Destination(), "true")
@@ -106,20 +106,10 @@ func BenchmarkRemote(b *testing.B) {
 				res.tputSSH = append(res.tputSSH, benchenv.PipeThroughput(b, exec.Command("ssh", args...), gib))
 			}
 		}
-		b.ReportMetric(median(res.tputHop)/1e9, "GB/s")
-		b.ReportMetric(median(ratios(res.tputHop, res.tputSSH)), "x-ssh")
+		b.ReportMetric(benchenv.Median(res.tputHop)/1e9, "GB/s")
+		b.ReportMetric(benchenv.Median(ratios(res.tputHop, res.tputSSH)), "x-ssh")
 	})
 	table(b, &res)
-}
-
-// median of xs (0 for none).
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 // ratios are a[i]/b[i].
@@ -180,17 +170,17 @@ func table(b *testing.B, r *results) {
 	lat("ssh host true, ControlMaster", r.sshMaster)
 	lat("ssh host true, new connection", r.sshNew)
 	if len(r.tputHop) > 0 {
-		w("  %-40s %6.2f GB/s  (median of %d; %s)", "head -c 1G via controller over the hop", median(r.tputHop)/1e9, len(r.tputHop), spread(scale(r.tputHop, 1e-9)))
-		w("  %-40s %6.2f GB/s  (median of %d; %s)", "ssh host head -c 1G", median(r.tputSSH)/1e9, len(r.tputSSH), spread(scale(r.tputSSH, 1e-9)))
+		w("  %-40s %6.2f GB/s  (median of %d; %s)", "head -c 1G via controller over the hop", benchenv.Median(r.tputHop)/1e9, len(r.tputHop), spread(scale(r.tputHop, 1e-9)))
+		w("  %-40s %6.2f GB/s  (median of %d; %s)", "ssh host head -c 1G", benchenv.Median(r.tputSSH)/1e9, len(r.tputSSH), spread(scale(r.tputSSH, 1e-9)))
 	}
-	if x := median(r.latRatios); x > 0 {
+	if x := benchenv.Median(r.latRatios); x > 0 {
 		w("  Exec(true) p50 is %.2fx faster than ssh ControlMaster (median of %d rounds; %s) (target >= 5x): %s", x, len(r.latRatios), spread(r.latRatios), verdict(x >= 5))
 	}
 	if len(r.execHop) > 0 && len(r.sshNew) > 0 {
 		w("  Exec(true) p50 is %.1fx faster than ssh new connection", float64(r.sshNew.P50())/float64(r.execHop.P50()))
 	}
 	if rs := ratios(r.tputHop, r.tputSSH); len(rs) > 0 {
-		w("  output over the hop is %.2fx plain ssh (median of %d rounds; %s) (target >= 1x): %s", median(rs), len(rs), spread(rs), verdict(median(rs) >= 1))
+		w("  output over the hop is %.2fx plain ssh (median of %d rounds; %s) (target >= 1x): %s", benchenv.Median(rs), len(rs), spread(rs), verdict(benchenv.Median(rs) >= 1))
 	}
 	fmt.Print(sb.String())
 	b.Log(sb.String())

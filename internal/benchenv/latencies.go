@@ -3,6 +3,7 @@ package benchenv
 import (
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -34,6 +35,17 @@ func (l Latencies) Report(b *testing.B) {
 	b.ReportMetric(MS(l.P50()), "p50-ms")
 	b.ReportMetric(MS(l.P99()), "p99-ms")
 	b.ReportMetric(float64(len(l)), "samples")
+}
+
+// Median is the middle value of xs (the upper of the two middle ones for
+// an even count), 0 for none: the figure of a comparison made in rounds.
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // MS is d in milliseconds.
