@@ -26,7 +26,7 @@ const stdinChunk = 32 << 10
 type execOptions struct {
 	ws            string
 	argv          []string
-	tty           bool
+	tty           int // -t once, or -tt to force a PTY without a local terminal
 	detach        bool
 	shell         bool
 	env           []string
@@ -50,9 +50,13 @@ to stderr, and exit with its exit status (128+N when it died from signal N).
 
 Stdin is piped to the command (EOF closes its stdin), except when stdin is a
 terminal and -t is not given: then the command gets an empty stdin, as with
-ssh -n. Ctrl-C, SIGTERM, SIGHUP and SIGQUIT are forwarded to the remote
-process group; a third Ctrl-C makes dtmux give up waiting (the run then gets
-SIGHUP, as when ssh goes away).
+ssh -n. With -t the command runs on a pseudo-terminal when stdin is one
+(-tt: always).
+
+Ctrl-C, SIGTERM, SIGHUP and SIGQUIT are forwarded to the remote process
+group. dtmux gives up waiting at a third Ctrl-C, at a second SIGTERM or
+SIGHUP, or 10s after the first if the run is still going; the run then gets
+SIGHUP, as when ssh goes away, and dtmux exits with 128+N.
 
 The command is argv: nothing is interpreted by a shell unless --shell is
 given, which joins the words with spaces and runs them with /bin/sh -c.`,
@@ -67,7 +71,7 @@ given, which joins the words with spaces and runs them with /bin/sh -c.`,
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVarP(&o.tty, "tty", "t", false, "run on a pseudo-terminal, with the local terminal in raw mode")
+	f.CountVarP(&o.tty, "tty", "t", "run on a pseudo-terminal, with the local terminal in raw mode; -tt forces one when stdin is not a terminal")
 	f.BoolVarP(&o.detach, "detach", "d", false, "start the run, print its id and return (reattach with dtmux runs logs)")
 	f.BoolVar(&o.shell, "shell", false, "run the words joined with spaces by /bin/sh -c")
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
@@ -167,12 +171,21 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	}
 	inFD, inTTY := a.stdinTerminal()
 	outFD := fdOf(a.Stdout)
+	// As ssh: -t asks for a PTY for an interactive terminal; with stdin
+	// not a terminal (a pipe, a file, /dev/null) the command runs without
+	// one, unless -tt insists. (A PTY fed from a file ends only if the
+	// program reads the ^D its EOF becomes.)
+	tty := o.tty > 0
+	if o.tty == 1 && !inTTY && !o.detach {
+		fmt.Fprintln(a.Stderr, "dtmux: no pseudo-terminal: stdin is not a terminal (-tt forces one)")
+		tty = false
+	}
 	// Stdin is forwarded unless the run is detached or stdin is a
 	// terminal without -t (as ssh -n): then the process reads /dev/null
 	// from the start. (ExecStdinClose is still sent below, for agents
 	// older than no_stdin.)
-	start.NoStdin = o.detach || (!o.tty && inTTY)
-	if o.tty {
+	start.NoStdin = o.detach || (!tty && inTTY)
+	if tty {
 		start.Pty = &agentv1.PtySpec{Rows: 24, Cols: 80, Term: a.termName()}
 		if rows, cols, ok := terminalSize(inFD, outFD); ok {
 			start.Pty.Rows, start.Pty.Cols = rows, cols
@@ -221,7 +234,7 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 
 	restore := func() {}
 	eol := "\n" // a raw terminal needs "\r\n"
-	if o.tty && inTTY {
+	if tty && inTTY {
 		eol = "\r\n"
 		r, err := rawMode(inFD)
 		if err != nil {
@@ -234,7 +247,7 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	// Stdin: forwarded unless it is a terminal without -t (as ssh -n).
 	// The reader goroutine may stay blocked in Read after the run ends; it
 	// is owned by the process, which exits right after.
-	if o.tty || !inTTY {
+	if tty || !inTTY {
 		go x.pumpStdin(a.Stdin)
 	} else if err := x.send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_CloseStdin{CloseStdin: &agentv1.ExecStdinClose{}}}); err != nil {
 		return recvError(stream, err)
@@ -243,13 +256,13 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	// Signals: forwarded to the remote process group; SIGWINCH resizes.
 	sigs := make(chan os.Signal, 8)
 	notify := []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
-	if o.tty {
+	if tty {
 		notify = append(notify, syscall.SIGWINCH)
 	}
 	signal.Notify(sigs, notify...)
 	var wg sync.WaitGroup
 	done := make(chan struct{})
-	giveUp := make(chan struct{})
+	giveUp := make(chan syscall.Signal, 1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -275,11 +288,11 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 	var r result
 	select {
 	case r = <-res:
-	case <-giveUp:
+	case sig := <-giveUp:
 		cancel()
 		restore()
 		<-res
-		return &ExitError{Code: 130, Msg: fmt.Sprintf("interrupted; run %s gets SIGHUP now that dtmux is gone", started.GetRunId())}
+		return &ExitError{Code: 128 + int(sig), Msg: fmt.Sprintf("%s: gave up waiting; run %s gets SIGHUP now that dtmux is gone", signalName(int32(sig)), started.GetRunId())}
 	}
 	restore()
 	if r.err != nil {
@@ -332,14 +345,32 @@ func (x *execStream) pumpStdin(r io.Reader) {
 	}
 }
 
-// forwardSignals sends local signals to the run until done. The third
-// SIGINT closes giveUp.
-func (x *execStream) forwardSignals(sigs <-chan os.Signal, done <-chan struct{}, giveUp chan<- struct{}, fds ...int) {
-	ints := 0
+// termGrace is how long dtmux waits for the run to end after forwarding
+// SIGTERM or SIGHUP before it gives up itself: whoever sent the signal (a
+// supervisor, timeout(1), a closed terminal) wants dtmux gone, and a
+// remote program may ignore it (an interactive shell ignores SIGTERM).
+var termGrace = 10 * time.Second
+
+// forwardSignals sends local signals to the run until done. It gives up
+// (sends the signal on giveUp, once) at the third SIGINT, at a second
+// SIGTERM or SIGHUP, or termGrace after the first.
+func (x *execStream) forwardSignals(sigs <-chan os.Signal, done <-chan struct{}, giveUp chan<- syscall.Signal, fds ...int) {
+	ints, terms := 0, 0
+	var graceC <-chan time.Time
+	var graceSig syscall.Signal
+	stop := func(sig syscall.Signal) {
+		select {
+		case giveUp <- sig:
+		default:
+		}
+	}
 	for {
 		select {
 		case <-done:
 			return
+		case <-graceC:
+			graceC = nil
+			stop(graceSig)
 		case s := <-sigs:
 			var req *agentv1.ExecRequest
 			switch s {
@@ -350,12 +381,22 @@ func (x *execStream) forwardSignals(sigs <-chan os.Signal, done <-chan struct{},
 				}
 				req = &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Resize{Resize: &agentv1.TerminalSize{Rows: rows, Cols: cols}}}
 			default:
-				if s == syscall.SIGINT {
+				switch s {
+				case syscall.SIGINT:
 					ints++
 					if ints == 3 {
-						close(giveUp)
+						stop(syscall.SIGINT)
 						continue
 					}
+				case syscall.SIGTERM, syscall.SIGHUP:
+					terms++
+					if terms == 2 {
+						stop(s.(syscall.Signal))
+						continue
+					}
+					t := time.NewTimer(termGrace)
+					defer t.Stop()
+					graceC, graceSig = t.C, s.(syscall.Signal)
 				}
 				req = &agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Signal{Signal: &agentv1.ExecSignal{Signal: agentv1.Signal(s.(syscall.Signal))}}}
 			}

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,7 +62,7 @@ func TestExecStartRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := dtmux(t, addr, "", "exec", "ws", "-e", "A=1", "-e", "B=x=y", "--secret-env", "S=2", "--secret-env-file", secrets,
-		"-w", "/tmp", "--timeout", "90s", "--idle-timeout", "5s", "--shell", "--run-id", "job-1", "--max-output", "1M", "-t", "--", "exit", "0")
+		"-w", "/tmp", "--timeout", "90s", "--idle-timeout", "5s", "--shell", "--run-id", "job-1", "--max-output", "1M", "-tt", "--", "exit", "0")
 	if r.code != 0 {
 		t.Fatalf("code %d: %s", r.code, r.stderr)
 	}
@@ -280,3 +282,78 @@ func (h *hangingAgent) Exec(stream agentv1.AgentService_ExecServer) error {
 	<-stream.Context().Done()
 	return stream.Context().Err()
 }
+
+func TestExecTTYNeedsATerminal(t *testing.T) {
+	addr, f := startFake(t)
+	r := dtmux(t, addr, "", "exec", "-t", "ws", "--", "exit", "0")
+	if r.code != 0 || !strings.Contains(r.stderr, "no pseudo-terminal: stdin is not a terminal") {
+		t.Errorf("got %+v, want a note that no PTY is used", r)
+	}
+	if f.starts[0].GetPty() != nil || f.starts[0].GetNoStdin() {
+		t.Errorf("start = %v, want no PTY and stdin forwarded", f.starts[0])
+	}
+	r = dtmux(t, addr, "", "exec", "-d", "-t", "ws", "--", "exit", "0")
+	if r.code != 0 || r.stderr != "" || f.starts[1].GetPty() == nil {
+		t.Errorf("-d -t: %+v, start %v: a detached run reads no stdin and keeps its PTY", r, f.starts[1])
+	}
+}
+
+func TestForwardSignalsGivesUp(t *testing.T) {
+	defer func(g time.Duration) { termGrace = g }(termGrace)
+	termGrace = 50 * time.Millisecond
+	for name, tc := range map[string]struct {
+		sigs      []os.Signal
+		want      syscall.Signal
+		forwarded int64
+	}{
+		"third SIGINT":        {[]os.Signal{syscall.SIGINT, syscall.SIGINT, syscall.SIGINT}, syscall.SIGINT, 2},
+		"second SIGTERM":      {[]os.Signal{syscall.SIGTERM, syscall.SIGTERM}, syscall.SIGTERM, 1},
+		"SIGHUP, then grace":  {[]os.Signal{syscall.SIGHUP}, syscall.SIGHUP, 1},
+		"SIGTERM, then grace": {[]os.Signal{syscall.SIGINT, syscall.SIGTERM}, syscall.SIGTERM, 2},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var sent atomic.Int64
+			x := &execStream{stream: countingExecClient{n: &sent}}
+			sigs := make(chan os.Signal, len(tc.sigs))
+			for _, s := range tc.sigs {
+				sigs <- s
+			}
+			done, giveUp := make(chan struct{}), make(chan syscall.Signal, 1)
+			go x.forwardSignals(sigs, done, giveUp)
+			defer close(done)
+			select {
+			case got := <-giveUp:
+				if got != tc.want {
+					t.Errorf("gave up on %v, want %v", got, tc.want)
+				}
+				if n := sent.Load(); n != tc.forwarded {
+					t.Errorf("forwarded %d signals, want %d", n, tc.forwarded)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("did not give up")
+			}
+		})
+	}
+	t.Run("one SIGINT: keeps waiting", func(t *testing.T) {
+		var sent atomic.Int64
+		x := &execStream{stream: countingExecClient{n: &sent}}
+		sigs := make(chan os.Signal, 1)
+		sigs <- syscall.SIGINT
+		done, giveUp := make(chan struct{}), make(chan syscall.Signal, 1)
+		go x.forwardSignals(sigs, done, giveUp)
+		defer close(done)
+		select {
+		case got := <-giveUp:
+			t.Errorf("gave up on %v after one Ctrl-C", got)
+		case <-time.After(5 * termGrace):
+		}
+	})
+}
+
+// countingExecClient counts the requests forwardSignals sends.
+type countingExecClient struct {
+	agentv1.AgentService_ExecClient
+	n *atomic.Int64
+}
+
+func (c countingExecClient) Send(*agentv1.ExecRequest) error { c.n.Add(1); return nil }

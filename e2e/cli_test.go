@@ -264,6 +264,68 @@ func TestCLIExec(t *testing.T) {
 		}
 	})
 
+	t.Run("SIGTERM ignored by the run: the second one ends dtmux", func(t *testing.T) {
+		// What timeout(1) or a supervisor does to a dtmux whose remote
+		// program ignores SIGTERM (as an interactive shell does).
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", "w1", "--", "sh", "-c", `trap "" TERM; echo $$; while :; do sleep 1; done`)
+		cmd.Env = c.Env()
+		var errb syncBuffer
+		cmd.Stderr = &errb
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			t.Fatalf("first line %q, %v", line, err)
+		}
+		remote, err := strconv.Atoi(strings.TrimSpace(line))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		if !processAlive(remote) {
+			t.Fatal("the remote shell died from an ignored SIGTERM")
+		}
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		err = cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 128+int(syscall.SIGTERM) {
+			t.Errorf("exit %v, want %d; stderr %q", err, 128+int(syscall.SIGTERM), errb.String())
+		}
+		if !strings.Contains(errb.String(), "gave up waiting") {
+			t.Errorf("stderr %q does not say dtmux gave up", errb.String())
+		}
+		// Gone with its client, as with ssh: the hang-up's SIGHUP.
+		eventually(t, "the run ended after dtmux gave up", func() string {
+			if processAlive(remote) {
+				return "remote shell still alive"
+			}
+			return ""
+		})
+	})
+
+	t.Run("-t without a terminal: no PTY unless -tt", func(t *testing.T) {
+		r := dtmuxCLI(t, c, strings.NewReader("piped"), "exec", "-t", "w1", "--", "sh", "-c", "test -t 0 && echo tty; cat")
+		if r.code != 0 || r.stdout != "piped" || !strings.Contains(r.stderr, "no pseudo-terminal") {
+			t.Errorf("-t with a pipe: %+v, want stdin piped without a PTY, and a note", r)
+		}
+		r = dtmuxCLI(t, c, nil, "exec", "-tt", "w1", "--", "sh", "-c", "test -t 0 && test -t 1 && echo tty")
+		if r.code != 0 || r.stdout != "tty\r\n" || r.stderr != "" {
+			t.Errorf("-tt: %+v, want a PTY", r)
+		}
+	})
+
 	t.Run("errors", func(t *testing.T) {
 		r := dtmuxCLI(t, c, nil, "exec", "nope", "--", "true")
 		if r.code != 255 {
