@@ -28,8 +28,12 @@ func Adopt() {
 	os.Unsetenv(envSocket)
 	if fd, err := strconv.Atoi(fdS); err == nil && fd > 2 {
 		// Kept open (never closed) for the life of the process: that is
-		// the lock.
+		// the lock. A re-exec passes it on (see reexec.go).
 		syscall.CloseOnExec(fd)
+		if sock != "" {
+			adopted.lockFD, adopted.socket = fd, sock
+			announce(sock)
+		}
 	}
 	if sock != "" {
 		// The watch lives as long as the process; its only act is to

@@ -20,6 +20,8 @@
 //	agent.start.lock  held by a pump while it checks, stops or starts the
 //	                  daemon, so two hops opening at once start one daemon
 //	agent.log         the daemon's stderr (and its logs unless --log-file)
+//	agent.features    written by a daemon that can re-execute in place
+//	agent.reexec      a pump's request that it do so (reexec.go)
 package daemon
 
 import (
@@ -149,6 +151,13 @@ func Connect(ctx context.Context, c Config) (*net.UnixConn, error) {
 		}
 		conn.Close()
 		log.Info("replacing the agent daemon", "pid", pid, "reason", why)
+		if canReexec(c.StateDir, pid) {
+			conn, err := reexec(ctx, log, c, pid)
+			if err == nil {
+				return conn, nil
+			}
+			log.Warn("the agent daemon did not re-execute; stopping it", "pid", pid, "error", err)
+		}
 		if err := stop(ctx, c.StateDir, pid, c.StopTimeout); err != nil {
 			return nil, err
 		}

@@ -79,6 +79,10 @@ type Config struct {
 	// Cgroups puts runs with memory, pids or CPU limits in control groups.
 	// Nil (or a Manager without cgroups) refuses such limits.
 	Cgroups *cgroup.Manager
+	// Handover are the runs the previous image of this process handed over
+	// (Manager.HandOver): they go on as runs of this manager. The
+	// descriptors of those not resumed are closed.
+	Handover []Handed
 	// Logger is named "runs" by the manager.
 	Logger hclog.Logger
 }
@@ -288,14 +292,16 @@ func (m *Manager) Start(spec Spec) (run *Run, existing bool, err error) {
 // needs it.
 func (m *Manager) newRun(id, dir string) *Run {
 	r := &Run{
-		m:        m,
-		log:      m.log.With("run_id", id),
-		dir:      dir,
-		ready:    make(chan struct{}),
-		escalate: make(chan struct{}, 1),
-		done:     make(chan struct{}),
-		notify:   make(chan struct{}),
-		own:      newOwner(),
+		m:          m,
+		log:        m.log.With("run_id", id),
+		dir:        dir,
+		ready:      make(chan struct{}),
+		handing:    make(chan struct{}),
+		supervised: make(chan struct{}),
+		escalate:   make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		notify:     make(chan struct{}),
+		own:        newOwner(),
 	}
 	r.prepareDir = sync.OnceValue(func() error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -430,7 +436,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 		}
 		return err
 	}
-	r.cmd = cmd
+	r.proc, r.reap = cmd.Process, func() (*os.ProcessState, error) { err := cmd.Wait(); return cmd.ProcessState, err }
 	r.info.PID = cmd.Process.Pid
 	if r.info.Detached {
 		// Recorded below, before the start is reported; an attached
@@ -441,12 +447,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	r.lastOutput.Store(r.info.StartedAt.UnixNano())
 	r.log.Debug("run started", "pid", r.info.PID, "argc", len(argv), "pty", r.info.PTY, "detached", r.info.Detached)
 
-	copiers := &sync.WaitGroup{}
-	for i, f := range r.outputs {
-		copiers.Add(1)
-		go r.copyOutput(i, f, r.out[i], copiers)
-	}
-	go r.supervise(copiers)
+	r.watch()
 	if r.info.Detached {
 		// A detached run is the one a client comes back for, possibly
 		// after an agent crash: record it before its start is reported.
@@ -680,15 +681,25 @@ func (m *Manager) List(labels map[string]string) []Info {
 // Close stops the manager: attached runs are killed (KILLED, "agent
 // shutting down") and waited for; detached runs keep running and will be
 // found as AGENT_LOST by the next agent. New starts fail with ErrClosed.
-func (m *Manager) Close() error { return m.close(false) }
+func (m *Manager) Close() error { return m.close(closeLeave, nil) }
 
 // CloseAll stops the manager like Close, but ends every run: detached runs
 // are killed and waited for too ("agent stopped with every run"), and the
 // process groups that runs of an earlier agent left running (see
 // orphan.go) get SIGKILL. For a workspace that is stopped or deleted.
-func (m *Manager) CloseAll() error { return m.close(true) }
+func (m *Manager) CloseAll() error { return m.close(closeAll, nil) }
 
-func (m *Manager) close(all bool) error {
+// What close does with detached runs still going.
+type closeMode int
+
+const (
+	closeLeave    closeMode = iota // they keep going (Close)
+	closeAll                       // they are killed (CloseAll)
+	closeHandOver                  // they go to the next image (HandOver)
+)
+
+func (m *Manager) close(mode closeMode, handed *[]Handed) error {
+	all := mode == closeAll
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -716,9 +727,18 @@ func (m *Manager) close(all bool) error {
 	for _, r := range kill {
 		<-r.ready
 		if r.startErr != nil || (r.info.Detached && !r.finished() && !all) {
+			if mode == closeHandOver && r.startErr == nil {
+				if h, ok := r.handOver(); ok {
+					*handed = append(*handed, h)
+				} else if r.stage.Load() == stageEnding {
+					// It exited as the handover began: its trailer is
+					// recorded before the exec.
+					waitFor = append(waitFor, r)
+				}
+			}
 			continue
 		}
-		if all && r.cmd == nil && r.orphan {
+		if all && r.proc == nil && r.orphan {
 			if err := r.signalOrphan(syscall.SIGKILL); err == nil {
 				m.log.Info("killed the process group an earlier agent left running", "run_id", r.info.ID, "pid", r.info.PID)
 			}
@@ -830,10 +850,25 @@ func (m *Manager) loadAll() error {
 		os.RemoveAll(dir)
 	}
 	now := time.Now()
+	handed := handedByID(m.cfg.Handover)
 	for _, l := range infos {
+		if h, ok := handed[l.ID]; ok && l.State != StateFinished && l.Detached && l.PID == h.PID {
+			delete(handed, l.ID)
+			r, err := m.resume(l.Info, h)
+			if err == nil {
+				m.runs[r.info.ID] = r
+				continue
+			}
+			m.log.Warn("resume handed-over run", "error", err)
+			h.Close()
+		}
 		if r := m.load(l, now); r != nil {
 			m.runs[r.info.ID] = r
 		}
+	}
+	for _, h := range handed {
+		m.log.Warn("a handed-over run is not in the journal", "run_id", h.ID)
+		h.Close()
 	}
 	// Drops the history of the runs above, and of the expired ones.
 	if err := j.compact(); err != nil {

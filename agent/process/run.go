@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -33,10 +32,15 @@ type Run struct {
 	startErr error
 
 	// Set before ready is closed, read-only afterwards.
-	info  Info // the immutable parts; counters and trailer live below
-	out   [2]*spool
-	cmd   *exec.Cmd
-	stdin *os.File // pipe write end, or the PTY master
+	info Info // the immutable parts; counters and trailer live below
+	out  [2]*spool
+	// proc is the leader, started by this agent or handed over by the
+	// image of this process before it (handover.go); nil for a run an
+	// earlier agent lost. reap reaps it: exec.Cmd.Wait, or proc.Wait.
+	proc  *os.Process
+	reap  func() (*os.ProcessState, error)
+	state *os.ProcessState // set by the supervisor once reaped
+	stdin *os.File         // pipe write end, or the PTY master
 	ptmx  *os.File
 	// outputs are the read ends of the output pipes (or the PTY master).
 	outputs     []*os.File
@@ -45,6 +49,15 @@ type Run struct {
 	// group is the run's cgroup when it has cgroup limits; the supervisor
 	// closes it.
 	group *cgroup.Group
+	// copiers counts the goroutines copying outputs to the spools.
+	copiers sync.WaitGroup
+	// stage says who has the process: its supervisor until it ends it
+	// (stageEnding) or the manager hands it over (stageHanded, handover.go).
+	stage atomic.Int32
+	// handing is closed to end the supervisor without touching the
+	// process; supervised is closed when the supervisor has returned.
+	handing    chan struct{}
+	supervised chan struct{}
 
 	own owner // back-pressure for the owning client
 
@@ -232,10 +245,10 @@ func (r *Run) AddClient(exec bool) (release func()) {
 // KILLED. A run an earlier agent lost in flight is signalled while its
 // process group still runs (see orphan.go); it stays AGENT_LOST.
 func (r *Run) Signal(sig syscall.Signal) error {
-	if r.cmd == nil && r.orphan {
+	if r.proc == nil && r.orphan {
 		return r.signalOrphan(sig)
 	}
-	if r.finished() || r.cmd == nil {
+	if r.finished() || r.proc == nil {
 		return fmt.Errorf("signal run %s: %w", r.info.ID, ErrRunFinished)
 	}
 	if sig == syscall.SIGKILL {
@@ -309,7 +322,7 @@ func (r *Run) setKill(reason Reason, detail string, sig syscall.Signal, grace ti
 // sends sig to the whole group and has the supervisor send SIGKILL after
 // grace.
 func (r *Run) terminate(reason Reason, detail string, sig syscall.Signal, grace time.Duration) {
-	if r.finished() || r.cmd == nil {
+	if r.finished() || r.proc == nil {
 		return
 	}
 	r.setKill(reason, detail, sig, grace)
@@ -327,14 +340,18 @@ func (r *Run) terminate(reason Reason, detail string, sig syscall.Signal, grace 
 // supervise owns the process from start to trailer: it enforces the
 // deadlines, escalates kills, waits for the leader and the output, then
 // writes the trailer. The Manager owns this goroutine.
-func (r *Run) supervise(copiers *sync.WaitGroup) {
+func (r *Run) supervise() {
+	defer close(r.supervised)
 	cfg := r.m.cfg
 	if r.startTicks.Load() == 0 {
 		// Before the leader is reaped, which frees its pid.
 		r.startTicks.Store(startTicks(r.info.PID))
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- r.cmd.Wait() }() // ends when the leader does
+	// Learns that the leader has exited without reaping it, so that a
+	// handover that wins the race (stage) leaves it to the next image.
+	// Ends when the leader does.
+	exited := make(chan struct{})
+	go func() { waitExited(r.info.PID); close(exited) }()
 
 	var timeoutC, idleC, killC <-chan time.Time
 	if d := r.timeout; d > 0 {
@@ -361,8 +378,14 @@ func (r *Run) supervise(copiers *sync.WaitGroup) {
 loop:
 	for {
 		select {
-		case waitErr = <-exited:
+		case <-exited:
+			if !r.stage.CompareAndSwap(stageRunning, stageEnding) {
+				return // handed over: the next image reaps it
+			}
+			r.state, waitErr = r.reap()
 			break loop
+		case <-r.handing:
+			return
 		case <-timeoutC:
 			timeoutC = nil
 			r.terminate(ReasonTimedOut, "timeout "+r.timeout.String(), syscall.SIGTERM, cfg.KillGrace)
@@ -410,7 +433,7 @@ loop:
 	// a grandchild may hold the pipe open after the leader has gone. Time
 	// spent waiting for the owner to read does not count.
 	drained := make(chan struct{})
-	go func() { copiers.Wait(); close(drained) }()
+	go func() { r.copiers.Wait(); close(drained) }()
 	drainT := time.NewTimer(cfg.DrainGrace)
 	_, waits := r.heldBack(0)
 drain:
@@ -482,7 +505,11 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 	_, t.StdoutBytes = r.out[0].bounds()
 	_, t.StderrBytes = r.out[1].bounds()
 
-	ws, ok := r.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	var ws syscall.WaitStatus
+	ok := false
+	if r.state != nil {
+		ws, ok = r.state.Sys().(syscall.WaitStatus)
+	}
 	if !ok {
 		t.Reason = ReasonAgentLost
 		t.Detail = fmt.Sprintf("wait: %v", waitErr)
@@ -588,8 +615,8 @@ func (r *Run) finish(t Trailer) {
 // copyOutput moves one pipe (stream k) into its spool in large chunks
 // until EOF, waiting for the run's owner when it would evict what the
 // owner has not read.
-func (r *Run) copyOutput(k int, f *os.File, s *spool, wg *sync.WaitGroup) {
-	defer wg.Done()
+func (r *Run) copyOutput(k int, f *os.File, s *spool) {
+	defer r.copiers.Done()
 	// Most runs print little: start with a small buffer and the default
 	// pipe, and switch both to readChunk once a read fills the buffer (the
 	// process writes faster than we read), which cuts the syscalls and
@@ -615,7 +642,8 @@ func (r *Run) copyOutput(k int, f *os.File, s *spool, wg *sync.WaitGroup) {
 			}
 		}
 		if err != nil {
-			if err != io.EOF && !errors.Is(err, os.ErrClosed) && !errors.Is(err, syscall.EIO) {
+			// A deadline is a handover stopping the copy (handover.go).
+			if err != io.EOF && !errors.Is(err, os.ErrClosed) && !errors.Is(err, syscall.EIO) && !errors.Is(err, os.ErrDeadlineExceeded) {
 				r.log.Debug("output read ended", "error", err)
 			}
 			return

@@ -5,7 +5,9 @@
 //
 // Signals: SIGTERM and SIGINT shut down (attached runs are killed,
 // detached runs keep going); SIGUSR1 shuts down killing every run, for a
-// workspace stop or delete; SIGHUP reloads the token file (tcp).
+// workspace stop or delete; SIGUSR2 re-executes a daemon as the build a
+// pump asked for, handing its detached runs over (handover.go); SIGHUP
+// reloads the token file (tcp).
 package main
 
 import (
@@ -50,7 +52,12 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == tmux.PaneExecCommand {
 		tmux.PaneExec(os.Args[2:])
 	}
-	if err := run(os.Args[1:]); err != nil && !errors.Is(err, errHelp) {
+	err := run(os.Args[1:])
+	var re *reexec
+	if errors.As(err, &re) {
+		err = re.exec() // returns only on failure
+	}
+	if err != nil && !errors.Is(err, errHelp) {
 		fmt.Fprintf(os.Stderr, "dtmux-agent: %v\n", err)
 		os.Exit(1)
 	}
@@ -182,6 +189,9 @@ func run(args []string) error {
 	killAll := make(chan os.Signal, 1)
 	signal.Notify(killAll, syscall.SIGUSR1)
 	defer signal.Stop(killAll)
+	reexecC := make(chan os.Signal, 1)
+	signal.Notify(reexecC, daemon.ReexecSignal)
+	defer signal.Stop(reexecC)
 
 	cfg := rpcserver.Config{Logger: log}
 	addr, err := transport.ParseAddress(f.listen)
@@ -223,6 +233,7 @@ func run(args []string) error {
 		Retention:  f.retention,
 		MaxRuns:    f.maxRuns,
 		Cgroups:    cgroups,
+		Handover:   takeHandover(log),
 		Logger:     log,
 	})
 	if err != nil {
@@ -268,17 +279,38 @@ func run(args []string) error {
 	log.Info("serving", "listen", lis.Addr().String(), "workspace", f.workspace, "state_dir", f.stateDir, "version", version.Version)
 
 	var serveErr error
+	var next *reexec
 	closeRuns := runs.Close
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case <-killAll:
-		// The workspace is being stopped or deleted: nothing it ran may
-		// outlive it.
-		log.Info("shutting down with every run (SIGUSR1)")
-		closeRuns = runs.CloseAll
-	case serveErr = <-served:
-		serving--
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+		case <-killAll:
+			// The workspace is being stopped or deleted: nothing it ran
+			// may outlive it.
+			log.Info("shutting down with every run (SIGUSR1)")
+			closeRuns = runs.CloseAll
+		case <-reexecC:
+			if !daemon.Reexecutable() {
+				log.Warn("ignoring SIGUSR2: only a daemon started by --stdio re-executes")
+				continue
+			}
+			req, err := daemon.TakeRequest(f.stateDir)
+			if err != nil {
+				log.Warn("ignoring SIGUSR2", "error", err)
+				continue
+			}
+			log.Info("shutting down to re-execute", "path", req.Path)
+			next = &reexec{req: req, state: f.stateDir, log: log}
+			closeRuns = func() (err error) {
+				next.handed, err = runs.HandOver()
+				return err
+			}
+		case serveErr = <-served:
+			serving--
+		}
+		break wait
 	}
 	// Kill attached runs first so that their Exec streams end with a
 	// trailer; detached runs keep going, unless SIGUSR1 said otherwise.
@@ -293,6 +325,9 @@ func run(args []string) error {
 	}
 	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
+	}
+	if next != nil {
+		return next
 	}
 	return nil
 }

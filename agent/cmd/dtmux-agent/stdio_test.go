@@ -173,7 +173,14 @@ func TestStdioRunsOutliveThePump(t *testing.T) {
 	if got := p2.info(t).GetPid(); got != daemonPID {
 		t.Fatalf("second pump reached agent pid %d, want the same daemon %d", got, daemonPID)
 	}
-	att, err := p2.client.AttachRun(ctxT(t), &agentv1.AttachRunRequest{RunId: "hop-1", Follow: true})
+	wantLines(t, p2.client, "reattached run", "hop-1", 40)
+}
+
+// wantLines follows run id from its start to its trailer and wants the
+// lines "line1".."lineN", no gap, and exit 7.
+func wantLines(t *testing.T, c agentv1.AgentServiceClient, what, id string, n int) {
+	t.Helper()
+	att, err := c.AttachRun(ctxT(t), &agentv1.AttachRunRequest{RunId: id, Follow: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,17 +189,20 @@ func TestStdioRunsOutliveThePump(t *testing.T) {
 	for tr == nil {
 		ev, err := att.Recv()
 		if err != nil {
-			t.Fatalf("reattach: %v", err)
+			t.Fatalf("%s: %v", what, err)
+		}
+		if g := ev.GetGap(); g != nil {
+			t.Errorf("%s: gap in the output: %v", what, g)
 		}
 		out.Write(ev.GetOutput().GetData())
 		tr = ev.GetTrailer()
 	}
 	var want strings.Builder
-	for i := 1; i <= 40; i++ {
+	for i := 1; i <= n; i++ {
 		fmt.Fprintf(&want, "line%d\n", i)
 	}
 	if out.String() != want.String() || tr.GetExitCode() != 7 || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_EXITED {
-		t.Fatalf("reattached output %q, trailer %v", out.String(), tr)
+		t.Fatalf("%s: output %q, trailer %v; want %d lines and exit 7", what, out.String(), tr, n)
 	}
 }
 
@@ -264,11 +274,20 @@ func TestStdioNewBuildTakesOver(t *testing.T) {
 	}
 	// An attached run on the old daemon ends with a trailer, not silently.
 	stream, _ := execStart(t, p1.client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("sleep", "1000")})
+	// A detached run goes on under the new build: same process, all of
+	// its output, its exit status (the daemon re-executes in place and
+	// hands it over).
+	script := `for i in $(seq 1 30); do echo line$i; sleep 0.05; done; exit 7`
+	_, detached := execStart(t, p1.client, ctxT(t), &agentv1.ExecStart{
+		Command: cmdSpec("sh", "-c", script), RunId: "upgrade-1", Detach: true,
+	})
+	t.Cleanup(func() { syscall.Kill(-int(detached.GetPid()), syscall.SIGKILL) })
+	time.Sleep(200 * time.Millisecond)
 
 	p2 := startPump(t, newBin, state, work)
 	cur := p2.info(t)
-	if cur.GetVersion() != "v2-test" || cur.GetPid() == old.GetPid() {
-		t.Fatalf("after a new build: version %q pid %d (old pid %d)", cur.GetVersion(), cur.GetPid(), old.GetPid())
+	if cur.GetVersion() != "v2-test" || cur.GetPid() != old.GetPid() {
+		t.Fatalf("after a new build: version %q pid %d, want v2-test re-executed in place (pid %d)", cur.GetVersion(), cur.GetPid(), old.GetPid())
 	}
 	for {
 		ev, err := stream.Recv()
@@ -287,12 +306,28 @@ func TestStdioNewBuildTakesOver(t *testing.T) {
 	}
 	p1.waitExit(t, "its daemon was replaced")
 
-	// Same build, same flags: joined. Other flags: replaced.
-	if got := startPump(t, newBin, state, work).info(t).GetPid(); got != cur.GetPid() {
-		t.Fatalf("same build and flags: pid %d, want %d", got, cur.GetPid())
+	wantLines(t, p2.client, "handed-over run", "upgrade-1", 30)
+
+	// Same build, same flags: joined. Other flags: re-executed with them.
+	if got := startPump(t, newBin, state, work).info(t); got.GetPid() != cur.GetPid() || !got.GetStartedAt().AsTime().Equal(cur.GetStartedAt().AsTime()) {
+		t.Fatalf("same build and flags: pid %d started %v, want the same daemon (%d, %v)", got.GetPid(), got.GetStartedAt().AsTime(), cur.GetPid(), cur.GetStartedAt().AsTime())
 	}
-	if got := startPump(t, newBin, state, work, "--max-runs", "7").info(t).GetPid(); got == cur.GetPid() {
+	if got := startPump(t, newBin, state, work, "--max-runs", "7").info(t); got.GetStartedAt().AsTime().Equal(cur.GetStartedAt().AsTime()) {
 		t.Fatal("other flags did not replace the daemon")
+	}
+}
+
+// TestStdioReplacesADaemonThatCannotReexec: a daemon that does not announce
+// re-exec (an older build) is stopped and a new one started, as before.
+func TestStdioReplacesADaemonThatCannotReexec(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	old := startPump(t, agentBin, state, work).info(t)
+	if err := os.Remove(filepath.Join(state, daemon.FeaturesName)); err != nil {
+		t.Fatalf("the daemon did not announce re-exec: %v", err)
+	}
+	cur := startPump(t, agentBin, state, work, "--max-runs", "7").info(t)
+	if cur.GetPid() == old.GetPid() {
+		t.Fatalf("pid %d: the daemon was not replaced by a new process", cur.GetPid())
 	}
 }
 

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/agent/daemon"
+	"github.com/dtmux/dtmux/agent/process"
+)
+
+// A daemon asked to re-execute as another build (daemon.ReexecSignal)
+// shuts down like SIGTERM, except that its detached runs are handed over
+// (process.Manager.HandOver), then execs: the list of handed-over runs and
+// their descriptors goes to the new image in a file named by envHandover.
+
+const (
+	envHandover  = "DTMUX_AGENT_HANDOVER"
+	handoverName = "agent.handover"
+)
+
+// reexec is what run returns when the daemon is to re-execute; main does
+// it once every deferred cleanup of run has happened.
+type reexec struct {
+	req    daemon.Request
+	handed []process.Handed
+	state  string
+	log    hclog.Logger
+}
+
+func (r *reexec) Error() string { return "re-execute as " + r.req.Path }
+
+// exec replaces this process; it returns only on failure, and then the
+// handed-over runs are lost as in a crash.
+func (r *reexec) exec() error {
+	path := filepath.Join(r.state, handoverName)
+	b, err := json.Marshal(r.handed)
+	if err == nil {
+		err = os.WriteFile(path, b, 0o600)
+	}
+	if err != nil {
+		return fmt.Errorf("record the handover: %w", err)
+	}
+	r.log.Info("re-executing", "path", r.req.Path, "runs_handed_over", len(r.handed))
+	err = daemon.Exec(r.req, envHandover+"="+path)
+	os.Remove(path)
+	return err
+}
+
+// takeHandover returns the runs the previous image of this process handed
+// over, if it was one (envHandover), and forgets the record.
+func takeHandover(log hclog.Logger) []process.Handed {
+	path, ok := os.LookupEnv(envHandover)
+	if !ok {
+		return nil
+	}
+	os.Unsetenv(envHandover)
+	b, err := os.ReadFile(path)
+	os.Remove(path)
+	var hs []process.Handed
+	if err == nil {
+		err = json.Unmarshal(b, &hs)
+	}
+	if err != nil {
+		log.Warn("read the runs the previous image handed over", "error", err)
+		return nil
+	}
+	return hs
+}

@@ -1,0 +1,249 @@
+package process
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Handover. A daemon replaced by a new build re-executes itself in place
+// (same pid) rather than exit, and hands its detached runs that are still
+// going to the new image: the leader stays its child (so its exit status
+// still comes), and the read ends of the output pipes (and the write end
+// of stdin) survive exec, so the process never writes into a closed pipe
+// and nothing it prints is lost. Without this, an upgrade left them as
+// AGENT_LOST orphans that died of SIGPIPE at their next write.
+//
+// HandOver stops the copying and the supervision of each such run without
+// touching its process or pipes, records the run, and returns descriptors
+// without close-on-exec. The next image passes them back in
+// Config.Handover, and the manager resumes the runs where the spools
+// (whose headers record their ends) left off. Runs with a PTY or a cgroup
+// are not handed over: they end up AGENT_LOST as before.
+
+// Supervision stages of a run (Run.stage).
+const (
+	stageRunning int32 = iota // the supervisor has the process
+	stageEnding               // the supervisor reaps it and writes the trailer
+	stageHanded               // handed over: the next image has it
+)
+
+// Handed is a run handed to the next image of this process, with the
+// descriptors (valid in the process that made them, and after its exec)
+// that carry its output and input.
+type Handed struct {
+	ID  string `json:"id"`
+	PID int    `json:"pid"`
+	// Outputs are the read ends of stdout and stderr.
+	Outputs [2]int `json:"outputs"`
+	// Stdin is the write end of the run's stdin, or -1.
+	Stdin int `json:"stdin"`
+	// Timeout and IdleTimeout are what is left of the run's deadlines
+	// (0: none).
+	Timeout     time.Duration `json:"timeout,omitempty"`
+	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
+}
+
+// Close closes the descriptors of a handover that will not be resumed.
+func (h Handed) Close() {
+	for _, fd := range append(h.Outputs[:], h.Stdin) {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// waitExited returns once process pid has exited, leaving it unreaped.
+func waitExited(pid int) {
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
+}
+
+// watch starts the goroutines that copy the run's output and supervise
+// it; the Manager owns them.
+func (r *Run) watch() {
+	for i, f := range r.outputs {
+		r.copiers.Add(1)
+		go r.copyOutput(i, f, r.out[i])
+	}
+	go r.supervise()
+}
+
+// HandOver ends the manager as Close does, except that detached runs still
+// going are handed over (see above) instead of left behind. Call it right
+// before exec: the returned descriptors are the runs' only link to it.
+func (m *Manager) HandOver() ([]Handed, error) {
+	var handed []Handed
+	err := m.close(closeHandOver, &handed)
+	return handed, err
+}
+
+// handOver stops the run's supervision and copying, records it and
+// returns its descriptors, or false when it cannot be handed over (it is
+// ending, or has a PTY or a cgroup).
+func (r *Run) handOver() (Handed, bool) {
+	if r.proc == nil || r.ptmx != nil || r.group != nil || len(r.outputs) != 2 {
+		return Handed{}, false
+	}
+	if !r.stage.CompareAndSwap(stageRunning, stageHanded) {
+		return Handed{}, false
+	}
+	close(r.handing)
+	<-r.supervised
+	// A read in progress ends at once; a chunk read is spooled first.
+	for _, f := range r.outputs {
+		f.SetReadDeadline(time.Now())
+	}
+	r.copiers.Wait()
+	h := Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1}
+	if d := r.timeout; d > 0 {
+		h.Timeout = max(d-time.Since(r.info.StartedAt), time.Millisecond)
+	}
+	h.IdleTimeout = r.idleTimeout
+	// Duplicates have no close-on-exec; the originals close here.
+	var err error
+	for i, f := range r.outputs {
+		if h.Outputs[i], err = dupForExec(f); err != nil {
+			break
+		}
+	}
+	r.stdinMu.Lock()
+	if err == nil && r.stdin != nil {
+		h.Stdin, err = dupForExec(r.stdin)
+	}
+	r.stdinMu.Unlock()
+	if err != nil {
+		// The run is left as if the agent had stopped: AGENT_LOST next.
+		r.log.Warn("hand over run", "error", err)
+		h.Close()
+		return Handed{}, false
+	}
+	r.closeOutputs()
+	r.stdinMu.Lock()
+	if r.stdin != nil {
+		r.stdin.Close()
+		r.stdin = nil
+	}
+	r.stdinMu.Unlock()
+	for _, s := range r.out {
+		s.seal()
+	}
+	if err := r.persist(); err != nil {
+		r.log.Warn("persist handed-over run", "error", err)
+	}
+	r.log.Debug("run handed over", "pid", h.PID)
+	return h, true
+}
+
+// dupForExec returns a duplicate of f's descriptor without close-on-exec.
+func dupForExec(f *os.File) (int, error) {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	cerr := sc.Control(func(fd uintptr) { nfd, err = unix.Dup(int(fd)) })
+	if cerr != nil {
+		return -1, cerr
+	}
+	if err != nil {
+		return -1, os.NewSyscallError("dup", err)
+	}
+	return nfd, nil
+}
+
+// resume brings back run info, handed over by the image before this one
+// with h: it goes on as a run of this manager.
+func (m *Manager) resume(info Info, h Handed) (*Run, error) {
+	// Still this process's child (an exec keeps children), exited or not.
+	var si unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, h.PID, &si, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil {
+		return nil, fmt.Errorf("run %s: pid %d is not this agent's child: %w", info.ID, h.PID, err)
+	}
+	proc, err := os.FindProcess(h.PID)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(m.runsDir, info.ID)
+	r := m.newRun(info.ID, dir)
+	limit := info.Limits.MaxOutputBytes
+	if limit == 0 {
+		limit = m.cfg.SpoolLimit
+	}
+	for i, name := range []string{"stdout", "stderr"} {
+		s, err := resumeSpool(filepath.Join(dir, name), limit, r.broadcast, r.prepareDir)
+		if err != nil {
+			r.closeSpools()
+			return nil, fmt.Errorf("run %s: %w", info.ID, err)
+		}
+		r.out[i] = s
+	}
+	for i, fd := range h.Outputs {
+		r.outputs = append(r.outputs, adoptFD(fd, []string{"stdout", "stderr"}[i]))
+	}
+	if h.Stdin >= 0 {
+		r.stdin = adoptFD(h.Stdin, "stdin")
+	}
+	info.State, info.Trailer = StateRunning, nil
+	r.info = info
+	r.proc, r.reap = proc, proc.Wait
+	r.startTicks.Store(info.StartTicks)
+	r.timeout, r.idleTimeout = h.Timeout, h.IdleTimeout
+	r.lastOutput.Store(time.Now().UnixNano())
+	close(r.ready)
+	m.running++
+	r.watch()
+	m.writer.add(r)
+	r.log.Info("run taken over from the previous image of this agent", "pid", h.PID)
+	return r, nil
+}
+
+// adoptFD makes a handed-over descriptor an *os.File in Go's poller, closed
+// on exec again.
+func adoptFD(fd int, name string) *os.File {
+	unix.CloseOnExec(fd)
+	unix.SetNonblock(fd, true)
+	return os.NewFile(uintptr(fd), "|"+name)
+}
+
+// resumeSpool reopens the spool of a handed-over run for writing where its
+// header says it ended; a missing file is a stream with no output yet.
+func resumeSpool(path string, limit uint64, onWrite func(), mkdir func() error) (*spool, error) {
+	s := newSpool(path, limit, 0, onWrite, mkdir)
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open spool: %w", err)
+	}
+	if _, err := f.ReadAt(s.hdr[:], 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("read spool header: %w", err)
+	}
+	s.end = binary.LittleEndian.Uint64(s.hdr[:])
+	if s.end > limit {
+		s.start = s.end - limit
+	}
+	s.created, s.w, s.f, s.refs = true, f, f, 1
+	return s, nil
+}
+
+// handedByID indexes handed-over runs.
+func handedByID(hs []Handed) map[string]Handed {
+	m := make(map[string]Handed, len(hs))
+	for _, h := range hs {
+		m[h.ID] = h
+	}
+	return m
+}
