@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -25,6 +26,14 @@ import (
 // private sshd: "web1" reachable, "locked" refusing every login.
 func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 	t.Helper()
+	srv := remoteServer(t)
+	return remoteControllerOn(t, srv, testbin.Dir(t)), srv
+}
+
+// remoteServer is the private sshd of "web1", whose agent daemon is
+// stopped at cleanup.
+func remoteServer(t *testing.T) *sshtest.Server {
+	t.Helper()
 	srv := sshtest.Start(t, sshtest.Options{})
 	// The agent daemon the hops start outlives them (that is its job):
 	// stop it before the server's home goes.
@@ -35,6 +44,13 @@ func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 		// Its tmux server outlives it too, by design.
 		killTmuxServers(t, remoteStateDir(srv))
 	})
+	return srv
+}
+
+// remoteControllerOn starts a controller whose "web1" is srv, installing
+// agents from agentDir.
+func remoteControllerOn(t *testing.T, srv *sshtest.Server, agentDir string) *Controller {
+	t.Helper()
 	deny := sshtest.Start(t, sshtest.Options{RejectAll: true})
 	hosts := filepath.Join(shortTempDir(t), "hosts.yaml")
 	q := func(ss []string) string { return `["` + strings.Join(ss, `","`) + `"]` }
@@ -43,8 +59,7 @@ func remoteController(t *testing.T) (*Controller, *sshtest.Server) {
 	if err := os.WriteFile(hosts, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := StartController(t, ControllerOptions{Provider: "ssh", Args: []string{"--hosts", hosts, "--agent-dir", testbin.Dir(t)}})
-	return c, srv
+	return StartController(t, ControllerOptions{Provider: "ssh", Args: []string{"--hosts", hosts, "--agent-dir", agentDir}})
 }
 
 // remoteStateDir is the remote agent's default state dir on srv.
@@ -133,15 +148,45 @@ func TestRemoteSSHHopKilledMidStream(t *testing.T) {
 	}
 	// The pool redials; the run is reattached from offset 0 with all its
 	// output.
+	wantRemoteLines(ctx, t, c, a, "remote-r1", 40)
+	if pids := bootstrap.SSHProcesses(srv.Config, "--stdio"); len(pids) != 1 {
+		t.Fatalf("want one hop after the redial, got %v", pids)
+	}
+	after, err := a.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+	if err != nil || after.GetPid() != before.GetPid() {
+		t.Fatalf("agent after the redial: pid %d %v, want the same agent (pid %d)", after.GetPid(), err, before.GetPid())
+	}
+}
+
+func TestRemoteSSHAuthRefused(t *testing.T) {
+	c, _ := remoteController(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, _, _, err := Exec(ctx, c.Agent("locked"), nil, "true")
+	if err == nil || !strings.Contains(err.Error(), "locked") {
+		t.Fatalf("want an error naming the host, got %v", err)
+	}
+	// The good host is unaffected.
+	if _, _, tr, err := Exec(ctx, c.Agent("web1"), nil, "true"); err != nil || tr.GetExitCode() != 0 {
+		t.Fatalf("web1 after locked failed: %v", err)
+	}
+}
+
+// wantRemoteLines reattaches to run id from offset 0 (retrying while the
+// pool redials) and wants its stdout to be "line1".."lineN" (n > 0), or
+// those lines for some N (n = 0).
+func wantRemoteLines(ctx context.Context, t *testing.T, c *Controller, a agentv1.AgentServiceClient, id string, n int) *agentv1.RunTrailer {
+	t.Helper()
 	var outb bytes.Buffer
 	var tr *agentv1.RunTrailer
+	var err error
 	for attempt := 0; tr == nil; attempt++ {
 		if attempt > 100 || ctx.Err() != nil {
 			t.Fatalf("could not reattach: %v\n%s", err, c.Log())
 		}
 		outb.Reset()
 		var as agentv1.AgentService_AttachRunClient
-		as, err = a.AttachRun(ctx, &agentv1.AttachRunRequest{RunId: "remote-r1", Follow: true})
+		as, err = a.AttachRun(ctx, &agentv1.AttachRunRequest{RunId: id, Follow: true})
 		if err != nil {
 			continue
 		}
@@ -163,32 +208,80 @@ func TestRemoteSSHHopKilledMidStream(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	if n == 0 {
+		n = strings.Count(outb.String(), "\n")
+	}
 	var want strings.Builder
-	for i := 1; i <= 40; i++ {
+	for i := 1; i <= n; i++ {
 		fmt.Fprintf(&want, "line%d\n", i)
 	}
-	if outb.String() != want.String() {
+	if n == 0 || outb.String() != want.String() {
 		t.Fatalf("reattached output incomplete:\n%q", outb.String())
 	}
-	if pids := bootstrap.SSHProcesses(srv.Config, "--stdio"); len(pids) != 1 {
-		t.Fatalf("want one hop after the redial, got %v", pids)
-	}
-	after, err := a.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
-	if err != nil || after.GetPid() != before.GetPid() {
-		t.Fatalf("agent after the redial: pid %d %v, want the same agent (pid %d)", after.GetPid(), err, before.GetPid())
-	}
+	return tr
 }
 
-func TestRemoteSSHAuthRefused(t *testing.T) {
-	c, _ := remoteController(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	_, _, _, err := Exec(ctx, c.Agent("locked"), nil, "true")
-	if err == nil || !strings.Contains(err.Error(), "locked") {
-		t.Fatalf("want an error naming the host, got %v", err)
+// TestRemoteSSHUpgradeKeepsDetachedRuns: a controller with another agent
+// build (an upgrade) installs it over the hop, and the workspace's agent
+// daemon re-executes as that build in place: a detached run in flight goes
+// on, with all of its output and its exit status.
+func TestRemoteSSHUpgradeKeepsDetachedRuns(t *testing.T) {
+	// The second build: same version, another build id.
+	dir2 := shortTempDir(t)
+	build := exec.Command("go", "build", "-ldflags", "-X main.upgradeTest=1", "-o", filepath.Join(dir2, bootstrap.AgentName), "github.com/dtmux/dtmux/agent/cmd/dtmux-agent")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build a second agent: %v\n%s", err, out)
 	}
-	// The good host is unaffected.
-	if _, _, tr, err := Exec(ctx, c.Agent("web1"), nil, "true"); err != nil || tr.GetExitCode() != 0 {
-		t.Fatalf("web1 after locked failed: %v", err)
+	srv := remoteServer(t)
+	c1 := remoteControllerOn(t, srv, testbin.Dir(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	a := c1.Agent("web1")
+	before, err := a.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+	if err != nil {
+		t.Fatalf("first call (bootstraps): %v\n%s", err, c1.Log())
+	}
+	st, err := a.Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Prints until the test says stop, after the upgrade.
+	stop := filepath.Join(shortTempDir(t), "stop")
+	script := `i=0; while [ ! -e "$1" ]; do i=$((i+1)); echo line$i; sleep 0.02; done; exit 7`
+	if err := st.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: &agentv1.ExecStart{
+		Command: &agentv1.CommandSpec{Argv: []string{"sh", "-c", script, "sh", stop}}, RunId: "upgrade-r1", Detach: true, NoStdin: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := st.Recv(); err != nil || ev.GetStarted() == nil {
+		t.Fatalf("start: %v %v", ev, err)
+	}
+	c1.Stop(t)
+
+	c2 := remoteControllerOn(t, srv, dir2)
+	a = c2.Agent("web1")
+	after, err := a.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+	if err != nil {
+		t.Fatalf("first call of the new controller (installs the second build): %v\n%s", err, c2.Log())
+	}
+	if after.GetPid() != before.GetPid() || after.GetStartedAt().AsTime().Equal(before.GetStartedAt().AsTime()) {
+		t.Fatalf("agent after the upgrade: pid %d started %v; want pid %d re-executed", after.GetPid(), after.GetStartedAt().AsTime(), before.GetPid())
+	}
+	if err := os.WriteFile(stop, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tr := wantRemoteLines(ctx, t, c2, a, "upgrade-r1", 0)
+	if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_EXITED || tr.GetExitCode() != 7 {
+		t.Fatalf("trailer after the upgrade: %v, want exit 7", tr)
+	}
+	if log, _ := os.ReadFile(filepath.Join(remoteStateDir(srv), daemon.LogName)); !bytes.Contains(log, []byte("run taken over from the previous image")) {
+		t.Fatalf("the run was not handed over; agent log:\n%s", log)
+	}
+	installed, err := os.ReadFile(filepath.Join(srv.Home, ".dtmux", "bin", bootstrap.AgentName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := os.ReadFile(filepath.Join(dir2, bootstrap.AgentName))
+	if !bytes.Equal(installed, want) {
+		t.Fatal("the second build was not installed")
 	}
 }
