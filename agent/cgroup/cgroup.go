@@ -196,6 +196,27 @@ func (l Limits) IsZero() bool { return l == Limits{} }
 
 var validID = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
+// Open returns the group of run id made earlier by Create, in this
+// process or in the image of it before an exec (a daemon re-executed as
+// another build keeps its runs, and their groups).
+func (m *Manager) Open(id string) (*Group, error) {
+	if !m.Available() {
+		return nil, fmt.Errorf("%w: %s", ErrUnavailable, m.reason)
+	}
+	if !validID.MatchString(id) || id == "." || id == ".." {
+		return nil, fmt.Errorf("cgroup for run %q: invalid id", id)
+	}
+	g := &Group{mode: m.mode, dirs: map[string]string{}, log: m.log}
+	for _, c := range m.Controllers() {
+		d := filepath.Join(m.base[c], id)
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("cgroup for run %q: %s is missing", id, d)
+		}
+		g.dirs[c] = d
+	}
+	return g, nil
+}
+
 // Create makes a group for one run and writes its limits. Every run gets
 // its own group even without limits, so that Close can find and kill
 // everything the run left behind. Callers Close the group when the run

@@ -23,8 +23,7 @@ import (
 // touching its process or pipes, records the run, and returns descriptors
 // without close-on-exec. The next image passes them back in
 // Config.Handover, and the manager resumes the runs where the spools
-// (whose headers record their ends) left off. Runs with a PTY or a cgroup
-// are not handed over: they end up AGENT_LOST as before.
+// (whose headers record their ends) left off, in the same cgroup.
 
 // Supervision stages of a run (Run.stage).
 const (
@@ -39,10 +38,13 @@ const (
 type Handed struct {
 	ID  string `json:"id"`
 	PID int    `json:"pid"`
-	// Outputs are the read ends of stdout and stderr.
+	// Outputs are the read ends of stdout and stderr; with PTY, the
+	// terminal's master is the first (the run's output and input) and the
+	// second is -1.
 	Outputs [2]int `json:"outputs"`
 	// Stdin is the write end of the run's stdin, or -1.
-	Stdin int `json:"stdin"`
+	Stdin int  `json:"stdin"`
+	PTY   bool `json:"pty,omitempty"`
 	// Timeout and IdleTimeout are what is left of the run's deadlines
 	// (0: none).
 	Timeout     time.Duration `json:"timeout,omitempty"`
@@ -90,9 +92,9 @@ func (m *Manager) HandOver() ([]Handed, error) {
 
 // handOver stops the run's supervision and copying, records it and
 // returns its descriptors, or false when it cannot be handed over (it is
-// ending, or has a PTY or a cgroup).
+// ending).
 func (r *Run) handOver() (Handed, bool) {
-	if r.proc == nil || r.ptmx != nil || r.group != nil || len(r.outputs) != 2 {
+	if r.proc == nil {
 		return Handed{}, false
 	}
 	if !r.stage.CompareAndSwap(stageRunning, stageHanded) {
@@ -104,8 +106,19 @@ func (r *Run) handOver() (Handed, bool) {
 	for _, f := range r.outputs {
 		f.SetReadDeadline(time.Now())
 	}
-	r.copiers.Wait()
-	h := Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1}
+	copied := make(chan struct{})
+	go func() { r.copiers.Wait(); close(copied) }()
+	select {
+	case <-copied:
+	case <-time.After(copyStopWait):
+		// A descriptor outside the poller: the run is left as if the
+		// agent had stopped (AGENT_LOST next).
+		r.log.Warn("hand over run: its output copy did not stop")
+		r.closeOutputs()
+		<-copied
+		return Handed{}, false
+	}
+	h := Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, PTY: r.ptmx != nil}
 	if d := r.timeout; d > 0 {
 		h.Timeout = max(d-time.Since(r.info.StartedAt), time.Millisecond)
 	}
@@ -118,7 +131,7 @@ func (r *Run) handOver() (Handed, bool) {
 		}
 	}
 	r.stdinMu.Lock()
-	if err == nil && r.stdin != nil {
+	if err == nil && r.stdin != nil && r.ptmx == nil {
 		h.Stdin, err = dupForExec(r.stdin)
 	}
 	r.stdinMu.Unlock()
@@ -130,10 +143,10 @@ func (r *Run) handOver() (Handed, bool) {
 	}
 	r.closeOutputs()
 	r.stdinMu.Lock()
-	if r.stdin != nil {
+	if r.stdin != nil && r.ptmx == nil {
 		r.stdin.Close()
-		r.stdin = nil
 	}
+	r.stdin = nil
 	r.stdinMu.Unlock()
 	for _, s := range r.out {
 		s.seal()
@@ -144,6 +157,9 @@ func (r *Run) handOver() (Handed, bool) {
 	r.log.Debug("run handed over", "pid", h.PID)
 	return h, true
 }
+
+// copyStopWait bounds the wait for a run's output copy to stop.
+const copyStopWait = 2 * time.Second
 
 // dupForExec returns a duplicate of f's descriptor without close-on-exec.
 func dupForExec(f *os.File) (int, error) {
@@ -188,11 +204,26 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 		}
 		r.out[i] = s
 	}
-	for i, fd := range h.Outputs {
-		r.outputs = append(r.outputs, adoptFD(fd, []string{"stdout", "stderr"}[i]))
+	if info.Limits.hasCgroupLimits() {
+		if m.cfg.Cgroups == nil {
+			r.closeSpools()
+			return nil, fmt.Errorf("run %s: its cgroup limits need cgroups, which this agent was not given", info.ID)
+		}
+		if r.group, err = m.cfg.Cgroups.Open(info.ID); err != nil {
+			r.closeSpools()
+			return nil, err
+		}
 	}
-	if h.Stdin >= 0 {
-		r.stdin = adoptFD(h.Stdin, "stdin")
+	if h.PTY {
+		r.ptmx = adoptFD(h.Outputs[0], "ptmx")
+		r.stdin, r.outputs = r.ptmx, []*os.File{r.ptmx}
+	} else {
+		for i, fd := range h.Outputs {
+			r.outputs = append(r.outputs, adoptFD(fd, []string{"stdout", "stderr"}[i]))
+		}
+		if h.Stdin >= 0 {
+			r.stdin = adoptFD(h.Stdin, "stdin")
+		}
 	}
 	info.State, info.Trailer = StateRunning, nil
 	r.info = info
@@ -206,6 +237,18 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	m.writer.add(r)
 	r.log.Info("run taken over from the previous image of this agent", "pid", h.PID)
 	return r, nil
+}
+
+// pollable returns a duplicate of f in non-blocking mode, which Go's poller
+// serves (reads can then be interrupted by a deadline), and closes f.
+func pollable(f *os.File) (*os.File, error) {
+	fd, err := dupForExec(f)
+	if err != nil {
+		return nil, err
+	}
+	nf := adoptFD(fd, f.Name())
+	f.Close()
+	return nf, nil
 }
 
 // adoptFD makes a handed-over descriptor an *os.File in Go's poller, closed

@@ -1,11 +1,15 @@
 package process_test
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/dtmux/dtmux/agent/cgroup"
 	"github.com/dtmux/dtmux/agent/process"
 )
 
@@ -60,4 +64,99 @@ func TestHandOverKeepsDetachedRunsGoing(t *testing.T) {
 	if res.trailer.Reason != process.ReasonExited || res.trailer.ExitCode != 7 {
 		t.Errorf("trailer %+v, want exit 7", res.trailer)
 	}
+}
+
+// TestHandOverPTYAndCgroupRuns: a detached run on a terminal keeps its
+// terminal (input and output) across a handover, and one with cgroup
+// limits keeps its group, which the next manager removes when the run ends.
+func TestHandOverPTYAndCgroupRuns(t *testing.T) {
+	cg := cgroup.Detect(cgroup.Options{Name: fmt.Sprintf("dtmux-htest-%d", os.Getpid())})
+	if !cg.Supports("pids") {
+		t.Skipf("host offers no pids cgroup controller: %s", cg.Reason())
+	}
+	t.Cleanup(func() {
+		if err := cg.Close(); err != nil {
+			t.Errorf("remove cgroups: %v", err)
+		}
+	})
+	state := t.TempDir()
+	m1, _ := newManager(t, func(c *process.Config) { c.StateDir, c.Cgroups = state, cg })
+	tty := sh(`test -t 0 && test -t 1 && echo tty; read line; echo "got $line"; exit 4`)
+	tty.Detach, tty.ID, tty.PTY = true, "tty", &process.PTY{Rows: 24, Cols: 80}
+	start(t, m1, tty)
+	limited := sh(`i=0; while [ $i -lt 20 ]; do echo c$i; i=$((i+1)); sleep 0.02; done; exit 5`)
+	limited.Detach, limited.ID, limited.Limits = true, "limited", process.Limits{Pids: 64}
+	rl := start(t, m1, limited)
+	time.Sleep(100 * time.Millisecond) // some output; the run's helper has joined its group
+	cgDir := pidsCgroupDir(t, rl.Info().PID)
+	if !strings.Contains(cgDir, "limited") {
+		t.Fatalf("the limited run is in cgroup %s, not its own", cgDir)
+	}
+
+	handed, err := m1.HandOver()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(handed) != 2 {
+		t.Fatalf("handed %+v, want both runs", handed)
+	}
+	m2, _ := newManager(t, func(c *process.Config) { c.StateDir, c.Cgroups, c.Handover = state, cg, handed })
+
+	r, err := m2.Get("tty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteStdin([]byte("typed\n")); err != nil {
+		t.Fatal(err)
+	}
+	res := collect(t, r, 0, 0)
+	if out := strings.ReplaceAll(string(res.stdout), "\r", ""); !strings.Contains(out, "tty\n") || !strings.Contains(out, "got typed\n") || res.trailer.ExitCode != 4 {
+		t.Errorf("PTY run across the handover: %q, trailer %+v", out, res.trailer)
+	}
+
+	r, err = m2.Get("limited")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res = collect(t, r, 0, 0)
+	var want strings.Builder
+	for i := range 20 {
+		want.WriteString("c" + strconv.Itoa(i) + "\n")
+	}
+	if string(res.stdout) != want.String() || res.trailer.ExitCode != 5 {
+		t.Errorf("cgroup run across the handover: %q, trailer %+v", res.stdout, res.trailer)
+	}
+	if _, err := os.Stat(cgDir); !os.IsNotExist(err) {
+		t.Errorf("the run's cgroup %s is still there after it ended: %v", cgDir, err)
+	}
+}
+
+// pidsCgroupDir is the pids cgroup directory of pid.
+func pidsCgroupDir(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			if c == "pids" {
+				return filepath.Join("/sys/fs/cgroup/pids", f[2])
+			}
+		}
+		if f[1] == "" && f[0] == "0" && cgroupV2Only() {
+			return filepath.Join("/sys/fs/cgroup", f[2])
+		}
+	}
+	t.Fatalf("no pids cgroup in %s", b)
+	return ""
+}
+
+func cgroupV2Only() bool {
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
+	return err == nil
 }

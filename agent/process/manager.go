@@ -476,6 +476,11 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY, noStdin bool) erro
 		if err != nil {
 			return execError(cmd.Path, err)
 		}
+		// In Go's poller, so that a handover (handover.go) can stop a read
+		// in progress with a deadline, as on the pipes of other runs.
+		if polled, err := pollable(ptmx); err == nil {
+			ptmx = polled
+		}
 		r.ptmx, r.stdin = ptmx, ptmx
 		r.outputs = []*os.File{ptmx}
 		return nil
