@@ -195,6 +195,32 @@ func (a *App) stdinTerminal() (int, bool) {
 	return fd, term.IsTerminal(fd)
 }
 
+// stdinPiped reports whether stdin carries input that a command reading
+// none would drop unread: a pipe, a socket, a non-empty file, or a reader
+// that is not a file and holds bytes (tests). Terminals and /dev/null do
+// not count.
+func (a *App) stdinPiped() bool {
+	f, ok := a.Stdin.(*os.File)
+	if !ok {
+		if l, ok := a.Stdin.(interface{ Len() int }); ok {
+			return l.Len() > 0
+		}
+		return a.Stdin != nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	switch m := fi.Mode(); {
+	case m&os.ModeCharDevice != 0:
+		return false
+	case m.IsRegular():
+		return fi.Size() > 0
+	default:
+		return true
+	}
+}
+
 // stderrTerminal reports whether stderr is a terminal.
 func (a *App) stderrTerminal() bool {
 	f, ok := a.Stderr.(*os.File)

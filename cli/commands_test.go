@@ -74,6 +74,9 @@ func TestRunScript(t *testing.T) {
 	if r.code != 3 || !strings.Contains(r.stdout, "READY") {
 		t.Errorf("run: %+v, want exit 3 and the output", r)
 	}
+	if strings.Contains(r.stderr, "stdin") {
+		t.Errorf("run with empty stdin: stderr %q, want no note", r.stderr)
+	}
 	if len(f.files) != 1 {
 		t.Fatalf("files = %v", f.files)
 	}
@@ -115,6 +118,9 @@ func TestRunScript(t *testing.T) {
 		if r := dtmux(t, addr, "", args...); r.code != ExitUsage {
 			t.Errorf("%s: %+v", name, r)
 		}
+	}
+	if r := dtmux(t, addr, "input", "run", "ws", script, "3"); !strings.Contains(r.stderr, "the script reads its window's terminal, not this stdin") {
+		t.Errorf("run with piped stdin: stderr %q, want a note that it is not read", r.stderr)
 	}
 }
 

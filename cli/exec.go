@@ -222,6 +222,9 @@ func (a *App) runExec(ctx context.Context, o execOptions) error {
 		return fmt.Errorf("agent sent %T before the run started", first.GetEvent())
 	}
 	if o.detach {
+		if a.stdinPiped() {
+			fmt.Fprintln(a.Stderr, "dtmux: a detached run gets no stdin (as docker run -d): the piped input was not read")
+		}
 		if asJSON {
 			return printJSON(a.Stdout, started)
 		}

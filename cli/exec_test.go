@@ -76,6 +76,16 @@ func TestExecStartRequest(t *testing.T) {
 	}
 }
 
+func TestDetachedAndScriptRunsSayStdinIsNotRead(t *testing.T) {
+	addr, _ := startFake(t)
+	if r := dtmux(t, addr, "data", "exec", "-d", "ws", "--", "cat"); r.code != 0 || !strings.Contains(r.stderr, "a detached run gets no stdin") {
+		t.Errorf("exec -d with piped stdin: %+v, want a note that it is not read", r)
+	}
+	if r := dtmux(t, addr, "", "exec", "-d", "ws", "--", "cat"); r.stderr != "" {
+		t.Errorf("exec -d with empty stdin: stderr %q, want nothing", r.stderr)
+	}
+}
+
 func TestExecDetachPrintsRunID(t *testing.T) {
 	addr, f := startFake(t)
 	r := dtmux(t, addr, "", "exec", "-d", "ws", "--run-id", "bg-7", "--", "both")

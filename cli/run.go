@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -62,7 +63,12 @@ script keeps running in its window (exit 1, or the script's failure, when it
 ends before the pattern appears). --progress REGEX takes a pattern whose
 first group is a percentage and draws a progress bar on a terminal (plain
 "progress: N%" lines on stderr otherwise). dtmux's flags may come before or
-after SCRIPT; the script's own ARGS that look like flags go after --.`,
+after SCRIPT; the script's own ARGS that look like flags go after --.
+
+The script's stdin is its window's terminal (dtmux session send, dtmux
+attach), not dtmux's. Ctrl-C, SIGTERM and SIGHUP type C-c into the window;
+a second one, or 10s after a SIGTERM or SIGHUP, leaves the script running,
+says where, and exits 128+N.`,
 		Args: minArgs(2, "WS SCRIPT [ARGS...]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.ws, o.script, o.args = args[0], args[1], args[2:]
@@ -171,35 +177,55 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 	if o.timeout > 0 {
 		req.Timeout = durationpb.New(o.timeout)
 	}
+	if a.stdinPiped() {
+		fmt.Fprintf(a.Stderr, "dtmux: the script reads its window's terminal, not this stdin (type into it with dtmux session send %s %s or dtmux attach)\n", o.ws, o.session)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := agent.RunInSession(ctx, req)
 	if err != nil {
 		return err
 	}
-	// The script lives in its tmux window, not in this stream. Ctrl-C
-	// types C-c into the window (the script ends as in a terminal, and
-	// its status comes back); a second Ctrl-C leaves it running.
+	// The script lives in its tmux window, not in this stream. Ctrl-C,
+	// SIGTERM and SIGHUP type C-c into the window (the script ends as in
+	// a terminal, and its status comes back); a second one, or termGrace
+	// after a SIGTERM or SIGHUP, leaves it running and says where.
 	var paneID atomic.Value // string, once started
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
-	left := make(chan struct{})
+	left := make(chan syscall.Signal, 1)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
 	wg.Go(func() {
+		var graceC <-chan time.Time
+		var first syscall.Signal
+		leave := func(sig syscall.Signal) {
+			left <- sig
+			cancel()
+		}
 		for n := 0; ; n++ {
+			var sig syscall.Signal
 			select {
 			case <-ctx.Done():
 				return
-			case <-sigs:
+			case <-graceC:
+				leave(first)
+				return
+			case s := <-sigs:
+				sig = s.(syscall.Signal)
 			}
 			pane, _ := paneID.Load().(string)
 			if n > 0 || pane == "" {
-				close(left)
-				cancel()
+				leave(sig)
 				return
+			}
+			first = sig
+			if sig != syscall.SIGINT {
+				t := time.NewTimer(termGrace)
+				defer t.Stop()
+				graceC = t.C
 			}
 			_, _ = agent.SendInput(ctx, &agentv1.SendInputRequest{
 				Target: &agentv1.PaneTarget{Session: o.session, Window: pane}, Keys: []string{"C-c"}})
@@ -215,7 +241,7 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 		}
 		if err != nil {
 			select {
-			case <-left:
+			case sig := <-left:
 				w.bar.done()
 				where := o.session
 				if started != nil {
@@ -225,7 +251,7 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 				if pane, _ := paneID.Load().(string); pane != "" {
 					stop = o.session + ":" + pane
 				}
-				return &ExitError{Code: 130, Msg: fmt.Sprintf("interrupted; the script keeps running in %s (interrupt it: dtmux session send %s %s --keys C-c; end everything in the session: dtmux session kill %s %s)", where, o.ws, stop, o.ws, o.session)}
+				return &ExitError{Code: 128 + int(sig), Msg: fmt.Sprintf("%s: gave up waiting; the script may still run in %s (interrupt it: dtmux session send %s %s --keys C-c; end everything in the session: dtmux session kill %s %s)", signalName(int32(sig)), where, o.ws, stop, o.ws, o.session)}
 			default:
 			}
 			if started == nil || ctx.Err() != nil {

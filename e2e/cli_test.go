@@ -684,6 +684,70 @@ func TestCLIRunScript(t *testing.T) {
 	if r.code != 124 {
 		t.Errorf("run --timeout: exit %d stderr %q", r.code, r.stderr)
 	}
+
+	// SIGTERM (a cancelled CI job, timeout(1)) interrupts the script as
+	// Ctrl-C does: its status comes back and its window goes.
+	sleeper := filepath.Join(dir, "sleeper.sh")
+	if err := os.WriteFile(sleeper, []byte("#!/bin/sh\necho started\nsleep 300\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr := runThenSignal(t, c, sleeper, syscall.SIGTERM)
+	if code != 130 {
+		t.Errorf("run, then SIGTERM: exit %d (stderr %q), want 130 from the interrupted script", code, stderr)
+	}
+	eventually(t, "the interrupted script's window closed", func() string {
+		if out := mustCLI(t, c, "session", "ls", "w1").stdout; strings.Contains(out, "sleeper-") {
+			return out
+		}
+		return ""
+	})
+	// A script that ignores it: the second SIGTERM leaves, saying where
+	// the script still runs.
+	stubborn := filepath.Join(dir, "stubborn.sh")
+	if err := os.WriteFile(stubborn, []byte("#!/bin/sh\ntrap '' INT\necho started\nwhile :; do sleep 1; done\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stderr = runThenSignal(t, c, stubborn, syscall.SIGTERM, syscall.SIGTERM)
+	if code != 128+int(syscall.SIGTERM) || !strings.Contains(stderr, "gave up waiting") || !strings.Contains(stderr, "dtmux session send w1") {
+		t.Errorf("run, then SIGTERM twice: exit %d stderr %q, want 143 and where the script runs", code, stderr)
+	}
+}
+
+// runThenSignal runs `dtmux run w1 script`, and once the script printed
+// its first line sends sigs to dtmux, 300 ms apart.
+func runThenSignal(t *testing.T, c *Controller, script string, sigs ...syscall.Signal) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "run", "w1", script)
+	cmd.Env = c.Env()
+	var errb syncBuffer
+	cmd.Stderr = &errb
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || strings.TrimSpace(line) != "started" {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	for i, sig := range sigs {
+		if i > 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		if err := cmd.Process.Signal(sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go io.Copy(io.Discard, out)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
+	}
+	return cmd.ProcessState.ExitCode(), errb.String()
 }
 
 // scriptRunning reports whether window win of session sess has a live
