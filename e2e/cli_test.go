@@ -643,19 +643,11 @@ func TestCLIRunScript(t *testing.T) {
 	}
 	// After --wait-for returned, the script's window still closes when
 	// the script ends (no --keep-window).
-	quick := filepath.Join(dir, "quick.sh")
-	if err := os.WriteFile(quick, []byte("#!/bin/sh\necho ready\nsleep 1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	quick := writeScript(t, dir, "quick.sh", "#!/bin/sh\necho ready\nsleep 1\n")
 	if r := dtmuxCLI(t, c, nil, "run", "w1", "--wait-for", "ready", quick); r.code != 0 {
 		t.Errorf("--wait-for ready: exit %d stderr %q", r.code, r.stderr)
 	}
-	eventually(t, "the waited-for script's window closed after it ended", func() string {
-		if out := mustCLI(t, c, "session", "ls", "w1").stdout; strings.Contains(out, "quick-") {
-			return out
-		}
-		return ""
-	})
+	windowGone(t, c, "quick-", "the waited-for script's window closed after it ended")
 
 	waiter := filepath.Join(dir, "server.sh")
 	if err := os.WriteFile(waiter, []byte("#!/bin/sh\necho booting\necho 'Build complete'\nexec sleep 300\n"), 0o644); err != nil {
@@ -687,30 +679,40 @@ func TestCLIRunScript(t *testing.T) {
 
 	// SIGTERM (a cancelled CI job, timeout(1)) interrupts the script as
 	// Ctrl-C does: its status comes back and its window goes.
-	sleeper := filepath.Join(dir, "sleeper.sh")
-	if err := os.WriteFile(sleeper, []byte("#!/bin/sh\necho started\nsleep 300\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	sleeper := writeScript(t, dir, "sleeper.sh", "#!/bin/sh\necho started\nsleep 300\n")
 	code, stderr := runThenSignal(t, c, sleeper, syscall.SIGTERM)
 	if code != 130 {
 		t.Errorf("run, then SIGTERM: exit %d (stderr %q), want 130 from the interrupted script", code, stderr)
 	}
-	eventually(t, "the interrupted script's window closed", func() string {
-		if out := mustCLI(t, c, "session", "ls", "w1").stdout; strings.Contains(out, "sleeper-") {
-			return out
-		}
-		return ""
-	})
+	windowGone(t, c, "sleeper-", "the interrupted script's window closed")
 	// A script that ignores it: the second SIGTERM leaves, saying where
 	// the script still runs.
-	stubborn := filepath.Join(dir, "stubborn.sh")
-	if err := os.WriteFile(stubborn, []byte("#!/bin/sh\ntrap '' INT\necho started\nwhile :; do sleep 1; done\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	stubborn := writeScript(t, dir, "stubborn.sh", "#!/bin/sh\ntrap '' INT\necho started\nwhile :; do sleep 1; done\n")
 	code, stderr = runThenSignal(t, c, stubborn, syscall.SIGTERM, syscall.SIGTERM)
 	if code != 128+int(syscall.SIGTERM) || !strings.Contains(stderr, "gave up waiting") || !strings.Contains(stderr, "dtmux session send w1") {
 		t.Errorf("run, then SIGTERM twice: exit %d stderr %q, want 143 and where the script runs", code, stderr)
 	}
+}
+
+// writeScript writes a script into dir and returns its path.
+func writeScript(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// windowGone waits until no window of w1 is named with prefix.
+func windowGone(t *testing.T, c *Controller, prefix, what string) {
+	t.Helper()
+	eventually(t, what, func() string {
+		if out := mustCLI(t, c, "session", "ls", "w1").stdout; strings.Contains(out, prefix) {
+			return out
+		}
+		return ""
+	})
 }
 
 // runThenSignal runs `dtmux run w1 script`, and once the script printed
