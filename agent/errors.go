@@ -16,6 +16,9 @@ import (
 // errInvalid marks a malformed request found by the RPC layer itself.
 var errInvalid = errors.New("invalid request")
 
+// errShuttingDown ends the streams still open when the agent stops.
+var errShuttingDown = errors.New("the agent is shutting down")
+
 // codeOf maps domain sentinels to status codes, and to an errinfo reason
 // where a client acts on the failure (the CLI's 126 and 127); the first
 // match wins. Add a row per sentinel; the message is the error's own
@@ -47,6 +50,7 @@ var codeOf = []struct {
 	{tmux.ErrCommandNotFound, codes.InvalidArgument, errinfo.ProgramNotFound},
 	{tmux.ErrUnsupported, codes.FailedPrecondition, ""},
 	{tmux.ErrClosed, codes.Unavailable, ""},
+	{errShuttingDown, codes.Unavailable, ""},
 	{context.Canceled, codes.Canceled, ""},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, ""},
 }

@@ -62,7 +62,9 @@ func (s *Server) Exec(stream agentv1.AgentService_ExecServer) error {
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(stream.Context())
+	ctx, stop := s.streamContext(stream.Context())
+	defer stop()
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	in := &execInput{s: s, run: run, stream: stream, cancel: cancel}
 	// The input goroutine ends when the client half-closes, or when this
@@ -73,7 +75,7 @@ func (s *Server) Exec(stream agentv1.AgentService_ExecServer) error {
 	if ierr := in.failure(); ierr != nil {
 		return toStatus(s.log, ierr)
 	}
-	return toStatus(s.log, err)
+	return toStatus(s.log, ended(ctx, err))
 }
 
 // execInput applies the client messages after start.
@@ -119,7 +121,7 @@ func (in *execInput) loop() {
 				in.fail(err)
 				return
 			}
-			aerr = in.run.Signal(sig)
+			aerr = in.run.Signal(sig, "")
 		case *agentv1.ExecRequest_Resize:
 			if m.Resize.GetRows() > 0xffff || m.Resize.GetCols() > 0xffff {
 				in.fail(fmt.Errorf("resize to %dx%d: too large: %w", m.Resize.GetCols(), m.Resize.GetRows(), errInvalid))

@@ -2,9 +2,14 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"unicode/utf8"
 
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
+
+// maxSignalReason bounds SignalRunRequest.reason.
+const maxSignalReason = 200
 
 // AttachRun replays a run's output from the requested offsets, then (with
 // follow) streams it live to the trailer.
@@ -20,7 +25,9 @@ func (s *Server) AttachRun(req *agentv1.AttachRunRequest, stream agentv1.AgentSe
 	}
 	rd := run.NewReader(req.GetStdoutOffset(), req.GetStderrOffset())
 	defer rd.Close()
-	return toStatus(s.log, pump(stream.Context(), run, rd, req.GetFollow(), attachEvents{stream}))
+	ctx, cancel := s.streamContext(stream.Context())
+	defer cancel()
+	return toStatus(s.log, ended(ctx, pump(ctx, run, rd, req.GetFollow(), attachEvents{stream})))
 }
 
 // ListRuns lists running runs and finished ones within retention.
@@ -48,11 +55,15 @@ func (s *Server) SignalRun(_ context.Context, req *agentv1.SignalRunRequest) (*a
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
+	reason := req.GetReason()
+	if len(reason) > maxSignalReason || !utf8.ValidString(reason) {
+		return nil, toStatus(s.log, fmt.Errorf("signal reason: want valid UTF-8 of at most %d bytes: %w", maxSignalReason, errInvalid))
+	}
 	run, err := s.runs.Get(req.GetRunId())
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	if err := run.Signal(sig); err != nil {
+	if err := run.Signal(sig, reason); err != nil {
 		return nil, toStatus(s.log, err)
 	}
 	return &agentv1.SignalRunResponse{}, nil

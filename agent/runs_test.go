@@ -31,6 +31,7 @@ import (
 // testAgent serves the runs of a fresh manager over bufconn.
 type testAgent struct {
 	client  agentv1.AgentServiceClient
+	api     *Server
 	workdir string
 	logs    *lockedBuilder
 }
@@ -57,7 +58,8 @@ func newTestAgent(t *testing.T, mod func(*process.Config)) *testAgent {
 		t.Fatal(err)
 	}
 	srv := rpcserver.New(rpcserver.Config{Logger: log})
-	agentv1.RegisterAgentServiceServer(srv.Server, New(Options{Logger: log, Runs: runs, Workspace: "ws-unit", Workdir: cfg.Workdir}))
+	api := New(Options{Logger: log, Runs: runs, Workspace: "ws-unit", Workdir: cfg.Workdir})
+	agentv1.RegisterAgentServiceServer(srv.Server, api)
 	srv.MarkServing()
 	lis := bufconn.Listen(1 << 20)
 	served := make(chan error, 1)
@@ -76,7 +78,7 @@ func newTestAgent(t *testing.T, mod func(*process.Config)) *testAgent {
 		srv.GracefulStop(5 * time.Second)
 		<-served
 	})
-	return &testAgent{client: agentv1.NewAgentServiceClient(cc), workdir: cfg.Workdir, logs: logs}
+	return &testAgent{client: agentv1.NewAgentServiceClient(cc), api: api, workdir: cfg.Workdir, logs: logs}
 }
 
 // lockedBuilder collects log lines written from many goroutines.
@@ -446,6 +448,8 @@ func TestRunQueriesErrors(t *testing.T) {
 	wantCode(t, err, codes.NotFound, "nope")
 	_, err = a.client.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: "nope"})
 	wantCode(t, err, codes.InvalidArgument, "signal")
+	_, err = a.client.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: "nope", Signal: agentv1.Signal_SIGNAL_KILL, Reason: strings.Repeat("x", 201)})
+	wantCode(t, err, codes.InvalidArgument, "signal reason")
 	att, err := a.client.AttachRun(ctx, &agentv1.AttachRunRequest{RunId: "nope"})
 	if err == nil {
 		_, err = att.Recv()
@@ -466,10 +470,10 @@ func TestRunQueriesErrors(t *testing.T) {
 	}
 	r := a.exec(t, startMsg("true"))
 	wantCode(t, r.err, codes.ResourceExhausted, "max-runs")
-	if _, err := a.client.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: "long", Signal: agentv1.Signal_SIGNAL_KILL}); err != nil {
+	if _, err := a.client.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: "long", Signal: agentv1.Signal_SIGNAL_KILL, Reason: "workspace stopped"}); err != nil {
 		t.Fatal(err)
 	}
-	if run := a.waitFinished(t, "long"); run.GetTrailer().GetReason() != agentv1.ExitReason_EXIT_REASON_KILLED {
+	if run := a.waitFinished(t, "long"); run.GetTrailer().GetReason() != agentv1.ExitReason_EXIT_REASON_KILLED || run.GetTrailer().GetDetail() != "workspace stopped" {
 		t.Errorf("killed run: %v", run.GetTrailer())
 	}
 	_, err = a.client.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: "long", Signal: agentv1.Signal_SIGNAL_TERM})
@@ -565,5 +569,44 @@ func TestGetAgentInfo(t *testing.T) {
 	}
 	if info.GetWorkspace() != "ws-unit" || info.GetPid() != int32(os.Getpid()) || info.GetVersion() == "" || info.GetOs() == "" || len(info.GetIsolation()) == 0 {
 		t.Errorf("info %v", info)
+	}
+}
+
+// TestShutdownEndsFollowers: a stopping agent ends the streams that follow
+// a detached run (and sessions) at once, with Unavailable, rather than
+// wait out its graceful stop; the run itself goes on.
+func TestShutdownEndsFollowers(t *testing.T) {
+	a := newTestAgent(t, nil)
+	ctx := ctxT(t)
+	stream, err := a.client.Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &agentv1.ExecStart{Command: &agentv1.CommandSpec{Argv: []string{"sleep", "1000"}}, RunId: "bg", Detach: true}
+	if err := stream.Send(&agentv1.ExecRequest{Msg: &agentv1.ExecRequest_Start{Start: st}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	att, err := a.client.AttachRun(ctx, &agentv1.AttachRunRequest{RunId: "bg", Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := att.Recv(); err != nil { // started
+		t.Fatal(err)
+	}
+	a.api.Shutdown()
+	for _, recv := range []func() error{
+		func() error { _, err := att.Recv(); return err },
+		func() error { _, err := stream.Recv(); return err },
+	} {
+		wantCode(t, recv(), codes.Unavailable, "shutting down")
+	}
+	if run, err := a.client.GetRun(ctx, &agentv1.GetRunRequest{RunId: "bg"}); err != nil || run.GetRun().GetState() != agentv1.RunState_RUN_STATE_RUNNING {
+		t.Errorf("the detached run after the followers ended: %v %v", run, err)
+	}
+	if _, err := a.client.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: "bg", Signal: agentv1.Signal_SIGNAL_KILL}); err != nil {
+		t.Fatal(err)
 	}
 }

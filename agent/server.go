@@ -6,7 +6,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -49,6 +51,38 @@ type Server struct {
 	runs *process.Manager
 	tmux *tmux.Manager
 	opts Options
+
+	// stopping is closed by Shutdown: streams that follow output end.
+	stopping chan struct{}
+	stopOnce sync.Once
+}
+
+// Shutdown ends the streams that would otherwise keep a stopping agent
+// waiting (session followers, runs followed to their end): they fail with
+// Unavailable, "the agent is shutting down". Call it before the server's
+// graceful stop.
+func (s *Server) Shutdown() { s.stopOnce.Do(func() { close(s.stopping) }) }
+
+// streamContext is ctx, cancelled with errShuttingDown at Shutdown. Call
+// the cancel function when the stream ends: it ends the goroutine.
+func (s *Server) streamContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-s.stopping:
+			cancel(errShuttingDown)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() { cancel(nil) }
+}
+
+// ended is err, or why ctx ended when it did (errShuttingDown).
+func ended(ctx context.Context, err error) error {
+	if err != nil && errors.Is(context.Cause(ctx), errShuttingDown) {
+		return errShuttingDown
+	}
+	return err
 }
 
 // New returns a server. Register it with agentv1.RegisterAgentServiceServer.
@@ -69,5 +103,5 @@ func New(o Options) *Server {
 		t := o.Tmux
 		o.TmuxVersion = func(context.Context) (string, error) { return t.Version(), t.Err() }
 	}
-	return &Server{log: o.Logger.Named("agent"), runs: o.Runs, tmux: o.Tmux, opts: o}
+	return &Server{log: o.Logger.Named("agent"), runs: o.Runs, tmux: o.Tmux, opts: o, stopping: make(chan struct{})}
 }

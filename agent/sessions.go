@@ -177,7 +177,8 @@ const followChunk = 64 << 10
 // bounded buffer at its own pace: a slow client gets a gap, never makes
 // the agent or tmux hold more.
 func (s *Server) FollowSession(req *agentv1.FollowSessionRequest, stream agentv1.AgentService_FollowSessionServer) error {
-	ctx := stream.Context()
+	ctx, cancel := s.streamContext(stream.Context())
+	defer cancel()
 	m, err := s.sessions()
 	if err != nil {
 		return toStatus(s.log, err)
@@ -225,7 +226,7 @@ func (s *Server) FollowSession(req *agentv1.FollowSessionRequest, stream agentv1
 			select {
 			case <-ch.Wait:
 			case <-ctx.Done():
-				return toStatus(s.log, ctx.Err())
+				return toStatus(s.log, ended(ctx, ctx.Err()))
 			}
 		}
 		if err != nil {

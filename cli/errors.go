@@ -83,10 +83,10 @@ func statusLine(st *status.Status, addr string) string {
 	msg := st.Message()
 	switch st.Code() {
 	case codes.Unavailable:
-		// The client library's own failures to connect read "connection
+		// The client library's own failures to connect start "connection
 		// error: desc = ..."; anything else is the controller saying a
-		// workspace's agent is unreachable.
-		if strings.Contains(msg, "connection error") || strings.Contains(msg, "connection closed") {
+		// workspace's agent is unreachable (naming the workspace).
+		if strings.HasPrefix(msg, "connection error") || strings.HasPrefix(msg, "connection closed") {
 			if addr == "" {
 				addr = "the controller"
 			}

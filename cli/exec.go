@@ -77,7 +77,7 @@ given, which joins the words with spaces and runs them with /bin/sh -c.`,
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "secret environment variable KEY=VALUE: never logged or listed (repeatable)")
 	f.StringVar(&o.secretEnvFile, "secret-env-file", "", "file of secret KEY=VALUE lines")
-	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory (default: the workspace's)")
+	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory: absolute, relative to the workspace's directory, or '~/...' (quoted) for the workspace's home (default: the workspace's directory)")
 	f.DurationVar(&o.timeout, "timeout", 0, "kill the process group after this long (exit 124)")
 	f.DurationVar(&o.idleTimeout, "idle-timeout", 0, "kill the process group after this long without output (exit 124)")
 	f.StringVar(&o.runID, "run-id", "", "run id; starting the same id again attaches to the run instead of running twice")

@@ -191,7 +191,7 @@ and "dtmux fleet attach RUN_ID" collects their whole output.
 	f.StringArrayVarP(&o.env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringArrayVar(&o.secretEnv, "secret-env", nil, "secret environment variable KEY=VALUE: never logged or listed (repeatable)")
 	f.StringVar(&o.secretEnvFile, "secret-env-file", "", "file of secret KEY=VALUE lines")
-	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory (default: each workspace's)")
+	f.StringVarP(&o.cwd, "workdir", "w", "", "working directory: absolute, relative to each workspace's directory, or '~/...' (quoted) for its home (default: each workspace's directory)")
 	f.Uint32VarP(&o.maxParallel, "max-parallel", "p", 32, "targets running at once")
 	f.DurationVar(&o.timeout, "timeout", 0, "kill the command on a target after this long (the agent enforces it)")
 	addLimitFlag(f, &o.limits, "the command on each target")

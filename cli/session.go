@@ -134,7 +134,7 @@ func newSessionNewCmd(app *App) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
-	f.StringVarP(&cwd, "workdir", "w", "", "working directory")
+	f.StringVarP(&cwd, "workdir", "w", "", "working directory: absolute, relative to the workspace's directory, or '~/...' (quoted) for its home")
 	f.BoolVar(&unique, "unique", false, "append a random suffix to NAME; the final name is printed")
 	f.StringVar(&windowName, "window-name", "", "name of the first window (default main)")
 	return cmd
@@ -325,7 +325,13 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 			return nil
 		}
 		if err != nil {
-			return err
+			again := fmt.Sprintf("follow it again with: dtmux session logs %s %s -f", ws, paneName(target))
+			return a.lostError(err, ws, lostHints{
+				during:     "while following " + paneName(target),
+				controller: again,
+				agent:      "tmux outlives the agent: " + again,
+				removed:    "its sessions ended with it",
+			})
 		}
 		switch {
 		case ev.GetSnapshot() != nil:

@@ -161,8 +161,13 @@ func (r *Router) agentErr(ws string, err error, reached bool) error {
 	if !ok {
 		return toStatus(r.log, ws, err)
 	}
-	if s.Code() == codes.Unavailable && !reached {
-		return status.Errorf(codes.Unavailable, "workspace %q: agent unreachable: %s", ws, s.Message())
+	if s.Code() == codes.Unavailable {
+		// Said so that a client does not take it for its own connection
+		// to the controller failing.
+		if !reached {
+			return status.Errorf(codes.Unavailable, "workspace %q: agent unreachable: %s", ws, s.Message())
+		}
+		return status.Errorf(codes.Unavailable, "workspace %q: lost the agent: %s", ws, s.Message())
 	}
 	return err
 }

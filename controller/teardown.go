@@ -22,7 +22,7 @@ const TeardownTimeout = 5 * time.Second
 // rather than AGENT_LOST. Nothing here fails the stop or delete: errors
 // are logged. Providers that never stop or delete (provider.Lifecycle)
 // are left alone.
-func (s *WorkspaceService) killRuns(ctx context.Context, name string) {
+func (s *WorkspaceService) killRuns(ctx context.Context, name, reason string) {
 	if !provider.ManagesLifecycle(s.prov) {
 		return // the stop or delete will fail: leave the runs alone
 	}
@@ -47,7 +47,7 @@ func (s *WorkspaceService) killRuns(ctx context.Context, name string) {
 		if !live && !lost {
 			continue
 		}
-		_, err := agent.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: r.GetRunId(), Signal: agentv1.Signal_SIGNAL_KILL})
+		_, err := agent.SignalRun(ctx, &agentv1.SignalRunRequest{RunId: r.GetRunId(), Signal: agentv1.Signal_SIGNAL_KILL, Reason: reason})
 		if err != nil {
 			// A run that ended meanwhile, or a lost one the agent cannot
 			// signal: the provider's teardown is the backstop.

@@ -41,8 +41,8 @@ func (a *runsAgent) ListRuns(context.Context, *agentv1.ListRunsRequest) (*agentv
 func (a *runsAgent) SignalRun(_ context.Context, req *agentv1.SignalRunRequest) (*agentv1.SignalRunResponse, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if req.GetSignal() != agentv1.Signal_SIGNAL_KILL {
-		return nil, status.Errorf(codes.InvalidArgument, "signal %v", req.GetSignal())
+	if req.GetSignal() != agentv1.Signal_SIGNAL_KILL || req.GetReason() != "workspace stopped" {
+		return nil, status.Errorf(codes.InvalidArgument, "signal %v reason %q, want SIGKILL because the workspace stopped", req.GetSignal(), req.GetReason())
 	}
 	a.killed = append(a.killed, req.GetRunId())
 	return &agentv1.SignalRunResponse{}, nil

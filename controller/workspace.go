@@ -102,7 +102,7 @@ func (s *WorkspaceService) DeleteWorkspace(ctx context.Context, req *controllerv
 			return nil, status.Errorf(codes.FailedPrecondition, "workspace %q: it is running; stop it first (dtmux ws stop %s) or delete it with --force", w.Name, w.Name)
 		}
 	}
-	s.killRuns(ctx, req.GetName())
+	s.killRuns(ctx, req.GetName(), "workspace deleted")
 	s.pool.Evict(req.GetName())
 	if err := s.prov.Delete(ctx, req.GetName(), req.GetForce()); err != nil {
 		return nil, toStatus(s.log, req.GetName(), err)
@@ -129,7 +129,7 @@ func (s *WorkspaceService) StopWorkspace(ctx context.Context, req *controllerv1.
 	if err := needName(req.GetName()); err != nil {
 		return nil, err
 	}
-	s.killRuns(ctx, req.GetName())
+	s.killRuns(ctx, req.GetName(), "workspace stopped")
 	w, err := s.prov.Stop(ctx, req.GetName())
 	s.pool.Evict(req.GetName())
 	if err != nil {

@@ -232,6 +232,11 @@ func TestCLIExec(t *testing.T) {
 		if want := "1 2|hidden|" + dir + "|w1"; r.stdout != want {
 			t.Errorf("got %q, want %q", r.stdout, want)
 		}
+		// "~" is the workspace's home, not the caller's.
+		r = mustCLI(t, c, "exec", "w1", "-w", "~", "--", "sh", "-c", `printf '%s|%s' "$PWD" "$HOME"`)
+		if pwd, home, _ := strings.Cut(r.stdout, "|"); pwd != home || !strings.Contains(home, "workspaces") {
+			t.Errorf("-w ~: PWD|HOME = %q, want the workspace's home for both", r.stdout)
+		}
 		r = mustCLI(t, c, "runs", "ls", "w1", "-o", "json")
 		if strings.Contains(r.stdout, "hidden") {
 			t.Error("runs ls shows a secret value")
@@ -239,72 +244,35 @@ func TestCLIExec(t *testing.T) {
 	})
 
 	t.Run("Ctrl-C is forwarded", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", "w1", "--", "sh", "-c", "echo ready; exec sleep 300")
-		cmd.Env = c.Env()
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
+		l := startCLI(t, c, "exec", "w1", "--", "sh", "-c", "echo ready; exec sleep 300")
+		if l.first != "ready" {
+			t.Fatalf("first line %q", l.first)
 		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil || line != "ready\n" {
-			t.Fatalf("first line %q, %v", line, err)
-		}
-		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-			t.Fatal(err)
-		}
-		err = cmd.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != 128+int(syscall.SIGINT) {
-			t.Errorf("exit %v, want %d (the remote sleep died from SIGINT)", err, 128+int(syscall.SIGINT))
+		l.signal(t, syscall.SIGINT)
+		if code := l.wait(t); code != 128+int(syscall.SIGINT) {
+			t.Errorf("exit %d, want %d (the remote sleep died from SIGINT)", code, 128+int(syscall.SIGINT))
 		}
 	})
 
 	t.Run("SIGTERM ignored by the run: the second one ends dtmux", func(t *testing.T) {
 		// What timeout(1) or a supervisor does to a dtmux whose remote
 		// program ignores SIGTERM (as an interactive shell does).
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "exec", "w1", "--", "sh", "-c", `trap "" TERM; echo $$; while :; do sleep 1; done`)
-		cmd.Env = c.Env()
-		var errb syncBuffer
-		cmd.Stderr = &errb
-		out, err := cmd.StdoutPipe()
+		l := startCLI(t, c, "exec", "w1", "--", "sh", "-c", `trap "" TERM; echo $$; while :; do sleep 1; done`)
+		remote, err := strconv.Atoi(l.first)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("first line %q: %v", l.first, err)
 		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil {
-			t.Fatalf("first line %q, %v", line, err)
-		}
-		remote, err := strconv.Atoi(strings.TrimSpace(line))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
+		l.signal(t, syscall.SIGTERM)
 		time.Sleep(300 * time.Millisecond)
 		if !processAlive(remote) {
 			t.Fatal("the remote shell died from an ignored SIGTERM")
 		}
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
+		l.signal(t, syscall.SIGTERM)
+		if code := l.wait(t); code != 128+int(syscall.SIGTERM) {
+			t.Errorf("exit %d, want %d; stderr %q", code, 128+int(syscall.SIGTERM), l.stderr.String())
 		}
-		err = cmd.Wait()
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != 128+int(syscall.SIGTERM) {
-			t.Errorf("exit %v, want %d; stderr %q", err, 128+int(syscall.SIGTERM), errb.String())
-		}
-		if !strings.Contains(errb.String(), "gave up waiting") {
-			t.Errorf("stderr %q does not say dtmux gave up", errb.String())
+		if !strings.Contains(l.stderr.String(), "gave up waiting") {
+			t.Errorf("stderr %q does not say dtmux gave up", l.stderr.String())
 		}
 		// Gone with its client, as with ssh: the hang-up's SIGHUP.
 		eventually(t, "the run ended after dtmux gave up", func() string {
@@ -430,6 +398,11 @@ func TestCLIWorkspaces(t *testing.T) {
 		t.Errorf("duplicate create: exit %d, want 254 (a name already taken)", r.code)
 	}
 	oneLineError(t, r, "wa")
+	r = dtmuxCLI(t, c, nil, "ws", "create", "wopt", "--opt", "workdir=/tmp")
+	if r.code != 254 {
+		t.Errorf("ws create --opt the provider does not take: exit %d, want 254", r.code)
+	}
+	oneLineError(t, r, "unknown option workdir")
 	r = dtmuxCLI(t, c, nil, "ws", "create", "")
 	if r.code != 254 {
 		t.Errorf("ws create '': exit %d, want 254 (stderr %q)", r.code, r.stderr)
@@ -719,37 +692,76 @@ func windowGone(t *testing.T, c *Controller, prefix, what string) {
 // its first line sends sigs to dtmux, 300 ms apart.
 func runThenSignal(t *testing.T, c *Controller, script string, sigs ...syscall.Signal) (int, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, testbin.Path(t, testbin.CLI), "run", "w1", script)
-	cmd.Env = c.Env()
-	var errb syncBuffer
-	cmd.Stderr = &errb
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || strings.TrimSpace(line) != "started" {
-		t.Fatalf("first line %q, %v", line, err)
+	l := startCLI(t, c, "run", "w1", script)
+	if l.first != "started" {
+		t.Fatalf("first line %q", l.first)
 	}
 	for i, sig := range sigs {
 		if i > 0 {
 			time.Sleep(300 * time.Millisecond)
 		}
-		if err := cmd.Process.Signal(sig); err != nil {
-			t.Fatal(err)
-		}
+		l.signal(t, sig)
 	}
-	go io.Copy(io.Discard, out)
-	err = cmd.Wait()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
+	return l.wait(t), l.stderr.String()
+}
+
+// liveCLI is a dtmux process running in the background.
+type liveCLI struct {
+	cmd    *exec.Cmd
+	first  string // its first line of output, read by startCLI
+	stderr *syncBuffer
+	done   chan struct{}
+}
+
+// startCLI starts dtmux with args and returns once it printed a line (the
+// rest of its output is drained). It is killed at cleanup if still going.
+func startCLI(t *testing.T, c *Controller, args ...string) *liveCLI {
+	t.Helper()
+	l := &liveCLI{cmd: exec.Command(testbin.Path(t, testbin.CLI), args...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	l.cmd.Env = c.Env()
+	l.cmd.Stderr = l.stderr
+	out, err := l.cmd.StdoutPipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	return cmd.ProcessState.ExitCode(), errb.String()
+	if err := l.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.cmd.Process.Kill()
+		<-l.done
+	})
+	r := bufio.NewReader(out)
+	line, err := r.ReadString('\n')
+	go func() {
+		io.Copy(io.Discard, r)
+		l.cmd.Wait()
+		close(l.done)
+	}()
+	if err != nil {
+		t.Fatalf("dtmux %s: first line %q: %v; stderr %q", strings.Join(args, " "), line, err, l.stderr.String())
+	}
+	l.first = strings.TrimSpace(line)
+	return l
+}
+
+func (l *liveCLI) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := l.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wait returns the exit code, failing the test after a minute.
+func (l *liveCLI) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case <-l.done:
+		return l.cmd.ProcessState.ExitCode()
+	case <-time.After(time.Minute):
+		t.Fatalf("dtmux did not exit; stderr %q", l.stderr.String())
+		return 0
+	}
 }
 
 // scriptRunning reports whether window win of session sess has a live
@@ -1132,5 +1144,61 @@ func TestCLIResourceLimits(t *testing.T) {
 				t.Errorf("%v: exit %d stderr %q, want 254 naming the maximum", cmd, r.code, r.stderr)
 			}
 		}
+	}
+}
+
+// TestCLIStopAgentsOnExit: a controller started with --stop-agents-on-exit
+// (as this harness starts them) leaves nothing running that no agent can
+// reach: not the agents, not their detached runs, not their tmux sessions.
+func TestCLIStopAgentsOnExit(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	mustCLI(t, c, "session", "new", "w1", "s", "--", "sleep", "777.125")
+	mustCLI(t, c, "exec", "-d", "w1", "--", "sleep", "778.125")
+	eventually(t, "both sleeps running", func() string {
+		if n := len(procsWithArgs("sleep", "777.125")) + len(procsWithArgs("sleep", "778.125")); n != 2 {
+			return fmt.Sprintf("%d of 2 running", n)
+		}
+		return ""
+	})
+	c.Stop(t)
+	for _, arg := range []string{"777.125", "778.125"} {
+		if pids := procsWithArgs("sleep", arg); len(pids) > 0 {
+			t.Errorf("sleep %s still running (pids %v) after the controller exited", arg, pids)
+		}
+	}
+}
+
+// procsWithArgs lists the processes whose command line is exactly argv.
+func procsWithArgs(argv ...string) []int {
+	want := strings.Join(argv, "\x00") + "\x00"
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && string(b) == want {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestCLIFollowerOfAStoppedWorkspace: `ws stop` ends a `session logs -f`
+// at once, and the follower says the workspace went away, not that the
+// controller is unreachable.
+func TestCLIFollowerOfAStoppedWorkspace(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	mustCLI(t, c, "session", "new", "w1", "s", "--", "sh", "-c", "echo ready; exec sleep 300")
+	l := startCLI(t, c, "session", "logs", "w1", "s", "-f")
+	if l.first != "ready" {
+		t.Fatalf("follower's first line %q", l.first)
+	}
+	mustCLI(t, c, "ws", "stop", "w1")
+	if code := l.wait(t); code != 255 || !strings.Contains(l.stderr.String(), "workspace w1 went away (stopped)") || strings.Contains(l.stderr.String(), "cannot reach controller") {
+		t.Errorf("follower after ws stop: exit %d, stderr %q", code, l.stderr.String())
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dtmux/dtmux/agent/cgroup"
+	"github.com/dtmux/dtmux/internal/workdir"
 )
 
 // Defaults for Config's zero fields.
@@ -313,15 +314,7 @@ func (m *Manager) newRun(id, dir string) *Run {
 }
 
 // resolveCwd is the working directory a run with cwd gets.
-func (m *Manager) resolveCwd(cwd string) string {
-	if cwd == "" {
-		return m.cfg.Workdir
-	}
-	if !filepath.IsAbs(cwd) {
-		return filepath.Join(m.cfg.Workdir, cwd)
-	}
-	return cwd
-}
+func (m *Manager) resolveCwd(cwd string) string { return workdir.Resolve(m.cfg.Workdir, cwd) }
 
 // sameCommand reports whether spec (whose working directory resolves to
 // cwd) asks for the command r runs: the same argv, shell and working

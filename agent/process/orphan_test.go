@@ -56,14 +56,14 @@ func TestOrphanAfterRestart(t *testing.T) {
 		if in.State != process.StateFinished || in.Trailer.Reason != process.ReasonAgentLost || !strings.Contains(in.Trailer.Detail, "still running (pid "+strconv.Itoa(in.PID)+")") {
 			t.Errorf("%s after restart: %+v", tc.id, in.Trailer)
 		}
-		if err := r.Signal(syscall.SIGKILL); err != nil {
+		if err := r.Signal(syscall.SIGKILL, ""); err != nil {
 			t.Fatalf("%s: signal an orphan: %v", tc.id, err)
 		}
 		waitGone(t, tc.pid)
 		if tr := r.Trailer(); tr.Reason != process.ReasonAgentLost || !strings.Contains(tr.Detail, "has ended since") {
 			t.Errorf("%s after the kill: %+v", tc.id, tr)
 		}
-		if err := r.Signal(syscall.SIGTERM); !errors.Is(err, process.ErrRunFinished) {
+		if err := r.Signal(syscall.SIGTERM, ""); !errors.Is(err, process.ErrRunFinished) {
 			t.Errorf("%s: signal after its group ended: %v", tc.id, err)
 		}
 	}

@@ -489,20 +489,20 @@ func TestDetachedRunSurvivesClients(t *testing.T) {
 	spec := process.Spec{Argv: []string{"sleep", "1000"}, Detach: true}
 	r := start(t, m, spec)
 	r.AddClient(true)()
-	if err := r.Signal(syscall.SIGCONT); err != nil {
+	if err := r.Signal(syscall.SIGCONT, ""); err != nil {
 		t.Fatalf("detached run gone after its client left: %v", err)
 	}
 	if r.Info().State != process.StateRunning {
 		t.Fatal("detached run not running")
 	}
-	if err := r.Signal(syscall.SIGKILL); err != nil {
+	if err := r.Signal(syscall.SIGKILL, "workspace stopped"); err != nil {
 		t.Fatal(err)
 	}
 	waitDone(t, r)
-	if tr := r.Trailer(); tr.Reason != process.ReasonKilled {
-		t.Errorf("trailer %+v", tr)
+	if tr := r.Trailer(); tr.Reason != process.ReasonKilled || tr.Detail != "workspace stopped" {
+		t.Errorf("trailer %+v, want killed with the reason given", tr)
 	}
-	if err := r.Signal(syscall.SIGTERM); !errors.Is(err, process.ErrRunFinished) {
+	if err := r.Signal(syscall.SIGTERM, ""); !errors.Is(err, process.ErrRunFinished) {
 		t.Errorf("signal after the end: %v", err)
 	}
 }
@@ -510,7 +510,7 @@ func TestDetachedRunSurvivesClients(t *testing.T) {
 func TestSignalFromClient(t *testing.T) {
 	m, _ := newManager(t, nil)
 	r := start(t, m, process.Spec{Argv: []string{"sleep", "1000"}})
-	if err := r.Signal(syscall.SIGINT); err != nil {
+	if err := r.Signal(syscall.SIGINT, ""); err != nil {
 		t.Fatal(err)
 	}
 	waitDone(t, r)

@@ -242,9 +242,10 @@ func (r *Run) AddClient(exec bool) (release func()) {
 }
 
 // Signal delivers sig to the run's process group. SIGKILL marks the run
-// KILLED. A run an earlier agent lost in flight is signalled while its
+// KILLED, with reason as the trailer's detail (default "killed on
+// request"). A run an earlier agent lost in flight is signalled while its
 // process group still runs (see orphan.go); it stays AGENT_LOST.
-func (r *Run) Signal(sig syscall.Signal) error {
+func (r *Run) Signal(sig syscall.Signal, reason string) error {
 	if r.proc == nil && r.orphan {
 		return r.signalOrphan(sig)
 	}
@@ -252,7 +253,10 @@ func (r *Run) Signal(sig syscall.Signal) error {
 		return fmt.Errorf("signal run %s: %w", r.info.ID, ErrRunFinished)
 	}
 	if sig == syscall.SIGKILL {
-		r.setKill(ReasonKilled, "killed on request", syscall.SIGKILL, r.m.cfg.KillGrace)
+		if reason == "" {
+			reason = "killed on request"
+		}
+		r.setKill(ReasonKilled, reason, syscall.SIGKILL, r.m.cfg.KillGrace)
 	}
 	if err := syscall.Kill(-r.info.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("signal run %s: %w", r.info.ID, err)

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dtmux/dtmux/internal/workdir"
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -236,13 +238,7 @@ func (m *Manager) prepare(cmd Command) ([]string, error) {
 }
 
 func (m *Manager) cwd(cmd Command) string {
-	if cmd.Cwd == "" {
-		return m.cfg.WorkDir
-	}
-	if !filepath.IsAbs(cmd.Cwd) {
-		return filepath.Join(m.cfg.WorkDir, cmd.Cwd)
-	}
-	return cmd.Cwd
+	return workdir.Resolve(m.cfg.WorkDir, cmd.Cwd)
 }
 
 func lookPath(file, path, cwd string) (string, error) {

@@ -43,3 +43,19 @@ func TestValidateLabels(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckOptions(t *testing.T) {
+	if err := CheckOptions(nil); err != nil {
+		t.Errorf("no options: %v", err)
+	}
+	if err := CheckOptions(map[string]string{"cpu": "2"}, "cpu", "memory"); err != nil {
+		t.Errorf("a known option: %v", err)
+	}
+	err := CheckOptions(map[string]string{"cpu": "2", "zz": "1", "bogus": "x"}, "cpu", "memory")
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "unknown option bogus, zz: this provider takes cpu, memory") {
+		t.Errorf("unknown options: %v", err)
+	}
+	if err := CheckOptions(map[string]string{"workdir": "/x"}); err == nil || !strings.Contains(err.Error(), "takes no options") {
+		t.Errorf("a provider without options: %v", err)
+	}
+}

@@ -259,14 +259,15 @@ func run(args []string) error {
 	defer sessions.Close()
 
 	srv := rpcserver.New(cfg)
-	agentv1.RegisterAgentServiceServer(srv.Server, agent.New(agent.Options{
+	api := agent.New(agent.Options{
 		Logger:    log,
 		Runs:      runs,
 		Tmux:      sessions,
 		Workspace: f.workspace,
 		Workdir:   f.workdir,
 		Isolation: cgroups.Isolation(),
-	}))
+	})
+	agentv1.RegisterAgentServiceServer(srv.Server, api)
 	srv.MarkServing()
 
 	served := make(chan error, 2)
@@ -317,6 +318,9 @@ wait:
 	if err := closeRuns(); err != nil {
 		log.Warn("stop runs", "error", err)
 	}
+	// Followers of sessions and of detached runs would hold the graceful
+	// stop for its whole grace.
+	api.Shutdown()
 	srv.GracefulStop(drainGrace)
 	for ; serving > 0; serving-- {
 		if err := <-served; serveErr == nil {

@@ -87,7 +87,7 @@ func parseFlags(args []string) (*flags, error) {
 	fs.StringVar(&f.agentBinary, "agent-binary", "", "dtmux-agent to start for local workspaces (default: next to this binary, else PATH)")
 	fs.DurationVar(&f.idleTimeout, "idle-timeout", pool.DefaultIdleTimeout, "close agent connections idle this long (negative: never)")
 	fs.IntVar(&f.maxDials, "max-dials", pool.DefaultMaxConcurrentDials, "most agent connections being opened at once")
-	fs.BoolVar(&f.stopAgents, "stop-agents-on-exit", false, "stop local agents when the controller exits (default: leave them for the next controller to adopt)")
+	fs.BoolVar(&f.stopAgents, "stop-agents-on-exit", false, "on exit, end what local workspaces run (agents, runs, tmux sessions), as ws stop does, but leave them started (default: leave everything for the next controller to adopt)")
 	fs.StringVar(&f.tokenFile, "token-file", "", "bearer token file (0600), required for tcp")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "TLS certificate (PEM) for tcp")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "TLS private key (PEM) for tcp")
@@ -186,8 +186,17 @@ func run(args []string) error {
 		return err
 	}
 
-	// Listen first: it fails when another controller serves this state
-	// dir, before this one adopts that one's agents.
+	// The state dir first, then the socket: both before this controller
+	// adopts any agent.
+	var sock string
+	if addr.Network == "unix" {
+		sock = addr.Addr
+	}
+	release, err := lockStateDir(f.stateDir, sock, lockWait, log)
+	if err != nil {
+		return err
+	}
+	defer release()
 	lis, err := transport.Listen(addr)
 	if err != nil {
 		return err

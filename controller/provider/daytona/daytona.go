@@ -299,7 +299,13 @@ func (p *Provider) Create(ctx context.Context, o provider.CreateOptions) (provid
 		}
 	}
 	if v.Sandboxes() {
+		if err := provider.CheckOptions(o.Options, sandboxOptions...); err != nil {
+			return provider.Workspace{}, err
+		}
 		return p.sandboxCreate(ctx, o)
+	}
+	if err := provider.CheckOptions(o.Options); err != nil {
+		return provider.Workspace{}, err
 	}
 	return p.legacyCreate(ctx, v, o)
 }

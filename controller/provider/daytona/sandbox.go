@@ -93,6 +93,9 @@ func (p *Provider) sandboxWait(ctx context.Context, name string, wait time.Durat
 	})
 }
 
+// sandboxOptions are the ws create --opt keys passed on to daytona create.
+var sandboxOptions = []string{"auto-stop", "auto-archive", "auto-delete", "target", "user", "cpu", "memory", "disk"}
+
 func (p *Provider) sandboxCreate(ctx context.Context, o provider.CreateOptions) (provider.Workspace, error) {
 	if o.Name == "" {
 		return provider.Workspace{}, fmt.Errorf("%w: a sandbox needs a name", provider.ErrInvalid)
@@ -118,7 +121,7 @@ func (p *Provider) sandboxCreate(ctx context.Context, o provider.CreateOptions) 
 		args = append(args, "--snapshot", o.Image)
 	}
 	// Options the CLI takes as they are.
-	for _, opt := range []string{"auto-stop", "auto-archive", "auto-delete", "target", "user", "cpu", "memory", "disk"} {
+	for _, opt := range sandboxOptions {
 		if v, ok := o.Options[opt]; ok {
 			args = append(args, "--"+opt, v)
 		}

@@ -37,8 +37,10 @@ type Config struct {
 	AgentArgs []string
 	// Logger is named "local" by New.
 	Logger hclog.Logger
-	// StopAgentsOnClose stops every agent on Close. By default agents keep
-	// running so that the next controller adopts them.
+	// StopAgentsOnClose ends, on Close, everything the started workspaces
+	// run: agents, their runs and tmux servers (as Stop, but the
+	// workspaces stay started). By default agents keep running so that the
+	// next controller adopts them.
 	StopAgentsOnClose bool
 	// CheckInterval is how often the supervisor looks at the agents
 	// (default 250ms).
@@ -234,6 +236,9 @@ func (p *Provider) Create(ctx context.Context, o provider.CreateOptions) (provid
 	}
 	if o.Repository != "" || o.Image != "" {
 		return provider.Workspace{}, fmt.Errorf("%w: the local provider takes no repository or image", provider.ErrInvalid)
+	}
+	if err := provider.CheckOptions(o.Options); err != nil {
+		return provider.Workspace{}, err
 	}
 	if err := provider.ValidateLabels(o.Labels); err != nil {
 		return provider.Workspace{}, err
@@ -450,7 +455,7 @@ func (p *Provider) Endpoint(_ context.Context, name string) (provider.Endpoint, 
 }
 
 // Close stops the supervisor. Agents keep running (to be adopted) unless
-// StopAgentsOnClose.
+// StopAgentsOnClose, which ends them and everything their workspaces run.
 func (p *Provider) Close() error {
 	select {
 	case <-p.stop:
@@ -464,17 +469,18 @@ func (p *Provider) Close() error {
 	}
 	p.mu.Lock()
 	type victim struct {
-		name string
+		w    *workspace
 		pid  int
 		ours bool
 	}
 	var vs []victim
 	for _, w := range p.wss {
-		if w.pid > 0 {
-			vs = append(vs, victim{w.meta.Name, w.pid, w.ours})
-			w.pid = 0
-			os.Remove(pidFile(w.dir))
+		if w.meta.Stopped {
+			continue
 		}
+		vs = append(vs, victim{w, w.pid, w.ours})
+		w.pid = 0
+		os.Remove(pidFile(w.dir))
 	}
 	p.mu.Unlock()
 	var wg sync.WaitGroup
@@ -482,8 +488,13 @@ func (p *Provider) Close() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			terminate(v.pid, v.ours, p.cfg.StopGrace)
-			p.log.Debug("agent stopped", "workspace", v.name, "pid", v.pid)
+			if v.pid > 0 {
+				terminate(v.pid, v.ours, p.cfg.StopGrace)
+				p.log.Debug("agent stopped", "workspace", v.w.meta.Name, "pid", v.pid)
+			}
+			// Nothing may be left that no agent can reach: as ws stop,
+			// but the workspace stays started for the next controller.
+			p.endWorkspace(v.w)
 		}()
 	}
 	wg.Wait()

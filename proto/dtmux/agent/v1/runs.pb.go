@@ -292,7 +292,8 @@ type CommandSpec struct {
 	// a listing (listings show the keys alone).
 	SecretEnv map[string]string `protobuf:"bytes,4,rep,name=secret_env,json=secretEnv,proto3" json:"secret_env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Working directory. Empty means the workspace's directory (the agent's
-	// --workdir, or the home directory).
+	// --workdir, or the home directory); a relative path is under it; "~"
+	// and "~/..." are the home directory of the workspace's user.
 	Cwd           string `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1967,7 +1968,11 @@ type SignalRunRequest struct {
 	// The run's id.
 	RunId string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	// The signal. SIGNAL_KILL marks the run as KILLED.
-	Signal        Signal `protobuf:"varint,2,opt,name=signal,proto3,enum=dtmux.agent.v1.Signal" json:"signal,omitempty"`
+	Signal Signal `protobuf:"varint,2,opt,name=signal,proto3,enum=dtmux.agent.v1.Signal" json:"signal,omitempty"`
+	// Why, for the trailer's detail when SIGNAL_KILL ends the run, such as
+	// "workspace stopped" (default "killed on request"). Valid UTF-8, at
+	// most 200 bytes.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2014,6 +2019,13 @@ func (x *SignalRunRequest) GetSignal() Signal {
 		return x.Signal
 	}
 	return Signal_SIGNAL_UNSPECIFIED
+}
+
+func (x *SignalRunRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // SignalRunResponse is empty.
@@ -2195,10 +2207,11 @@ const file_dtmux_agent_v1_runs_proto_rawDesc = "" +
 	"\rGetRunRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\";\n" +
 	"\x0eGetRunResponse\x12)\n" +
-	"\x03run\x18\x01 \x01(\v2\x17.dtmux.agent.v1.RunInfoR\x03run\"Y\n" +
+	"\x03run\x18\x01 \x01(\v2\x17.dtmux.agent.v1.RunInfoR\x03run\"q\n" +
 	"\x10SignalRunRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12.\n" +
-	"\x06signal\x18\x02 \x01(\x0e2\x16.dtmux.agent.v1.SignalR\x06signal\"\x13\n" +
+	"\x06signal\x18\x02 \x01(\x0e2\x16.dtmux.agent.v1.SignalR\x06signal\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x13\n" +
 	"\x11SignalRunResponse*F\n" +
 	"\x06Stream\x12\x16\n" +
 	"\x12STREAM_UNSPECIFIED\x10\x00\x12\x11\n" +
