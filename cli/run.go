@@ -289,8 +289,12 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 				if started != nil {
 					where = started.GetSession() + ":" + started.GetWindow()
 				}
-				fmt.Fprintf(a.Stderr, "dtmux: %q appeared; the script keeps running in %s (follow it: dtmux session logs %s %s -f)\n",
-					o.waitFor, where, o.ws, where)
+				closes := "; its window closes when it ends (--keep-window keeps it, with its exit status)"
+				if o.keepWindow {
+					closes = ""
+				}
+				fmt.Fprintf(a.Stderr, "dtmux: %q appeared; the script keeps running in %s (follow it: dtmux session logs %s %s -f%s)\n",
+					o.waitFor, where, o.ws, where, closes)
 				return nil
 			}
 		case *agentv1.RunInSessionResponse_Trailer:

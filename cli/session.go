@@ -321,7 +321,7 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 			// The window or session went away under the follower (killed,
 			// or closed when its command ended): that ends the output,
 			// as tail -f's does when told to stop.
-			fmt.Fprintf(a.Stderr, "dtmux: %s closed while following it (its window or session was killed)\n", paneName(target))
+			fmt.Fprintf(a.Stderr, "dtmux: %s closed while following it (its command ended and its window closed, or it was killed)\n", paneName(target))
 			return nil
 		}
 		if err != nil {
