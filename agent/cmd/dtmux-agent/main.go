@@ -331,6 +331,10 @@ wait:
 		return fmt.Errorf("serve: %w", serveErr)
 	}
 	if next != nil {
+		// Until the exec: the daemon's own socket watch (daemon.Adopt)
+		// sends SIGTERM once the socket is gone, which it now is, and
+		// nothing else may end the process before it hands over.
+		signal.Notify(make(chan os.Signal, 1), syscall.SIGTERM, syscall.SIGINT, daemon.ReexecSignal)
 		return next
 	}
 	return nil
