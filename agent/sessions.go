@@ -242,7 +242,10 @@ func (s *Server) FollowSession(req *agentv1.FollowSessionRequest, stream agentv1
 // only the timeout (still enforced by the agent) or an explicit kill ends
 // it.
 func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.AgentService_RunInSessionServer) error {
-	ctx := stream.Context()
+	// At Shutdown the command stays in its window, as when the client
+	// goes.
+	ctx, cancel := s.streamContext(stream.Context())
+	defer cancel()
 	m, err := s.sessions()
 	if err != nil {
 		return toStatus(s.log, err)
@@ -282,7 +285,7 @@ func (s *Server) RunInSession(req *agentv1.RunInSessionRequest, stream agentv1.A
 		return nil
 	})
 	if err != nil {
-		return toStatus(s.log, err)
+		return toStatus(s.log, ended(ctx, err))
 	}
 	tr := &agentv1.RunTrailer{
 		Reason: agentv1.ExitReason_EXIT_REASON_EXITED, ExitCode: int32(res.Exit.Code), Signal: int32(res.Exit.Signal),

@@ -348,6 +348,24 @@ func (x *execStream) pumpStdin(r io.Reader) {
 	}
 }
 
+// signalDedup drops a signal that repeats the one before within
+// dupWindow: timeout(1) sends its signal to dtmux and then to dtmux's
+// process group, and Go may deliver both; one press or one kill must
+// count once.
+type signalDedup struct {
+	last os.Signal
+	at   time.Time
+}
+
+const dupWindow = 100 * time.Millisecond
+
+func (d *signalDedup) repeated(s os.Signal) bool {
+	now := time.Now()
+	rep := s == d.last && now.Sub(d.at) < dupWindow
+	d.last, d.at = s, now
+	return rep
+}
+
 // termGrace is how long dtmux waits for the run to end after forwarding
 // SIGTERM or SIGHUP before it gives up itself: whoever sent the signal (a
 // supervisor, timeout(1), a closed terminal) wants dtmux gone, and a
@@ -361,6 +379,7 @@ func (x *execStream) forwardSignals(sigs <-chan os.Signal, done <-chan struct{},
 	ints, terms := 0, 0
 	var graceC <-chan time.Time
 	var graceSig syscall.Signal
+	var dup signalDedup
 	stop := func(sig syscall.Signal) {
 		select {
 		case giveUp <- sig:
@@ -375,6 +394,9 @@ func (x *execStream) forwardSignals(sigs <-chan os.Signal, done <-chan struct{},
 			graceC = nil
 			stop(graceSig)
 		case s := <-sigs:
+			if dup.repeated(s) {
+				continue
+			}
 			var req *agentv1.ExecRequest
 			switch s {
 			case syscall.SIGWINCH:

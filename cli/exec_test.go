@@ -315,19 +315,24 @@ func TestForwardSignalsGivesUp(t *testing.T) {
 		sigs      []os.Signal
 		want      syscall.Signal
 		forwarded int64
+		grace     time.Duration
 	}{
-		"third SIGINT":        {[]os.Signal{syscall.SIGINT, syscall.SIGINT, syscall.SIGINT}, syscall.SIGINT, 2},
-		"second SIGTERM":      {[]os.Signal{syscall.SIGTERM, syscall.SIGTERM}, syscall.SIGTERM, 1},
-		"SIGHUP, then grace":  {[]os.Signal{syscall.SIGHUP}, syscall.SIGHUP, 1},
-		"SIGTERM, then grace": {[]os.Signal{syscall.SIGINT, syscall.SIGTERM}, syscall.SIGTERM, 2},
+		"third SIGINT":        {[]os.Signal{syscall.SIGINT, syscall.SIGINT, syscall.SIGINT}, syscall.SIGINT, 2, time.Minute},
+		"second SIGTERM":      {[]os.Signal{syscall.SIGTERM, syscall.SIGTERM}, syscall.SIGTERM, 1, time.Minute},
+		"SIGHUP, then grace":  {[]os.Signal{syscall.SIGHUP}, syscall.SIGHUP, 1, 50 * time.Millisecond},
+		"SIGTERM, then grace": {[]os.Signal{syscall.SIGINT, syscall.SIGTERM}, syscall.SIGTERM, 2, 50 * time.Millisecond},
 	} {
 		t.Run(name, func(t *testing.T) {
+			termGrace = tc.grace
 			var sent atomic.Int64
 			x := &execStream{stream: countingExecClient{n: &sent}}
 			sigs := make(chan os.Signal, len(tc.sigs))
-			for _, s := range tc.sigs {
-				sigs <- s
-			}
+			go func() {
+				for _, s := range tc.sigs {
+					sigs <- s
+					time.Sleep(2 * dupWindow) // apart, as a person or a supervisor sends them
+				}
+			}()
 			done, giveUp := make(chan struct{}), make(chan syscall.Signal, 1)
 			go x.forwardSignals(sigs, done, giveUp)
 			defer close(done)
@@ -344,20 +349,35 @@ func TestForwardSignalsGivesUp(t *testing.T) {
 			}
 		})
 	}
-	t.Run("one SIGINT: keeps waiting", func(t *testing.T) {
-		var sent atomic.Int64
-		x := &execStream{stream: countingExecClient{n: &sent}}
-		sigs := make(chan os.Signal, 1)
-		sigs <- syscall.SIGINT
-		done, giveUp := make(chan struct{}), make(chan syscall.Signal, 1)
-		go x.forwardSignals(sigs, done, giveUp)
-		defer close(done)
-		select {
-		case got := <-giveUp:
-			t.Errorf("gave up on %v after one Ctrl-C", got)
-		case <-time.After(5 * termGrace):
-		}
-	})
+	// Cases that keep waiting: the signals arrive at once.
+	for name, tc := range map[string]struct {
+		sigs  []os.Signal
+		grace time.Duration
+	}{
+		"SIGTERM twice at once (timeout(1) signals dtmux, then its group): one": {[]os.Signal{syscall.SIGTERM, syscall.SIGTERM}, time.Minute},
+		"one SIGINT": {[]os.Signal{syscall.SIGINT}, 50 * time.Millisecond},
+	} {
+		t.Run(name, func(t *testing.T) {
+			termGrace = tc.grace
+			var sent atomic.Int64
+			x := &execStream{stream: countingExecClient{n: &sent}}
+			sigs := make(chan os.Signal, len(tc.sigs))
+			for _, sig := range tc.sigs {
+				sigs <- sig
+			}
+			done, giveUp := make(chan struct{}), make(chan syscall.Signal, 1)
+			go x.forwardSignals(sigs, done, giveUp)
+			defer close(done)
+			select {
+			case got := <-giveUp:
+				t.Errorf("gave up on %v", got)
+			case <-time.After(500 * time.Millisecond):
+			}
+			if n := sent.Load(); n != 1 {
+				t.Errorf("forwarded %d signals, want 1", n)
+			}
+		})
+	}
 }
 
 // countingExecClient counts the requests forwardSignals sends.

@@ -201,6 +201,7 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 	wg.Go(func() {
 		var graceC <-chan time.Time
 		var first syscall.Signal
+		var dup signalDedup
 		leave := func(sig syscall.Signal) {
 			left <- sig
 			cancel()
@@ -214,6 +215,10 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 				leave(first)
 				return
 			case s := <-sigs:
+				if dup.repeated(s) {
+					n--
+					continue
+				}
 				sig = s.(syscall.Signal)
 			}
 			pane, _ := paneID.Load().(string)
@@ -259,7 +264,7 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 			}
 			// The script belongs to its window, not to this stream.
 			where := started.GetSession() + ":" + started.GetWindow()
-			follow := fmt.Sprintf("the script keeps running in its window; follow it with: dtmux session logs %s %s -f", o.ws, where)
+			follow := fmt.Sprintf("the script runs on in its window unless its workspace was stopped; follow it with: dtmux session logs %s %s -f", o.ws, where)
 			return a.lostError(err, o.ws, lostHints{
 				during:     "during script " + where,
 				controller: follow,

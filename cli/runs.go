@@ -122,30 +122,92 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 	if err != nil {
 		return err
 	}
-	stream, err := agent.AttachRun(ctx, req)
-	if err != nil {
-		return err
+	// Where the output got to, so that a follower can reattach there when
+	// the agent or the hop goes away under it (an agent upgrade, a redial)
+	// and print every byte once.
+	next := [2]uint64{req.GetStdoutOffset(), req.GetStderrOffset()}
+	var stream agentv1.AgentService_AttachRunClient
+	received := false
+	recv := func() (runEvent, error) {
+		ev, err := stream.Recv()
+		if err != nil {
+			return ev, err
+		}
+		received = true
+		if o := ev.GetOutput(); o != nil {
+			next[streamIndex(o.GetStream())] = o.GetOffset() + uint64(len(o.GetData()))
+		}
+		if g := ev.GetGap(); g != nil {
+			next[streamIndex(g.GetStream())] = g.GetOffset() + g.GetBytes()
+		}
+		return ev, nil
 	}
-	trailer, err := a.copyRunOutput(func() (runEvent, error) { return stream.Recv() }, "\n")
-	if err != nil {
+	var lostAt time.Time
+	for attached := false; ; attached = true {
+		var trailer *agentv1.RunTrailer
+		stream, err = agent.AttachRun(ctx, req)
+		if err == nil {
+			trailer, err = a.copyRunOutput(recv, "\n")
+		}
+		if err == nil {
+			if !req.GetFollow() {
+				return nil
+			}
+			if trailer == nil {
+				return fmt.Errorf("run %s: the stream ended without the run's exit status", req.GetRunId())
+			}
+			return a.trailerExit(req.GetRunId(), trailer)
+		}
 		if ctx.Err() != nil {
 			return err
 		}
-		id := req.GetRunId()
-		return a.lostError(err, ws, lostHints{
-			during:     "while following run " + id,
-			controller: fmt.Sprintf("a detached run goes on; reattach with: dtmux runs logs %s %s -f", ws, id),
-			agent:      fmt.Sprintf("see what became of the run with: dtmux runs ls %s", ws),
-			removed:    "its runs ended with it",
-		})
+		// Only a stream that got going is taken up again: a first attach
+		// that fails (no controller, no such run) says why at once.
+		retry := attached || received
+		if retry && (received || lostAt.IsZero()) {
+			// Output flowed since the last loss: a new one.
+			lostAt, received = time.Now(), false
+			if req.GetFollow() && isLostStream(err) {
+				fmt.Fprintf(a.Stderr, "dtmux: lost the stream of run %s; reattaching at stdout byte %d, stderr byte %d\n", req.GetRunId(), next[0], next[1])
+			}
+		}
+		if !retry || !req.GetFollow() || !isLostStream(err) || time.Since(lostAt) >= reattachFor {
+			id := req.GetRunId()
+			return a.lostError(err, ws, lostHints{
+				during:     "while following run " + id,
+				controller: fmt.Sprintf("a detached run goes on; reattach with: dtmux runs logs %s %s -f --from %d --from-stderr %d", ws, id, next[0], next[1]),
+				agent:      fmt.Sprintf("see what became of the run with: dtmux runs ls %s", ws),
+				removed:    "its runs ended with it",
+			})
+		}
+		req = &agentv1.AttachRunRequest{RunId: req.GetRunId(), StdoutOffset: next[0], StderrOffset: next[1], Follow: true}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(reattachEvery):
+		}
 	}
-	if !req.GetFollow() {
-		return nil
+}
+
+// A follower that lost its stream reattaches every reattachEvery, for up
+// to reattachFor (an agent upgrade or a hop's redial takes seconds).
+var (
+	reattachEvery = 200 * time.Millisecond
+	reattachFor   = time.Minute
+)
+
+// reattachable reports whether a follower that lost its stream at lostAt,
+// and now got err, should try again.
+func (a *App) reattachable(ctx context.Context, err error, lostAt time.Time) bool {
+	return ctx.Err() == nil && isLostStream(err) && time.Since(lostAt) < reattachFor
+}
+
+// streamIndex is 0 for stdout, 1 for stderr.
+func streamIndex(s agentv1.Stream) int {
+	if s == agentv1.Stream_STREAM_STDERR {
+		return 1
 	}
-	if trailer == nil {
-		return fmt.Errorf("run %s: the stream ended without the run's exit status", req.GetRunId())
-	}
-	return a.trailerExit(req.GetRunId(), trailer)
+	return 0
 }
 
 func newRunsKillCmd(app *App) *cobra.Command {

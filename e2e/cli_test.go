@@ -708,16 +708,23 @@ func runThenSignal(t *testing.T, c *Controller, script string, sigs ...syscall.S
 // liveCLI is a dtmux process running in the background.
 type liveCLI struct {
 	cmd    *exec.Cmd
-	first  string // its first line of output, read by startCLI
+	first  string      // its first line of output, read by startCLI
+	rest   *syncBuffer // the rest of its output
 	stderr *syncBuffer
 	done   chan struct{}
+}
+
+// stdoutLines are the lines it printed after the first, once it exited.
+func (l *liveCLI) stdoutLines() []string {
+	<-l.done
+	return strings.Fields(l.rest.String())
 }
 
 // startCLI starts dtmux with args and returns once it printed a line (the
 // rest of its output is drained). It is killed at cleanup if still going.
 func startCLI(t *testing.T, c *Controller, args ...string) *liveCLI {
 	t.Helper()
-	l := &liveCLI{cmd: exec.Command(testbin.Path(t, testbin.CLI), args...), stderr: &syncBuffer{}, done: make(chan struct{})}
+	l := &liveCLI{cmd: exec.Command(testbin.Path(t, testbin.CLI), args...), rest: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	l.cmd.Env = c.Env()
 	l.cmd.Stderr = l.stderr
 	out, err := l.cmd.StdoutPipe()
@@ -734,7 +741,7 @@ func startCLI(t *testing.T, c *Controller, args ...string) *liveCLI {
 	r := bufio.NewReader(out)
 	line, err := r.ReadString('\n')
 	go func() {
-		io.Copy(io.Discard, r)
+		io.Copy(l.rest, r)
 		l.cmd.Wait()
 		close(l.done)
 	}()
@@ -1200,5 +1207,47 @@ func TestCLIFollowerOfAStoppedWorkspace(t *testing.T) {
 	mustCLI(t, c, "ws", "stop", "w1")
 	if code := l.wait(t); code != 255 || !strings.Contains(l.stderr.String(), "workspace w1 went away (stopped)") || strings.Contains(l.stderr.String(), "cannot reach controller") {
 		t.Errorf("follower after ws stop: exit %d, stderr %q", code, l.stderr.String())
+	}
+}
+
+// TestCLIRunsLogsFollowsAcrossAgentRestart: `runs logs -f` takes its run up
+// again when the agent goes away under it (here killed; the local provider
+// starts it again), from where the output had got to: no byte twice, none
+// missing, and the run's end.
+func TestCLIRunsLogsFollowsAcrossAgentRestart(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	run := strings.TrimSpace(mustCLI(t, c, "exec", "-d", "w1", "--", "sh", "-c", `i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo line$i; sleep 0.05; done; exec sleep 300`).stdout)
+	l := startCLI(t, c, "runs", "logs", "w1", run, "-f")
+	if l.first != "line1" {
+		t.Fatalf("follower's first line %q", l.first)
+	}
+	time.Sleep(300 * time.Millisecond)
+	pidFile := filepath.Join(c.StateDir, "workspaces", "w1", "agent.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	code := l.wait(t)
+	if !strings.Contains(l.stderr.String(), "reattaching at stdout byte") || !strings.Contains(l.stderr.String(), "the agent was lost") || code != 255 {
+		t.Errorf("follower across the agent's restart: exit %d, stderr %q", code, l.stderr.String())
+	}
+	// What it printed is the run's spooled output, once.
+	lines := l.stdoutLines()
+	for i, line := range lines {
+		if line != "line"+strconv.Itoa(i+2) { // line1 was read by startCLI
+			t.Fatalf("follower's output, line %d: %q; all: %q", i+2, line, lines)
+		}
+	}
+	spooled := strings.Fields(mustCLI(t, c, "runs", "logs", "w1", run).stdout)
+	if len(spooled) != len(lines)+1 {
+		t.Errorf("follower printed %d lines, the spool holds %d", len(lines)+1, len(spooled))
 	}
 }

@@ -83,6 +83,9 @@ func (h *Hop) Wait() {
 type HopListener struct {
 	lis *net.UnixListener
 	uid int
+
+	mu    sync.Mutex
+	conns map[*HopConn]bool // guarded by mu; hops taken and not closed
 }
 
 // ListenHops opens stateDir's hand-off socket (0600; a stale one is
@@ -99,7 +102,7 @@ func ListenHops(stateDir string) (*HopListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen for hops: %w", err)
 	}
-	return &HopListener{lis: lis, uid: os.Getuid()}, nil
+	return &HopListener{lis: lis, uid: os.Getuid(), conns: map[*HopConn]bool{}}, nil
 }
 
 // Accept waits for the next hop. A connection that sends no pipes, or
@@ -160,7 +163,11 @@ func (l *HopListener) receive(c *net.UnixConn) (*HopConn, error) {
 		out:  os.NewFile(uintptr(fds[1]), "hop-out"),
 		ctl:  c,
 		cred: *cred,
+		l:    l,
 	}
+	l.mu.Lock()
+	l.conns[hc] = true
+	l.mu.Unlock()
 	transport.GrowPipe(hc.in, transport.HopPipeBytes)
 	transport.GrowPipe(hc.out, transport.HopPipeBytes)
 	// Owned by the connection: it ends when the pump goes or Close closes
@@ -172,6 +179,23 @@ func (l *HopListener) receive(c *net.UnixConn) (*HopConn, error) {
 // Close stops taking hops; hops already taken go on.
 func (l *HopListener) Close() error { return l.lis.Close() }
 
+// CloseAll stops taking hops and closes those taken, wherever they are:
+// a hop whose client never spoke would otherwise hold the gRPC server's
+// forced stop in its handshake.
+func (l *HopListener) CloseAll() error {
+	err := l.lis.Close()
+	l.mu.Lock()
+	conns := make([]*HopConn, 0, len(l.conns))
+	for c := range l.conns {
+		conns = append(conns, c)
+	}
+	l.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	return err
+}
+
 // Addr is the hand-off socket's address.
 func (l *HopListener) Addr() net.Addr { return l.lis.Addr() }
 
@@ -181,6 +205,7 @@ type HopConn struct {
 	in, out *os.File
 	ctl     *net.UnixConn
 	cred    syscall.Ucred
+	l       *HopListener
 
 	once sync.Once
 }
@@ -203,6 +228,9 @@ func (c *HopConn) Close() error {
 	var err error
 	c.once.Do(func() {
 		err = errors.Join(c.in.Close(), c.out.Close(), c.ctl.Close())
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
 	})
 	return err
 }

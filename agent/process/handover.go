@@ -45,9 +45,10 @@ type Handed struct {
 	// Stdin is the write end of the run's stdin, or -1.
 	Stdin int  `json:"stdin"`
 	PTY   bool `json:"pty,omitempty"`
-	// Timeout and IdleTimeout are what is left of the run's deadlines
-	// (0: none).
+	// Timeout and IdleTimeout are the run's deadlines as given (0: none);
+	// TimeoutLeft is what was left of Timeout at the handover.
 	Timeout     time.Duration `json:"timeout,omitempty"`
+	TimeoutLeft time.Duration `json:"timeout_left,omitempty"`
 	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
 }
 
@@ -120,7 +121,7 @@ func (r *Run) handOver() (Handed, bool) {
 	}
 	h := Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, PTY: r.ptmx != nil}
 	if d := r.timeout; d > 0 {
-		h.Timeout = max(d-time.Since(r.info.StartedAt), time.Millisecond)
+		h.Timeout, h.TimeoutLeft = d, max(d-time.Since(r.info.StartedAt), time.Millisecond)
 	}
 	h.IdleTimeout = r.idleTimeout
 	// Duplicates have no close-on-exec; the originals close here.
@@ -229,7 +230,7 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	r.info = info
 	r.proc, r.reap = proc, proc.Wait
 	r.startTicks.Store(info.StartTicks)
-	r.timeout, r.idleTimeout = h.Timeout, h.IdleTimeout
+	r.timeout, r.timeoutLeft, r.idleTimeout = h.Timeout, h.TimeoutLeft, h.IdleTimeout
 	r.lastOutput.Store(time.Now().UnixNano())
 	close(r.ready)
 	m.running++

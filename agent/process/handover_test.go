@@ -27,14 +27,17 @@ func TestHandOverKeepsDetachedRunsGoing(t *testing.T) {
 	spec.ID = "handed"
 	r1 := start(t, m1, spec)
 	attached := start(t, m1, sh("sleep 100"))
+	timed := sh("sleep 100")
+	timed.Detach, timed.ID, timed.Timeout = true, "timed", time.Second
+	start(t, m1, timed)
 	time.Sleep(150 * time.Millisecond) // some output before the handover
 
 	handed, err := m1.HandOver()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(handed) != 1 || handed[0].ID != "handed" || handed[0].PID != r1.Info().PID {
-		t.Fatalf("handed %+v, want run handed (pid %d)", handed, r1.Info().PID)
+	if len(handed) != 2 || handed[0].ID == handed[1].ID {
+		t.Fatalf("handed %+v, want runs handed and timed", handed)
 	}
 	if tr := attached.Trailer(); tr == nil || tr.Reason != process.ReasonKilled {
 		t.Errorf("attached run after the handover: %+v, want killed as by Close", tr)
@@ -45,11 +48,22 @@ func TestHandOverKeepsDetachedRunsGoing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info := r2.Info(); info.State != process.StateRunning || info.PID != handed[0].PID {
-		t.Fatalf("resumed run: %+v, want running with pid %d", info, handed[0].PID)
+	if info := r2.Info(); info.State != process.StateRunning {
+		t.Fatalf("resumed run: %+v, want running", info)
 	}
 	if err := r2.WriteStdin([]byte("hello\n")); err != nil {
 		t.Fatal(err)
+	}
+	if r2.Info().PID != r1.Info().PID {
+		t.Errorf("resumed run: pid %d, want %d", r2.Info().PID, r1.Info().PID)
+	}
+	// Its deadline stays the one asked for, counted from its start.
+	rt, err := m2.Get("timed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := collect(t, rt, 0, 0).trailer; tr.Reason != process.ReasonTimedOut || tr.Detail != "timeout 1s" {
+		t.Errorf("timed run across the handover: %+v, want timed out with its own timeout", tr)
 	}
 	res := collect(t, r2, 0, 0)
 	var wantOut, wantErr strings.Builder

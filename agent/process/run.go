@@ -45,6 +45,7 @@ type Run struct {
 	// outputs are the read ends of the output pipes (or the PTY master).
 	outputs     []*os.File
 	timeout     time.Duration
+	timeoutLeft time.Duration // of timeout, for a run handed over; else 0
 	idleTimeout time.Duration
 	// group is the run's cgroup when it has cgroup limits; the supervisor
 	// closes it.
@@ -359,6 +360,9 @@ func (r *Run) supervise() {
 
 	var timeoutC, idleC, killC <-chan time.Time
 	if d := r.timeout; d > 0 {
+		if r.timeoutLeft > 0 {
+			d = r.timeoutLeft
+		}
 		t := time.NewTimer(d)
 		defer t.Stop()
 		timeoutC = t.C

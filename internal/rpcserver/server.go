@@ -197,8 +197,9 @@ func (s *Server) MarkServing() {
 }
 
 // GracefulStop marks the server NOT_SERVING, then drains calls for up to
-// grace before stopping hard.
-func (s *Server) GracefulStop(grace time.Duration) {
+// grace before stopping hard; force runs first then (say, to close
+// connections the server would wait for).
+func (s *Server) GracefulStop(grace time.Duration, force ...func()) {
 	s.Health.Shutdown()
 	done := make(chan struct{})
 	go func() {
@@ -208,6 +209,9 @@ func (s *Server) GracefulStop(grace time.Duration) {
 	select {
 	case <-done:
 	case <-time.After(grace):
+		for _, f := range force {
+			f()
+		}
 		s.Server.Stop()
 		<-done
 	}

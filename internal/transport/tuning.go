@@ -1,6 +1,10 @@
 package transport
 
-import "google.golang.org/grpc"
+import (
+	"time"
+
+	"google.golang.org/grpc"
+)
 
 // Flow-control windows and I/O buffers of every dtmux connection, client
 // and server alike, so that each hop (CLI → controller → agent) moves bulk
@@ -44,6 +48,12 @@ func ClientTuning() []grpc.DialOption {
 	}
 }
 
+// handshakeTimeout bounds a new connection's handshake (TLS, then HTTP/2's
+// preface and settings) on a server: clients send them as soon as they
+// connect, over an ssh hop too (the agent is installed and the hop is up
+// before its pump hands the connection over).
+const handshakeTimeout = 15 * time.Second
+
 // ServerTuning returns the server options that apply the windows and
 // buffers above; rpcserver.New includes them.
 func ServerTuning() []grpc.ServerOption {
@@ -53,5 +63,9 @@ func ServerTuning() []grpc.ServerOption {
 		grpc.WriteBufferSize(WriteBufferBytes),
 		grpc.ReadBufferSize(ReadBufferBytes),
 		grpc.SharedWriteBuffer(true),
+		// A client that connects and never speaks holds a server's
+		// forced stop until its handshake times out (grpc's default:
+		// 120s).
+		grpc.ConnectionTimeout(handshakeTimeout),
 	}
 }

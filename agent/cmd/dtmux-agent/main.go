@@ -321,7 +321,11 @@ wait:
 	// Followers of sessions and of detached runs would hold the graceful
 	// stop for its whole grace.
 	api.Shutdown()
-	srv.GracefulStop(drainGrace)
+	var force []func()
+	if hops != nil {
+		force = append(force, func() { hops.CloseAll() })
+	}
+	srv.GracefulStop(drainGrace, force...)
 	for ; serving > 0; serving-- {
 		if err := <-served; serveErr == nil {
 			serveErr = err
@@ -342,7 +346,7 @@ wait:
 
 // listenHops opens the hand-off socket when addr is the daemon socket of
 // stateDir; nil otherwise, or when it cannot (pumps then copy).
-func listenHops(log hclog.Logger, addr transport.Address, stateDir string) net.Listener {
+func listenHops(log hclog.Logger, addr transport.Address, stateDir string) *daemon.HopListener {
 	abs, err := filepath.Abs(stateDir)
 	if err != nil || addr.Network != "unix" || filepath.Clean(addr.Addr) != daemon.SocketPath(abs) {
 		return nil

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -451,6 +453,42 @@ func TestDaemonArgs(t *testing.T) {
 	for _, tt := range tests {
 		if got := daemonArgs(tt.in, "/s"); !slices.Equal(got, tt.want) {
 			t.Errorf("daemonArgs(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestStdioIdleHopDoesNotHoldShutdown: a hop whose client never speaks
+// (a half-open connection) does not keep a stopping daemon from exiting,
+// which a re-execution to a new build waits for too.
+func TestStdioIdleHopDoesNotHoldShutdown(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	startPump(t, agentBin, state, work).info(t) // the daemon is up
+	idle := exec.Command(agentBin, "--stdio", "--state-dir", state, "--workdir", work)
+	stdin, err := idle.StdinPipe() // never written
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	idle.Stdout = io.Discard
+	if err := idle.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { idle.Process.Kill(); idle.Wait() }()
+	b, err := os.ReadFile(filepath.Join(state, daemon.PIDName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // the idle hop is handed over
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); syscall.Kill(pid, 0) == nil; time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("daemon %d still running 20s after SIGTERM, with an idle hop open", pid)
 		}
 	}
 }

@@ -1,32 +1,38 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/dtmux/dtmux/internal/transport"
 )
 
 // lockName is the controller's lock in its state dir, held (flock) for the
-// life of the process.
+// life of the process; it records the holder's pid and address.
 const lockName = "controller.lock"
 
 // lockWait is how long a controller waits for one that is shutting down in
 // the same state dir.
 const lockWait = 30 * time.Second
 
-// lockStateDir takes the state dir for this controller. A controller that
-// is shutting down has closed its socket but may still be stopping agents
-// (--stop-agents-on-exit) or draining calls: a new one that adopted the
-// agents then would lose them to the old one. So the lock is held until
-// the process exits, and a new controller waits for it (up to wait), or
-// fails at once when the other one still serves on sock.
-func lockStateDir(stateDir, sock string, wait time.Duration, log hclog.Logger) (release func(), err error) {
+// lockStateDir takes the state dir for this controller, which will serve
+// at addr. A controller that is shutting down has closed its socket but
+// may still be stopping agents (--stop-agents-on-exit) or draining calls:
+// a new one that adopted the agents then would lose them to the old one.
+// So the lock is held until the process exits, and a new controller waits
+// for it (up to wait, or until ctx ends), or fails at once when the holder
+// still serves at the address it recorded.
+func lockStateDir(ctx context.Context, stateDir string, addr transport.Address, wait time.Duration, log hclog.Logger) (release func(), err error) {
 	path := filepath.Join(stateDir, lockName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -36,26 +42,62 @@ func lockStateDir(stateDir, sock string, wait time.Duration, log hclog.Logger) (
 	for logged := false; ; logged = true {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
+			if err := f.Truncate(0); err == nil {
+				f.WriteAt([]byte(fmt.Sprintf("pid=%d listen=%s\n", os.Getpid(), addr)), 0)
+			}
 			return func() { f.Close() }, nil
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
 			return nil, fmt.Errorf("state dir lock: %w", err)
 		}
-		if sock != "" {
-			if c, err := net.Dial("unix", sock); err == nil {
-				c.Close()
-				f.Close()
-				return nil, fmt.Errorf("another controller serves this state dir (%s): stop it first, or use another --state-dir", sock)
-			}
+		pid, holder := lockHolder(path)
+		if holder.Addr != "" && serving(holder) {
+			f.Close()
+			return nil, fmt.Errorf("another controller (pid %d) serves this state dir at %s: stop it first, or use another --state-dir", pid, holder)
 		}
 		if time.Now().After(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("another controller still holds this state dir (%s) after %v", path, wait)
+			return nil, fmt.Errorf("another controller (pid %d) still holds this state dir (%s) after %v", pid, path, wait)
 		}
 		if !logged {
-			log.Info("waiting for the controller shutting down in this state dir", "lock", path)
+			log.Info("waiting for the controller shutting down in this state dir", "pid", pid, "lock", path)
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
+}
+
+// lockHolder reads what the holder of the lock at path recorded.
+func lockHolder(path string) (int, transport.Address) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, transport.Address{}
+	}
+	var pid int
+	var addr transport.Address
+	for _, f := range strings.Fields(string(b)) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "pid":
+			pid, _ = strconv.Atoi(v)
+		case "listen":
+			addr, _ = transport.ParseAddress(v)
+		}
+	}
+	return pid, addr
+}
+
+// serving reports whether something accepts connections at a.
+func serving(a transport.Address) bool {
+	c, err := net.DialTimeout(a.Network, a.Addr, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }

@@ -188,11 +188,7 @@ func run(args []string) error {
 
 	// The state dir first, then the socket: both before this controller
 	// adopts any agent.
-	var sock string
-	if addr.Network == "unix" {
-		sock = addr.Addr
-	}
-	release, err := lockStateDir(f.stateDir, sock, lockWait, log)
+	release, err := lockStateDir(ctx, f.stateDir, addr, lockWait, log)
 	if err != nil {
 		return err
 	}
