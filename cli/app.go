@@ -195,10 +195,11 @@ func (a *App) stdinTerminal() (int, bool) {
 	return fd, term.IsTerminal(fd)
 }
 
-// stdinPiped reports whether stdin carries input that a command reading
-// none would drop unread: a pipe, a socket, a non-empty file, or a reader
-// that is not a file and holds bytes (tests). Terminals and /dev/null do
-// not count.
+// stdinPiped reports whether stdin holds input that a command reading
+// none would drop unread: bytes waiting in a pipe or socket, a non-empty
+// file, or a reader that is not a file and holds bytes (tests). A
+// terminal, /dev/null, or a pipe with nothing in it (cron, CI runners,
+// ssh without input) does not count.
 func (a *App) stdinPiped() bool {
 	f, ok := a.Stdin.(*os.File)
 	if !ok {
@@ -217,7 +218,7 @@ func (a *App) stdinPiped() bool {
 	case m.IsRegular():
 		return fi.Size() > 0
 	default:
-		return true
+		return bytesWaiting(f)
 	}
 }
 

@@ -348,10 +348,11 @@ func (x *execStream) pumpStdin(r io.Reader) {
 	}
 }
 
-// signalDedup drops a signal that repeats the one before within
-// dupWindow: timeout(1) sends its signal to dtmux and then to dtmux's
-// process group, and Go may deliver both; one press or one kill must
-// count once.
+// signalDedup drops a SIGTERM or SIGHUP that repeats the one before
+// within dupWindow: timeout(1) sends its signal to dtmux and then to
+// dtmux's process group, and Go may deliver both; one kill must count
+// once. Other signals always count (resizes come in bursts, and so do the
+// Ctrl-Cs of a held key).
 type signalDedup struct {
 	last os.Signal
 	at   time.Time
@@ -360,10 +361,15 @@ type signalDedup struct {
 const dupWindow = 100 * time.Millisecond
 
 func (d *signalDedup) repeated(s os.Signal) bool {
+	if s != syscall.SIGTERM && s != syscall.SIGHUP {
+		return false
+	}
 	now := time.Now()
-	rep := s == d.last && now.Sub(d.at) < dupWindow
+	if s == d.last && now.Sub(d.at) < dupWindow {
+		return true
+	}
 	d.last, d.at = s, now
-	return rep
+	return false
 }
 
 // termGrace is how long dtmux waits for the run to end after forwarding

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"google.golang.org/grpc"
 
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
@@ -305,6 +306,35 @@ func TestExecTTYNeedsATerminal(t *testing.T) {
 	r = dtmux(t, addr, "", "exec", "-d", "-t", "ws", "--", "exit", "0")
 	if r.code != 0 || r.stderr != "" || f.starts[1].GetPty() == nil {
 		t.Errorf("-d -t: %+v, start %v: a detached run reads no stdin and keeps its PTY", r, f.starts[1])
+	}
+}
+
+// TestForwardSignalsResizesInBursts: a window dragged to a new size sends
+// SIGWINCH after SIGWINCH; every one is forwarded, so the last size is.
+func TestForwardSignalsResizesInBursts(t *testing.T) {
+	var sent atomic.Int64
+	x := &execStream{stream: countingExecClient{n: &sent}}
+	sigs := make(chan os.Signal, 5)
+	for range 5 {
+		sigs <- syscall.SIGWINCH
+	}
+	// A terminal whose size can be read.
+	ptmx, pts, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	defer pts.Close()
+	if err := pty.Setsize(pts, &pty.Winsize{Rows: 30, Cols: 100}); err != nil {
+		t.Fatal(err)
+	}
+	done, giveUp := make(chan struct{}), make(chan syscall.Signal, 1)
+	go x.forwardSignals(sigs, done, giveUp, int(pts.Fd()))
+	defer close(done)
+	for start := time.Now(); sent.Load() < 5; time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("forwarded %d of 5 resizes", sent.Load())
+		}
 	}
 }
 

@@ -127,18 +127,23 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 	// and print every byte once.
 	next := [2]uint64{req.GetStdoutOffset(), req.GetStderrOffset()}
 	var stream agentv1.AgentService_AttachRunClient
-	received := false
+	going, received := false, false // any event yet; output since the last loss
 	recv := func() (runEvent, error) {
 		ev, err := stream.Recv()
 		if err != nil {
 			return ev, err
 		}
-		received = true
+		going = true
+		// Progress is output (or its loss), not the started event every
+		// attach begins with: an agent that accepts and drops the stream
+		// again and again must not keep the follower going forever.
 		if o := ev.GetOutput(); o != nil {
 			next[streamIndex(o.GetStream())] = o.GetOffset() + uint64(len(o.GetData()))
+			received = true
 		}
 		if g := ev.GetGap(); g != nil {
 			next[streamIndex(g.GetStream())] = g.GetOffset() + g.GetBytes()
+			received = true
 		}
 		return ev, nil
 	}
@@ -163,7 +168,7 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 		}
 		// Only a stream that got going is taken up again: a first attach
 		// that fails (no controller, no such run) says why at once.
-		retry := attached || received
+		retry := attached || going
 		if retry && (received || lostAt.IsZero()) {
 			// Output flowed since the last loss: a new one.
 			lostAt, received = time.Now(), false
@@ -195,12 +200,6 @@ var (
 	reattachEvery = 200 * time.Millisecond
 	reattachFor   = time.Minute
 )
-
-// reattachable reports whether a follower that lost its stream at lostAt,
-// and now got err, should try again.
-func (a *App) reattachable(ctx context.Context, err error, lostAt time.Time) bool {
-	return ctx.Err() == nil && isLostStream(err) && time.Since(lostAt) < reattachFor
-}
 
 // streamIndex is 0 for stdout, 1 for stderr.
 func streamIndex(s agentv1.Stream) int {

@@ -212,6 +212,10 @@ func TestCLIExec(t *testing.T) {
 		if r.code != 0 || r.stdout != "" {
 			t.Errorf("runs logs -f of a detached cat: exit %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 		}
+		// An empty pipe on stdin (cron, CI) is nothing left unread.
+		if r := dtmuxCLI(t, c, strings.NewReader(""), "exec", "-d", "w1", "--", "true"); r.code != 0 || r.stderr != "" {
+			t.Errorf("exec -d with an empty pipe on stdin: exit %d stderr %q, want no note", r.code, r.stderr)
+		}
 	})
 
 	t.Run("same run id runs once", func(t *testing.T) {
@@ -1161,7 +1165,7 @@ func TestCLIStopAgentsOnExit(t *testing.T) {
 	c := StartController(t, ControllerOptions{})
 	c.CreateWorkspace(t, "w1", nil)
 	mustCLI(t, c, "session", "new", "w1", "s", "--", "sleep", "777.125")
-	mustCLI(t, c, "exec", "-d", "w1", "--", "sleep", "778.125")
+	run := strings.TrimSpace(mustCLI(t, c, "exec", "-d", "w1", "--", "sleep", "778.125").stdout)
 	eventually(t, "both sleeps running", func() string {
 		if n := len(procsWithArgs("sleep", "777.125")) + len(procsWithArgs("sleep", "778.125")); n != 2 {
 			return fmt.Sprintf("%d of 2 running", n)
@@ -1173,6 +1177,33 @@ func TestCLIStopAgentsOnExit(t *testing.T) {
 		if pids := procsWithArgs("sleep", arg); len(pids) > 0 {
 			t.Errorf("sleep %s still running (pids %v) after the controller exited", arg, pids)
 		}
+	}
+	// The next controller's agent says what ended the detached run.
+	c.Restart(t)
+	var got struct {
+		Runs []struct {
+			RunID   string `json:"run_id"`
+			Trailer struct {
+				Reason string `json:"reason"`
+				Detail string `json:"detail"`
+			} `json:"trailer"`
+		} `json:"runs"`
+	}
+	r := mustCLI(t, c, "runs", "ls", "w1", "-o", "json")
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, x := range got.Runs {
+		if x.RunID == run {
+			found = true
+			if x.Trailer.Reason != "EXIT_REASON_KILLED" || x.Trailer.Detail != "agent stopped with every run" {
+				t.Errorf("the detached run after the controller's exit: %+v, want killed with the agent", x)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("run %s not listed: %s", run, r.stdout)
 	}
 }
 

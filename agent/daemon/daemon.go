@@ -156,7 +156,12 @@ func Connect(ctx context.Context, c Config) (*net.UnixConn, error) {
 			if err == nil {
 				return conn, nil
 			}
-			log.Warn("the agent daemon did not re-execute; stopping it", "pid", pid, "error", err)
+			if _, alive := running(c.StateDir); alive {
+				// Still handing over, or back as its old self: stopping
+				// it now could lose its runs. The next hop tries again.
+				return nil, err
+			}
+			log.Warn("the agent daemon exited instead of re-executing; starting one", "pid", pid, "error", err)
 		}
 		if err := stop(ctx, c.StateDir, pid, c.StopTimeout); err != nil {
 			return nil, err

@@ -25,6 +25,13 @@ import (
 // Config.Handover, and the manager resumes the runs where the spools
 // (whose headers record their ends) left off, in the same cgroup.
 
+// errHandedOver: the run went to the next image of this agent, which is
+// starting; a client tries again there (Unavailable).
+var errHandedOver = fmt.Errorf("the run is being handed to the agent's new build: %w", ErrClosed)
+
+// handedOver reports whether the run went to the next image.
+func (r *Run) handedOver() bool { return r.stage.Load() == stageHanded }
+
 // Supervision stages of a run (Run.stage).
 const (
 	stageRunning int32 = iota // the supervisor has the process
@@ -45,11 +52,29 @@ type Handed struct {
 	// Stdin is the write end of the run's stdin, or -1.
 	Stdin int  `json:"stdin"`
 	PTY   bool `json:"pty,omitempty"`
+	// ReapOnly marks a child that could not be handed over (its handover
+	// failed, or it was still being killed): the next image only waits
+	// for it, so that it leaves no zombie; the run is AGENT_LOST there.
+	ReapOnly bool `json:"reap_only,omitempty"`
 	// Timeout and IdleTimeout are the run's deadlines as given (0: none);
 	// TimeoutLeft is what was left of Timeout at the handover.
 	Timeout     time.Duration `json:"timeout,omitempty"`
 	TimeoutLeft time.Duration `json:"timeout_left,omitempty"`
 	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
+}
+
+// Inherit clears close-on-exec on h's descriptors, for the exec that
+// passes them on. Hold syscall.ForkLock (read) from here to the exec.
+func (h Handed) Inherit() error {
+	for _, fd := range append(h.Outputs[:], h.Stdin) {
+		if fd < 0 {
+			continue
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return os.NewSyscallError("fcntl", err)
+		}
+	}
+	return nil
 }
 
 // Close closes the descriptors of a handover that will not be resumed.
@@ -66,6 +91,17 @@ func waitExited(pid int) {
 	var info unix.Siginfo
 	for {
 		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return
+		}
+	}
+}
+
+// reap waits for child pid to exit and reaps it.
+func reap(pid int) {
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, 0, nil)
 		if !errors.Is(err, unix.EINTR) {
 			return
 		}
@@ -92,13 +128,16 @@ func (m *Manager) HandOver() ([]Handed, error) {
 }
 
 // handOver stops the run's supervision and copying, records it and
-// returns its descriptors, or false when it cannot be handed over (it is
-// ending).
+// returns its descriptors, or false when it cannot be handed over: it is
+// ending, or being killed (the kill ends it here; its grace is short).
 func (r *Run) handOver() (Handed, bool) {
 	if r.proc == nil {
 		return Handed{}, false
 	}
-	if !r.stage.CompareAndSwap(stageRunning, stageHanded) {
+	r.mu.Lock() // with setKill: a kill and a handover, never both
+	ok := r.killReason == ReasonUnknown && r.stage.CompareAndSwap(stageRunning, stageHanded)
+	r.mu.Unlock()
+	if !ok {
 		return Handed{}, false
 	}
 	close(r.handing)
@@ -162,14 +201,16 @@ func (r *Run) handOver() (Handed, bool) {
 // copyStopWait bounds the wait for a run's output copy to stop.
 const copyStopWait = 2 * time.Second
 
-// dupForExec returns a duplicate of f's descriptor without close-on-exec.
+// dupForExec returns a duplicate of f's descriptor, close-on-exec until
+// Inherit clears that right before the exec (a child forked meanwhile must
+// not get a run's pipe).
 func dupForExec(f *os.File) (int, error) {
 	sc, err := f.SyscallConn()
 	if err != nil {
 		return -1, err
 	}
 	nfd := -1
-	cerr := sc.Control(func(fd uintptr) { nfd, err = unix.Dup(int(fd)) })
+	cerr := sc.Control(func(fd uintptr) { nfd, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0) })
 	if cerr != nil {
 		return -1, cerr
 	}

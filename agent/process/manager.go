@@ -102,6 +102,11 @@ type Manager struct {
 	// memory (Config.OutputMemory less what they keep).
 	memLeft atomic.Int64
 
+	// reapers wait for children the previous image could not hand over
+	// (Handed.ReapOnly); each ends when its child does, and nothing
+	// waits for them.
+	reapers sync.WaitGroup
+
 	mu      sync.Mutex
 	runs    map[string]*Run // guarded by mu
 	running int             // guarded by mu; runs not yet finished
@@ -728,9 +733,9 @@ func (m *Manager) close(mode closeMode, handed *[]Handed) error {
 			if mode == closeHandOver && r.startErr == nil {
 				if h, ok := r.handOver(); ok {
 					*handed = append(*handed, h)
-				} else if r.stage.Load() == stageEnding {
-					// It exited as the handover began: its trailer is
-					// recorded before the exec.
+				} else if r.stage.Load() != stageHanded {
+					// It exited as the handover began, or is being
+					// killed: its trailer is recorded before the exec.
 					waitFor = append(waitFor, r)
 				}
 			}
@@ -747,6 +752,17 @@ func (m *Manager) close(mode closeMode, handed *[]Handed) error {
 			r.Kill(detail)
 		}
 		waitFor = append(waitFor, r)
+	}
+	if mode == closeHandOver {
+		// Whatever still runs here and was not handed over stays a child
+		// of this process across the exec: the next image reaps it.
+		defer func() {
+			for _, r := range kill {
+				if r.proc != nil && !r.finished() && !slices.ContainsFunc(*handed, func(h Handed) bool { return h.ID == r.info.ID }) {
+					*handed = append(*handed, Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, ReapOnly: true})
+				}
+			}
+		}()
 	}
 	deadline := time.NewTimer(m.cfg.KillGrace + m.cfg.DrainGrace + time.Second)
 	defer deadline.Stop()
@@ -849,6 +865,12 @@ func (m *Manager) loadAll() error {
 	}
 	now := time.Now()
 	handed := handedByID(m.cfg.Handover)
+	for id, h := range handed {
+		if h.ReapOnly {
+			delete(handed, id)
+			m.reapers.Go(func() { reap(h.PID) })
+		}
+	}
 	for _, l := range infos {
 		if h, ok := handed[l.ID]; ok && l.State != StateFinished && l.Detached && l.PID == h.PID {
 			delete(handed, l.ID)

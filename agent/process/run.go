@@ -247,6 +247,9 @@ func (r *Run) AddClient(exec bool) (release func()) {
 // request"). A run an earlier agent lost in flight is signalled while its
 // process group still runs (see orphan.go); it stays AGENT_LOST.
 func (r *Run) Signal(sig syscall.Signal, reason string) error {
+	if r.handedOver() {
+		return fmt.Errorf("signal run %s: %w", r.info.ID, errHandedOver)
+	}
 	if r.proc == nil && r.orphan {
 		return r.signalOrphan(sig)
 	}
@@ -257,7 +260,9 @@ func (r *Run) Signal(sig syscall.Signal, reason string) error {
 		if reason == "" {
 			reason = "killed on request"
 		}
-		r.setKill(ReasonKilled, reason, syscall.SIGKILL, r.m.cfg.KillGrace)
+		if !r.setKill(ReasonKilled, reason, syscall.SIGKILL, r.m.cfg.KillGrace) {
+			return fmt.Errorf("signal run %s: %w", r.info.ID, errHandedOver)
+		}
 	}
 	if err := syscall.Kill(-r.info.PID, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("signal run %s: %w", r.info.ID, err)
@@ -276,6 +281,9 @@ func (r *Run) Kill(detail string) {
 func (r *Run) WriteStdin(p []byte) error {
 	r.stdinMu.Lock()
 	defer r.stdinMu.Unlock()
+	if r.handedOver() {
+		return fmt.Errorf("write stdin of run %s: %w", r.info.ID, errHandedOver)
+	}
 	if r.stdin == nil {
 		return fmt.Errorf("write stdin of run %s: %w", r.info.ID, ErrRunFinished)
 	}
@@ -296,6 +304,9 @@ func (r *Run) CloseStdin() error {
 	}
 	r.stdinMu.Lock()
 	defer r.stdinMu.Unlock()
+	if r.handedOver() {
+		return fmt.Errorf("close stdin of run %s: %w", r.info.ID, errHandedOver)
+	}
 	if r.stdin == nil {
 		return nil
 	}
@@ -306,6 +317,9 @@ func (r *Run) CloseStdin() error {
 
 // Resize sets the PTY's size; without a PTY it does nothing.
 func (r *Run) Resize(rows, cols uint16) error {
+	if r.handedOver() {
+		return fmt.Errorf("resize run %s: %w", r.info.ID, errHandedOver)
+	}
 	if r.ptmx == nil || r.finished() {
 		return nil
 	}
@@ -315,22 +329,28 @@ func (r *Run) Resize(rows, cols uint16) error {
 	return pty.Setsize(r.ptmx, &pty.Winsize{Rows: rows, Cols: cols})
 }
 
-func (r *Run) setKill(reason Reason, detail string, sig syscall.Signal, grace time.Duration) {
+// setKill records why the agent ends the run (the first reason wins); it
+// reports false, recording nothing, once the run is handed over (the kill
+// belongs to the next image then).
+func (r *Run) setKill(reason Reason, detail string, sig syscall.Signal, grace time.Duration) bool {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stage.Load() == stageHanded {
+		return false
+	}
 	if r.killReason == ReasonUnknown {
 		r.killReason, r.killDetail, r.killSignal, r.killGrace = reason, detail, sig, grace
 	}
-	r.mu.Unlock()
+	return true
 }
 
 // terminate records why the agent ends the run (the first reason wins),
 // sends sig to the whole group and has the supervisor send SIGKILL after
 // grace.
 func (r *Run) terminate(reason Reason, detail string, sig syscall.Signal, grace time.Duration) {
-	if r.finished() || r.proc == nil {
+	if r.finished() || r.proc == nil || !r.setKill(reason, detail, sig, grace) {
 		return
 	}
-	r.setKill(reason, detail, sig, grace)
 	// The agent is ending the run: its output no longer waits for the
 	// owner, or a stalled owner would keep the run alive forever.
 	r.disown()

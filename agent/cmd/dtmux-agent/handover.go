@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -45,7 +47,23 @@ func (r *reexec) exec() error {
 		return fmt.Errorf("record the handover: %w", err)
 	}
 	r.log.Info("re-executing", "path", r.req.Path, "runs_handed_over", len(r.handed))
+	// No fork between making the runs' descriptors inheritable and the
+	// exec (forks take ForkLock for writing).
+	syscall.ForkLock.RLock()
+	for _, h := range r.handed {
+		if err := h.Inherit(); err != nil {
+			syscall.ForkLock.RUnlock()
+			return fmt.Errorf("pass on run %s: %w", h.ID, err)
+		}
+	}
 	err = daemon.Exec(r.req, envHandover+"="+path)
+	if err != nil {
+		// The new build cannot run (gone, not executable here): this
+		// build takes its runs back rather than lose them.
+		r.log.Error("re-execute as the new build failed; re-executing as this one", "error", err)
+		err = errors.Join(err, daemon.Exec(daemon.Request{Path: "/proc/self/exe", Args: os.Args[1:]}, envHandover+"="+path))
+	}
+	syscall.ForkLock.RUnlock()
 	os.Remove(path)
 	return err
 }

@@ -492,3 +492,37 @@ func TestStdioIdleHopDoesNotHoldShutdown(t *testing.T) {
 		}
 	}
 }
+
+// TestStdioFailedReexecKeepsTheDaemon: a daemon asked to become a build
+// that cannot run (here a file that is not executable) takes its runs back
+// as itself, and the pump that asked reports the failure instead of
+// stopping it.
+func TestStdioFailedReexecKeepsTheDaemon(t *testing.T) {
+	state, work := stateDir(t), t.TempDir()
+	p := startPump(t, agentBin, state, work)
+	before := p.info(t)
+	script := `for i in $(seq 1 30); do echo line$i; sleep 0.05; done; exit 7`
+	_, started := execStart(t, p.client, ctxT(t), &agentv1.ExecStart{
+		Command: cmdSpec("sh", "-c", script), RunId: "kept-1", Detach: true,
+	})
+	t.Cleanup(func() { syscall.Kill(-int(started.GetPid()), syscall.SIGKILL) })
+	broken := filepath.Join(t.TempDir(), "dtmux-agent")
+	if err := os.WriteFile(broken, []byte("not a program"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := daemon.Connect(ctxT(t), daemon.Config{
+		StateDir: state, Path: broken, Args: []string{"--listen", "unix://" + daemon.SocketPath(state)},
+		StartTimeout: 2 * time.Second, StopTimeout: time.Second,
+	})
+	if err == nil || !strings.Contains(err.Error(), "did not re-execute") {
+		t.Fatalf("connect asking for a build that cannot run: %v", err)
+	}
+	q := startPump(t, agentBin, state, work)
+	if after := q.info(t); after.GetPid() != before.GetPid() {
+		t.Fatalf("daemon pid %d after the failed re-exec, want %d kept", after.GetPid(), before.GetPid())
+	}
+	wantLines(t, q.client, "run kept across a failed re-exec", "kept-1", 30)
+	if log, _ := os.ReadFile(filepath.Join(state, daemon.LogName)); !strings.Contains(string(log), "re-executing as this one") || !strings.Contains(string(log), "run taken over from the previous image") {
+		t.Errorf("the daemon did not go through the failed exec and take its run back:\n%s", log)
+	}
+}

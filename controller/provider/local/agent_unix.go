@@ -108,7 +108,13 @@ func isAgent(pid int, dir string) bool {
 
 // terminate sends SIGTERM, waits up to grace, then SIGKILLs.
 func terminate(pid int, ours bool, grace time.Duration) {
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+	terminateWith(syscall.SIGTERM, pid, ours, grace)
+}
+
+// terminateWith is terminate with another first signal: the agent takes
+// SIGUSR1 as "stop with every run" (they end as killed, with that reason).
+func terminateWith(sig syscall.Signal, pid int, ours bool, grace time.Duration) {
+	if err := syscall.Kill(pid, sig); err != nil {
 		alive(pid, ours) // reap
 		return
 	}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -489,7 +490,9 @@ func (p *Provider) Close() error {
 		go func() {
 			defer wg.Done()
 			if v.pid > 0 {
-				terminate(v.pid, v.ours, p.cfg.StopGrace)
+				// Every run ends as killed, saying why, before the
+				// leftovers are reaped.
+				terminateWith(syscall.SIGUSR1, v.pid, v.ours, p.cfg.StopGrace)
 				p.log.Debug("agent stopped", "workspace", v.w.meta.Name, "pid", v.pid)
 			}
 			// Nothing may be left that no agent can reach: as ws stop,
