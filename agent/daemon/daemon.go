@@ -152,16 +152,22 @@ func Connect(ctx context.Context, c Config) (*net.UnixConn, error) {
 		conn.Close()
 		log.Info("replacing the agent daemon", "pid", pid, "reason", why)
 		if canReexec(c.StateDir, pid) {
+			// A daemon that could not become this build before goes on
+			// as it was: join it rather than ask again (each attempt ends
+			// its attached runs and connections).
+			if f, ok := lastFailure(c.StateDir, pid); ok && f.Path == c.Path && slices.Equal(f.Args, c.Args) {
+				log.Warn("joining the agent daemon of another build: it could not become this one", "pid", pid, "reason", f.Reason)
+				return dial(sock)
+			}
 			conn, err := reexec(ctx, log, c, pid)
 			if err == nil {
 				return conn, nil
 			}
-			if _, alive := running(c.StateDir); alive {
-				// Still handing over, or back as its old self: stopping
-				// it now could lose its runs. The next hop tries again.
-				return nil, err
+			if _, alive := running(c.StateDir); alive && errors.Is(err, errNoReexec) {
+				log.Warn("joining the agent daemon of another build", "pid", pid, "error", err)
+				return dial(sock)
 			}
-			log.Warn("the agent daemon exited instead of re-executing; starting one", "pid", pid, "error", err)
+			log.Warn("the agent daemon did not re-execute; stopping it", "pid", pid, "error", err)
 		}
 		if err := stop(ctx, c.StateDir, pid, c.StopTimeout); err != nil {
 			return nil, err

@@ -84,8 +84,9 @@ type HopListener struct {
 	lis *net.UnixListener
 	uid int
 
-	mu    sync.Mutex
-	conns map[*HopConn]bool // guarded by mu; hops taken and not closed
+	mu     sync.Mutex
+	conns  map[*HopConn]bool // guarded by mu; hops taken and not closed
+	closed bool              // guarded by mu; CloseAll was called
 }
 
 // ListenHops opens stateDir's hand-off socket (0600; a stale one is
@@ -166,6 +167,11 @@ func (l *HopListener) receive(c *net.UnixConn) (*HopConn, error) {
 		l:    l,
 	}
 	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		hc.Close() // a hop taken while CloseAll ran
+		return nil, net.ErrClosed
+	}
 	l.conns[hc] = true
 	l.mu.Unlock()
 	transport.GrowPipe(hc.in, transport.HopPipeBytes)
@@ -185,6 +191,7 @@ func (l *HopListener) Close() error { return l.lis.Close() }
 func (l *HopListener) CloseAll() error {
 	err := l.lis.Close()
 	l.mu.Lock()
+	l.closed = true
 	conns := make([]*HopConn, 0, len(l.conns))
 	for c := range l.conns {
 		conns = append(conns, c)

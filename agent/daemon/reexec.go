@@ -33,7 +33,45 @@ const (
 	// FeaturesName is written by a daemon that honours the request, with
 	// its pid: "reexec pid=N".
 	FeaturesName = "agent.features"
+	// FailedName records a request the daemon could not carry out (it
+	// goes on as it was): pumps then join it rather than ask again.
+	FailedName = "agent.reexec.failed"
 )
+
+// failure is what FailedName holds.
+type failure struct {
+	PID    int       `json:"pid"`
+	Path   string    `json:"path,omitempty"`
+	Args   []string  `json:"args,omitempty"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+}
+
+// RecordFailure records that this daemon could not become req (empty when
+// the request itself was unreadable) and goes on as it was.
+func RecordFailure(stateDir string, req Request, reason string) {
+	b, err := json.Marshal(failure{PID: os.Getpid(), Path: req.Path, Args: req.Args, Reason: reason, At: time.Now()})
+	if err == nil {
+		_ = os.WriteFile(filepath.Join(stateDir, FailedName), b, 0o600)
+	}
+}
+
+// lastFailure reads FailedName for daemon pid: ok when that daemon failed
+// a request.
+func lastFailure(stateDir string, pid int) (failure, bool) {
+	b, err := os.ReadFile(filepath.Join(stateDir, FailedName))
+	if err != nil {
+		return failure{}, false
+	}
+	var f failure
+	if json.Unmarshal(b, &f) != nil || f.PID != pid {
+		return failure{}, false
+	}
+	return f, true
+}
+
+// errNoReexec: the daemon answered the request by going on as it was.
+var errNoReexec = errors.New("the agent daemon could not re-execute")
 
 // ReexecSignal asks a daemon to re-execute itself.
 const ReexecSignal = syscall.SIGUSR2
@@ -129,8 +167,15 @@ func reexec(ctx context.Context, log hclog.Logger, c Config, pid int) (*net.Unix
 		return nil, fmt.Errorf("signal the agent daemon: %w", err)
 	}
 	sock := SocketPath(c.StateDir)
-	deadline := time.Now().Add(c.StopTimeout + c.StartTimeout)
+	asked := time.Now()
+	// A handover takes the agent's kill and drain graces at most; the
+	// rest of the pump's time is for stopping the daemon if it hangs.
+	wait := c.StopTimeout + 10*time.Second
+	deadline := asked.Add(wait)
 	for {
+		if f, ok := lastFailure(c.StateDir, pid); ok && !f.At.Before(asked.Add(-time.Second)) {
+			return nil, fmt.Errorf("%w as %s: %s", errNoReexec, c.Path, f.Reason)
+		}
 		if _, alive := running(c.StateDir); !alive {
 			return nil, fmt.Errorf("the agent daemon exited instead of re-executing: %s", logTail(filepath.Join(c.StateDir, LogName)))
 		}
@@ -146,7 +191,7 @@ func reexec(ctx context.Context, log hclog.Logger, c Config, pid int) (*net.Unix
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return nil, fmt.Errorf("the agent daemon (pid %d) did not re-execute within %v", pid, c.StopTimeout+c.StartTimeout)
+			return nil, fmt.Errorf("the agent daemon (pid %d) did not re-execute within %v", pid, wait)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -57,9 +57,8 @@ type Handed struct {
 	// for it, so that it leaves no zombie; the run is AGENT_LOST there.
 	ReapOnly bool `json:"reap_only,omitempty"`
 	// Timeout and IdleTimeout are the run's deadlines as given (0: none);
-	// TimeoutLeft is what was left of Timeout at the handover.
+	// the next image counts Timeout from the run's start.
 	Timeout     time.Duration `json:"timeout,omitempty"`
-	TimeoutLeft time.Duration `json:"timeout_left,omitempty"`
 	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
 }
 
@@ -95,6 +94,23 @@ func waitExited(pid int) {
 			return
 		}
 	}
+}
+
+// reapChild reaps child pid of run id when it exits, and passes it on at
+// a handover until then.
+func (m *Manager) reapChild(pid int, id string) {
+	m.mu.Lock()
+	if m.reapOnly == nil {
+		m.reapOnly = map[int]string{}
+	}
+	m.reapOnly[pid] = id
+	m.mu.Unlock()
+	m.reapers.Go(func() {
+		reap(pid)
+		m.mu.Lock()
+		delete(m.reapOnly, pid)
+		m.mu.Unlock()
+	})
 }
 
 // reap waits for child pid to exit and reaps it.
@@ -140,6 +156,11 @@ func (r *Run) handOver() (Handed, bool) {
 	if !ok {
 		return Handed{}, false
 	}
+	// A client's write the process does not read would hold stdinMu, and
+	// the handover with it: it ends now (and says the run moved on).
+	if r.input != nil {
+		r.input.SetWriteDeadline(time.Now())
+	}
 	close(r.handing)
 	<-r.supervised
 	// A read in progress ends at once; a chunk read is spooled first.
@@ -159,9 +180,7 @@ func (r *Run) handOver() (Handed, bool) {
 		return Handed{}, false
 	}
 	h := Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, PTY: r.ptmx != nil}
-	if d := r.timeout; d > 0 {
-		h.Timeout, h.TimeoutLeft = d, max(d-time.Since(r.info.StartedAt), time.Millisecond)
-	}
+	h.Timeout = r.timeout
 	h.IdleTimeout = r.idleTimeout
 	// Duplicates have no close-on-exec; the originals close here.
 	var err error
@@ -258,20 +277,24 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	}
 	if h.PTY {
 		r.ptmx = adoptFD(h.Outputs[0], "ptmx")
-		r.stdin, r.outputs = r.ptmx, []*os.File{r.ptmx}
+		r.stdin, r.input, r.outputs = r.ptmx, r.ptmx, []*os.File{r.ptmx}
 	} else {
 		for i, fd := range h.Outputs {
 			r.outputs = append(r.outputs, adoptFD(fd, []string{"stdout", "stderr"}[i]))
 		}
 		if h.Stdin >= 0 {
 			r.stdin = adoptFD(h.Stdin, "stdin")
+			r.input = r.stdin
 		}
 	}
 	info.State, info.Trailer = StateRunning, nil
 	r.info = info
 	r.proc, r.reap = proc, proc.Wait
 	r.startTicks.Store(info.StartTicks)
-	r.timeout, r.timeoutLeft, r.idleTimeout = h.Timeout, h.TimeoutLeft, h.IdleTimeout
+	r.timeout, r.idleTimeout = h.Timeout, h.IdleTimeout
+	if h.Timeout > 0 {
+		r.timeoutLeft = max(h.Timeout-time.Since(info.StartedAt), time.Millisecond)
+	}
 	r.lastOutput.Store(time.Now().UnixNano())
 	close(r.ready)
 	m.running++

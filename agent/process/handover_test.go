@@ -1,11 +1,13 @@
 package process_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,4 +175,41 @@ func pidsCgroupDir(t *testing.T, pid int) string {
 func cgroupV2Only() bool {
 	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
 	return err == nil
+}
+
+// TestHandOverInterruptsABlockedStdinWrite: a client writing stdin the
+// process does not read does not hold the handover up; the write ends
+// saying the run moved on.
+func TestHandOverInterruptsABlockedStdinWrite(t *testing.T) {
+	state := t.TempDir()
+	m1, _ := newManager(t, func(c *process.Config) { c.StateDir = state })
+	spec := process.Spec{Argv: []string{"sleep", "30"}, Detach: true, ID: "deaf"}
+	r := start(t, m1, spec)
+	wrote := make(chan error, 1)
+	go func() { wrote <- r.WriteStdin(make([]byte, 8<<20)) }()
+	time.Sleep(200 * time.Millisecond) // the write fills the pipe and blocks
+	handed := make(chan []process.Handed, 1)
+	go func() {
+		h, err := m1.HandOver()
+		if err != nil {
+			t.Error(err)
+		}
+		handed <- h
+	}()
+	select {
+	case h := <-handed:
+		m2, _ := newManager(t, func(c *process.Config) { c.StateDir, c.Handover = state, h })
+		if r2, err := m2.Get("deaf"); err != nil || r2.Info().State != process.StateRunning {
+			t.Errorf("run after the handover: %v", err)
+		} else if err := r2.Signal(syscall.SIGKILL, ""); err != nil {
+			t.Error(err)
+		} else {
+			waitDone(t, r2)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handover waited for a stdin write the process never reads")
+	}
+	if err := <-wrote; !errors.Is(err, process.ErrClosed) {
+		t.Errorf("the interrupted write: %v, want the run handed over (ErrClosed)", err)
+	}
 }

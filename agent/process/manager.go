@@ -103,14 +103,17 @@ type Manager struct {
 	memLeft atomic.Int64
 
 	// reapers wait for children the previous image could not hand over
-	// (Handed.ReapOnly); each ends when its child does, and nothing
-	// waits for them.
+	// (Handed.ReapOnly, or a resume that failed); each ends when its child
+	// does, and nothing waits for them.
 	reapers sync.WaitGroup
 
-	mu      sync.Mutex
-	runs    map[string]*Run // guarded by mu
-	running int             // guarded by mu; runs not yet finished
-	closed  bool            // guarded by mu
+	mu   sync.Mutex
+	runs map[string]*Run // guarded by mu
+	// reapOnly are those children while they run: a handover passes them
+	// on again.
+	reapOnly map[int]string // guarded by mu; pid → run id
+	running  int            // guarded by mu; runs not yet finished
+	closed   bool           // guarded by mu
 }
 
 // NewManager opens the state directory, loads the runs of earlier agents
@@ -479,7 +482,7 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY, noStdin bool) erro
 		if polled, err := pollable(ptmx); err == nil {
 			ptmx = polled
 		}
-		r.ptmx, r.stdin = ptmx, ptmx
+		r.ptmx, r.stdin, r.input = ptmx, ptmx, ptmx
 		r.outputs = []*os.File{ptmx}
 		return nil
 	}
@@ -519,7 +522,7 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY, noStdin bool) erro
 	// The child holds its ends now.
 	if inR != nil {
 		inR.Close()
-		r.stdin = inW
+		r.stdin, r.input = inW, inW
 	}
 	outW.Close()
 	errW.Close()
@@ -758,10 +761,17 @@ func (m *Manager) close(mode closeMode, handed *[]Handed) error {
 		// of this process across the exec: the next image reaps it.
 		defer func() {
 			for _, r := range kill {
-				if r.proc != nil && !r.finished() && !slices.ContainsFunc(*handed, func(h Handed) bool { return h.ID == r.info.ID }) {
+				// A run whose supervisor got to reap it (stageEnding) is
+				// no child any more.
+				if r.proc != nil && !r.finished() && r.stage.Load() != stageEnding && !slices.ContainsFunc(*handed, func(h Handed) bool { return h.ID == r.info.ID }) {
 					*handed = append(*handed, Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, ReapOnly: true})
 				}
 			}
+			m.mu.Lock()
+			for pid, id := range m.reapOnly {
+				*handed = append(*handed, Handed{ID: id, PID: pid, Outputs: [2]int{-1, -1}, Stdin: -1, ReapOnly: true})
+			}
+			m.mu.Unlock()
 		}()
 	}
 	deadline := time.NewTimer(m.cfg.KillGrace + m.cfg.DrainGrace + time.Second)
@@ -868,7 +878,7 @@ func (m *Manager) loadAll() error {
 	for id, h := range handed {
 		if h.ReapOnly {
 			delete(handed, id)
-			m.reapers.Go(func() { reap(h.PID) })
+			m.reapChild(h.PID, h.ID)
 		}
 	}
 	for _, l := range infos {
@@ -881,6 +891,7 @@ func (m *Manager) loadAll() error {
 			}
 			m.log.Warn("resume handed-over run", "error", err)
 			h.Close()
+			m.reapChild(h.PID, h.ID)
 		}
 		if r := m.load(l, now); r != nil {
 			m.runs[r.info.ID] = r
@@ -889,6 +900,7 @@ func (m *Manager) loadAll() error {
 	for _, h := range handed {
 		m.log.Warn("a handed-over run is not in the journal", "run_id", h.ID)
 		h.Close()
+		m.reapChild(h.PID, h.ID)
 	}
 	// Drops the history of the runs above, and of the expired ones.
 	if err := j.compact(); err != nil {

@@ -41,6 +41,9 @@ type Run struct {
 	reap  func() (*os.ProcessState, error)
 	state *os.ProcessState // set by the supervisor once reaped
 	stdin *os.File         // pipe write end, or the PTY master
+	// input is stdin as started, set before ready and never changed (stdin
+	// goes nil when closed): a handover interrupts a blocked write on it.
+	input *os.File
 	ptmx  *os.File
 	// outputs are the read ends of the output pipes (or the PTY master).
 	outputs     []*os.File
@@ -288,6 +291,9 @@ func (r *Run) WriteStdin(p []byte) error {
 		return fmt.Errorf("write stdin of run %s: %w", r.info.ID, ErrRunFinished)
 	}
 	if _, err := r.stdin.Write(p); err != nil {
+		if r.handedOver() {
+			return fmt.Errorf("write stdin of run %s: %w", r.info.ID, errHandedOver)
+		}
 		if r.finished() || errors.Is(err, os.ErrClosed) || errors.Is(err, syscall.EPIPE) {
 			return fmt.Errorf("write stdin of run %s: %w", r.info.ID, ErrRunFinished)
 		}

@@ -61,6 +61,7 @@ func (r *reexec) exec() error {
 		// The new build cannot run (gone, not executable here): this
 		// build takes its runs back rather than lose them.
 		r.log.Error("re-execute as the new build failed; re-executing as this one", "error", err)
+		daemon.RecordFailure(r.state, r.req, err.Error())
 		err = errors.Join(err, daemon.Exec(daemon.Request{Path: "/proc/self/exe", Args: os.Args[1:]}, envHandover+"="+path))
 	}
 	syscall.ForkLock.RUnlock()

@@ -300,6 +300,7 @@ wait:
 			req, err := daemon.TakeRequest(f.stateDir)
 			if err != nil {
 				log.Warn("ignoring SIGUSR2", "error", err)
+				daemon.RecordFailure(f.stateDir, daemon.Request{}, err.Error())
 				continue
 			}
 			log.Info("shutting down to re-execute", "path", req.Path)

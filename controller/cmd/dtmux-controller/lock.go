@@ -52,13 +52,22 @@ func lockStateDir(ctx context.Context, stateDir string, addr transport.Address, 
 			return nil, fmt.Errorf("state dir lock: %w", err)
 		}
 		pid, holder := lockHolder(path)
-		if holder.Addr != "" && serving(holder) {
+		if holder.Addr == "" {
+			// A holder that recorded nothing (an older build): most
+			// likely it serves where this one would.
+			holder = addr
+		}
+		who := "another controller"
+		if pid > 0 {
+			who = fmt.Sprintf("another controller (pid %d)", pid)
+		}
+		if serving(ctx, holder) {
 			f.Close()
-			return nil, fmt.Errorf("another controller (pid %d) serves this state dir at %s: stop it first, or use another --state-dir", pid, holder)
+			return nil, fmt.Errorf("%s serves this state dir at %s: stop it first, or use another --state-dir", who, holder)
 		}
 		if time.Now().After(deadline) {
 			f.Close()
-			return nil, fmt.Errorf("another controller (pid %d) still holds this state dir (%s) after %v", pid, path, wait)
+			return nil, fmt.Errorf("%s still holds this state dir (%s) after %v", who, path, wait)
 		}
 		if !logged {
 			log.Info("waiting for the controller shutting down in this state dir", "pid", pid, "lock", path)
@@ -93,8 +102,10 @@ func lockHolder(path string) (int, transport.Address) {
 }
 
 // serving reports whether something accepts connections at a.
-func serving(a transport.Address) bool {
-	c, err := net.DialTimeout(a.Network, a.Addr, time.Second)
+func serving(ctx context.Context, a transport.Address) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, a.Network, a.Addr)
 	if err != nil {
 		return false
 	}
