@@ -22,6 +22,8 @@
 //	agent.log         the daemon's stderr (and its logs unless --log-file)
 //	agent.features    written by a daemon that can re-execute in place
 //	agent.reexec      a pump's request that it do so (reexec.go)
+//	agent.reexec.failed  why it could not, when it went on as it was
+//	agent.handover    the runs an exec passes on (read by the new image)
 package daemon
 
 import (
