@@ -172,17 +172,18 @@ func (r *Run) handOver() (Handed, bool) {
 	select {
 	case <-copied:
 	case <-time.After(copyStopWait):
-		// A descriptor outside the poller: the run is left as if the
-		// agent had stopped (AGENT_LOST next).
+		// A descriptor outside the poller (none should be): the run is
+		// left as if the agent had stopped (AGENT_LOST next, reaped by
+		// the next image). The copier ends when its read does, or with
+		// the exec.
 		r.log.Warn("hand over run: its output copy did not stop")
-		r.closeOutputs()
-		<-copied
 		return Handed{}, false
 	}
 	h := Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, PTY: r.ptmx != nil}
 	h.Timeout = r.timeout
 	h.IdleTimeout = r.idleTimeout
-	// Duplicates have no close-on-exec; the originals close here.
+	// Duplicates, inheritable only at the exec (Inherit); the originals
+	// close here.
 	var err error
 	for i, f := range r.outputs {
 		if h.Outputs[i], err = dupForExec(f); err != nil {
@@ -297,7 +298,9 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	}
 	r.lastOutput.Store(time.Now().UnixNano())
 	close(r.ready)
+	m.mu.Lock() // the supervisors of runs resumed before this one may end
 	m.running++
+	m.mu.Unlock()
 	r.watch()
 	m.writer.add(r)
 	r.log.Info("run taken over from the previous image of this agent", "pid", h.PID)
