@@ -102,7 +102,9 @@ func newRunsLogsCmd(app *App) *cobra.Command {
 		Short: "Print a run's output (stdout to stdout, stderr to stderr)",
 		Long: `Print a run's spooled output, stdout to stdout and stderr to stderr, starting
 at the given byte offsets. With -f, follow it until the run ends and exit
-with its status. Bytes evicted from the bounded spool are reported on stderr.`,
+with its status; when the agent or the connection to it goes away meanwhile
+(an agent upgrade, an ssh hop redialled), take it up again where it was, for
+up to a minute. Bytes evicted from the bounded spool are reported on stderr.`,
 		Args: exactArgs(2, "WS RUN"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return app.runRunsLogs(cmd.Context(), args[0], &agentv1.AttachRunRequest{
