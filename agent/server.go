@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -52,29 +51,26 @@ type Server struct {
 	tmux *tmux.Manager
 	opts Options
 
-	// stopping is closed by Shutdown: streams that follow output end.
-	stopping chan struct{}
-	stopOnce sync.Once
+	// stopping ends at Shutdown: streams that follow output end with it.
+	stopping context.Context
+	stop     context.CancelFunc
 }
 
 // Shutdown ends the streams that would otherwise keep a stopping agent
 // waiting (session followers, runs followed to their end): they fail with
 // Unavailable, "the agent is shutting down". Call it before the server's
 // graceful stop.
-func (s *Server) Shutdown() { s.stopOnce.Do(func() { close(s.stopping) }) }
+func (s *Server) Shutdown() { s.stop() }
 
 // streamContext is ctx, cancelled with errShuttingDown at Shutdown. Call
-// the cancel function when the stream ends: it ends the goroutine.
+// the cancel function when the stream ends.
 func (s *Server) streamContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	go func() {
-		select {
-		case <-s.stopping:
-			cancel(errShuttingDown)
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, func() { cancel(nil) }
+	unhook := context.AfterFunc(s.stopping, func() { cancel(errShuttingDown) })
+	return ctx, func() {
+		unhook()
+		cancel(nil)
+	}
 }
 
 // ended is err, or why ctx ended when it did (errShuttingDown).
@@ -103,5 +99,6 @@ func New(o Options) *Server {
 		t := o.Tmux
 		o.TmuxVersion = func(context.Context) (string, error) { return t.Version(), t.Err() }
 	}
-	return &Server{log: o.Logger.Named("agent"), runs: o.Runs, tmux: o.Tmux, opts: o, stopping: make(chan struct{})}
+	stopping, stop := context.WithCancel(context.Background())
+	return &Server{log: o.Logger.Named("agent"), runs: o.Runs, tmux: o.Tmux, opts: o, stopping: stopping, stop: stop}
 }

@@ -206,7 +206,7 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 			left <- sig
 			cancel()
 		}
-		for n := 0; ; n++ {
+		for counted := 0; ; {
 			var sig syscall.Signal
 			select {
 			case <-ctx.Done():
@@ -216,13 +216,13 @@ func (a *App) runScript(ctx context.Context, o runOptions) error {
 				return
 			case s := <-sigs:
 				if dup.repeated(s) {
-					n--
 					continue
 				}
 				sig = s.(syscall.Signal)
 			}
+			counted++
 			pane, _ := paneID.Load().(string)
-			if n > 0 || pane == "" {
+			if counted > 1 || pane == "" {
 				leave(sig)
 				return
 			}

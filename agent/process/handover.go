@@ -1,7 +1,6 @@
 package process
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -20,8 +19,9 @@ import (
 // AGENT_LOST orphans that died of SIGPIPE at their next write.
 //
 // HandOver stops the copying and the supervision of each such run without
-// touching its process or pipes, records the run, and returns descriptors
-// without close-on-exec. The next image passes them back in
+// touching its process or pipes, records the run, and returns duplicates
+// of its descriptors, close-on-exec until Inherit clears that right before
+// the exec. The next image passes them back in
 // Config.Handover, and the manager resumes the runs where the spools
 // (whose headers record their ends) left off, in the same cgroup.
 
@@ -62,13 +62,21 @@ type Handed struct {
 	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
 }
 
+// fds lists h's descriptors.
+func (h Handed) fds() []int {
+	var fds []int
+	for _, fd := range []int{h.Outputs[0], h.Outputs[1], h.Stdin} {
+		if fd >= 0 {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
 // Inherit clears close-on-exec on h's descriptors, for the exec that
 // passes them on. Hold syscall.ForkLock (read) from here to the exec.
 func (h Handed) Inherit() error {
-	for _, fd := range append(h.Outputs[:], h.Stdin) {
-		if fd < 0 {
-			continue
-		}
+	for _, fd := range h.fds() {
 		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
 			return os.NewSyscallError("fcntl", err)
 		}
@@ -78,10 +86,8 @@ func (h Handed) Inherit() error {
 
 // Close closes the descriptors of a handover that will not be resumed.
 func (h Handed) Close() {
-	for _, fd := range append(h.Outputs[:], h.Stdin) {
-		if fd >= 0 {
-			unix.Close(fd)
-		}
+	for _, fd := range h.fds() {
+		unix.Close(fd)
 	}
 }
 
@@ -254,11 +260,8 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	}
 	dir := filepath.Join(m.runsDir, info.ID)
 	r := m.newRun(info.ID, dir)
-	limit := info.Limits.MaxOutputBytes
-	if limit == 0 {
-		limit = m.cfg.SpoolLimit
-	}
-	for i, name := range []string{"stdout", "stderr"} {
+	limit := m.spoolLimit(info.Limits)
+	for i, name := range streamNames {
 		s, err := resumeSpool(filepath.Join(dir, name), limit, r.broadcast, r.prepareDir)
 		if err != nil {
 			r.closeSpools()
@@ -281,7 +284,7 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 		r.stdin, r.input, r.outputs = r.ptmx, r.ptmx, []*os.File{r.ptmx}
 	} else {
 		for i, fd := range h.Outputs {
-			r.outputs = append(r.outputs, adoptFD(fd, []string{"stdout", "stderr"}[i]))
+			r.outputs = append(r.outputs, adoptFD(fd, streamNames[i]))
 		}
 		if h.Stdin >= 0 {
 			r.stdin = adoptFD(h.Stdin, "stdin")
@@ -338,11 +341,10 @@ func resumeSpool(path string, limit uint64, onWrite func(), mkdir func() error) 
 	if err != nil {
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
-	if _, err := f.ReadAt(s.hdr[:], 0); err != nil {
+	if s.end, err = s.readEnd(f); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("read spool header: %w", err)
+		return nil, err
 	}
-	s.end = binary.LittleEndian.Uint64(s.hdr[:])
 	if s.end > limit {
 		s.start = s.end - limit
 	}

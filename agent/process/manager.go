@@ -321,6 +321,18 @@ func (m *Manager) newRun(id, dir string) *Run {
 	return r
 }
 
+// streamNames name a run's output streams (and their spool files), in
+// the order of Run.out.
+var streamNames = [2]string{"stdout", "stderr"}
+
+// spoolLimit is how much of each stream a run with limits l keeps.
+func (m *Manager) spoolLimit(l Limits) uint64 {
+	if l.MaxOutputBytes == 0 {
+		return m.cfg.SpoolLimit
+	}
+	return l.MaxOutputBytes
+}
+
 // resolveCwd is the working directory a run with cwd gets.
 func (m *Manager) resolveCwd(cwd string) string { return workdir.Resolve(m.cfg.Workdir, cwd) }
 
@@ -362,9 +374,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	}
 
 	limits := spec.Limits
-	if limits.MaxOutputBytes == 0 {
-		limits.MaxOutputBytes = m.cfg.SpoolLimit
-	}
+	limits.MaxOutputBytes = m.spoolLimit(limits)
 	r.info.Argv = slices.Clone(spec.Argv)
 	r.info.Shell = spec.Shell
 	r.info.Cwd = cwd
@@ -386,7 +396,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	if spec.Detach {
 		memMax = 0
 	}
-	for i, name := range []string{"stdout", "stderr"} {
+	for i, name := range streamNames {
 		r.out[i] = newSpool(filepath.Join(r.dir, name), limits.MaxOutputBytes, memMax, r.broadcast, r.prepareDir)
 	}
 
@@ -920,11 +930,8 @@ func (m *Manager) load(l loaded, now time.Time) *Run {
 	r := m.newRun(id, dir)
 	close(r.ready)
 	close(r.done)
-	limit := info.Limits.MaxOutputBytes
-	if limit == 0 {
-		limit = m.cfg.SpoolLimit
-	}
-	for i, name := range []string{"stdout", "stderr"} {
+	limit := m.spoolLimit(info.Limits)
+	for i, name := range streamNames {
 		recorded := info.StdoutBytes
 		if i == 1 {
 			recorded = info.StderrBytes

@@ -240,6 +240,15 @@ func (s *spool) createFile(mem []byte, start, end uint64) (*os.File, error) {
 	return f, nil
 }
 
+// readEnd reads the stream's end offset from the header of the spool
+// file f.
+func (s *spool) readEnd(f *os.File) (uint64, error) {
+	if _, err := f.ReadAt(s.hdr[:], 0); err != nil {
+		return 0, fmt.Errorf("read spool header: %w", err)
+	}
+	return binary.LittleEndian.Uint64(s.hdr[:]), nil
+}
+
 // loadSpool reads the spool header of a run from an earlier agent; the
 // file stays closed until a reader wants it. recorded is how many bytes
 // the run's record says the stream had. inFlight says the run was
@@ -259,10 +268,9 @@ func loadSpool(path string, limit uint64, inFlight bool, recorded uint64) (*spoo
 		return nil, fmt.Errorf("open spool: %w", err)
 	}
 	defer f.Close()
-	if _, err := f.ReadAt(s.hdr[:], 0); err != nil {
-		return nil, fmt.Errorf("read spool header: %w", err)
+	if s.end, err = s.readEnd(f); err != nil {
+		return nil, err
 	}
-	s.end = binary.LittleEndian.Uint64(s.hdr[:])
 	reach := s.end
 	if inFlight {
 		reach += readChunk
