@@ -153,43 +153,16 @@ func (m *Manager) HandOver() ([]Handed, error) {
 // returns its descriptors, or false when it cannot be handed over: it is
 // ending, or being killed (the kill ends it here; its grace is short).
 func (r *Run) handOver() (Handed, bool) {
-	if r.proc == nil {
-		return Handed{}, false
-	}
-	r.mu.Lock() // with setKill: a kill and a handover, never both
-	ok := r.killReason == ReasonUnknown && r.stage.CompareAndSwap(stageRunning, stageHanded)
-	r.mu.Unlock()
-	if !ok {
-		return Handed{}, false
-	}
-	// A client's write the process does not read would hold stdinMu, and
-	// the handover with it: it ends now (and says the run moved on).
-	if r.input != nil {
-		r.input.SetWriteDeadline(time.Now())
-	}
-	close(r.handing)
-	<-r.supervised
-	// A read in progress ends at once; a chunk read is spooled first.
-	for _, f := range r.outputs {
-		f.SetReadDeadline(time.Now())
-	}
-	copied := make(chan struct{})
-	go func() { r.copiers.Wait(); close(copied) }()
-	select {
-	case <-copied:
-	case <-time.After(copyStopWait):
-		// A descriptor outside the poller (none should be): the run is
-		// left as if the agent had stopped (AGENT_LOST next, reaped by
-		// the next image). The copier ends when its read does, or with
-		// the exec.
-		r.log.Warn("hand over run: its output copy did not stop")
+	if r.adopted || !r.unwatch() {
+		// An adopted run is not this process's child: the next image
+		// adopts it again through its named pipes (adopt.go).
 		return Handed{}, false
 	}
 	h := Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, PTY: r.ptmx != nil}
 	h.Timeout = r.timeout
 	h.IdleTimeout = r.idleTimeout
 	// Duplicates, inheritable only at the exec (Inherit); the originals
-	// close here.
+	// close in release.
 	var err error
 	for i, f := range r.outputs {
 		if h.Outputs[i], err = dupForExec(f); err != nil {
@@ -207,6 +180,56 @@ func (r *Run) handOver() (Handed, bool) {
 		h.Close()
 		return Handed{}, false
 	}
+	r.release()
+	r.log.Debug("run handed over", "pid", h.PID)
+	return h, true
+}
+
+// unwatch stops the run's supervision and output copy without touching
+// its process or descriptors, for a handover or for an agent that leaves
+// it to the next one; false when it cannot: the run is ending, or being
+// killed (the kill ends it here; its grace is short), or its copy does not
+// stop. Every byte read from the process is spooled when it returns.
+func (r *Run) unwatch() bool {
+	if r.proc == nil {
+		return false
+	}
+	r.mu.Lock() // with setKill: a kill and a handover, never both
+	ok := r.killReason == ReasonUnknown && r.stage.CompareAndSwap(stageRunning, stageHanded)
+	r.mu.Unlock()
+	if !ok {
+		return false
+	}
+	// A client's write the process does not read would hold stdinMu, and
+	// the handover with it: it ends now (and says the run moved on).
+	if r.input != nil {
+		r.input.SetWriteDeadline(time.Now())
+	}
+	close(r.handing)
+	<-r.supervised
+	// A read in progress ends at once; a chunk read is spooled first.
+	for _, f := range r.outputs {
+		f.SetReadDeadline(time.Now())
+	}
+	copied := make(chan struct{})
+	go func() { r.copiers.Wait(); close(copied) }()
+	select {
+	case <-copied:
+		return true
+	case <-time.After(copyStopWait):
+		// A descriptor outside the poller (none should be): the run is
+		// left as if the agent had stopped (AGENT_LOST next, reaped by
+		// the next image). The copier ends when its read does, or with
+		// the exec.
+		r.log.Warn("hand over run: its output copy did not stop")
+		return false
+	}
+}
+
+// release closes this agent's ends of an unwatched run's descriptors,
+// seals its spools and records it for the agent (or image) that takes it
+// over.
+func (r *Run) release() {
 	r.closeOutputs()
 	r.stdinMu.Lock()
 	if r.stdin != nil && r.ptmx == nil {
@@ -218,10 +241,8 @@ func (r *Run) handOver() (Handed, bool) {
 		s.seal()
 	}
 	if err := r.persist(); err != nil {
-		r.log.Warn("persist handed-over run", "error", err)
+		r.log.Warn("persist a run left to the next agent", "error", err)
 	}
-	r.log.Debug("run handed over", "pid", h.PID)
-	return h, true
 }
 
 // copyStopWait bounds the wait for a run's output copy to stop.
@@ -258,26 +279,9 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(m.runsDir, info.ID)
-	r := m.newRun(info.ID, dir)
-	limit := m.spoolLimit(info.Limits)
-	for i, name := range streamNames {
-		s, err := resumeSpool(filepath.Join(dir, name), limit, r.broadcast, r.prepareDir)
-		if err != nil {
-			r.closeSpools()
-			return nil, fmt.Errorf("run %s: %w", info.ID, err)
-		}
-		r.out[i] = s
-	}
-	if info.Limits.hasCgroupLimits() {
-		if m.cfg.Cgroups == nil {
-			r.closeSpools()
-			return nil, fmt.Errorf("run %s: its cgroup limits need cgroups, which this agent was not given", info.ID)
-		}
-		if r.group, err = m.cfg.Cgroups.Open(info.ID); err != nil {
-			r.closeSpools()
-			return nil, err
-		}
+	r, err := m.reopen(info)
+	if err != nil {
+		return nil, err
 	}
 	if h.PTY {
 		r.ptmx = adoptFD(h.Outputs[0], "ptmx")
@@ -307,6 +311,37 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	r.watch()
 	m.writer.add(r)
 	r.log.Info("run taken over from the previous image of this agent", "pid", h.PID)
+	return r, nil
+}
+
+// reopen makes the Run of info, a run of an earlier agent or image that
+// goes on here: its spools open for writing where their headers say they
+// ended, its cgroup (when it has limits) opened again.
+func (m *Manager) reopen(info Info) (*Run, error) {
+	dir := filepath.Join(m.runsDir, info.ID)
+	r := m.newRun(info.ID, dir)
+	r.info.OutputFIFOs = info.OutputFIFOs
+	limit := m.spoolLimit(info.Limits)
+	for i, name := range streamNames {
+		s, err := resumeSpool(filepath.Join(dir, name), limit, r.broadcast, r.prepareDir)
+		if err != nil {
+			r.closeSpools()
+			return nil, fmt.Errorf("run %s: %w", info.ID, err)
+		}
+		r.out[i] = s
+	}
+	if info.Limits.hasCgroupLimits() {
+		if m.cfg.Cgroups == nil {
+			r.closeSpools()
+			return nil, fmt.Errorf("run %s: its cgroup limits need cgroups, which this agent was not given", info.ID)
+		}
+		g, err := m.cfg.Cgroups.Open(info.ID)
+		if err != nil {
+			r.closeSpools()
+			return nil, err
+		}
+		r.group = g
+	}
 	return r, nil
 }
 

@@ -382,6 +382,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	r.info.SecretEnvKeys = sortedKeys(spec.SecretEnv)
 	r.info.Detached = spec.Detach
 	r.info.PTY = spec.PTY != nil
+	r.info.OutputFIFOs = spec.Detach && spec.PTY == nil
 	r.info.Labels = maps.Clone(spec.Labels)
 	r.info.Limits = limits
 	r.timeout, r.idleTimeout = spec.Timeout, spec.IdleTimeout
@@ -515,8 +516,28 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY, noStdin bool) erro
 	if !noStdin {
 		inR, inW, err1 = pipe(true)
 	}
-	outR, outW, err2 := pipe(false)
-	errR, errW, err3 := pipe(false)
+	var outR, outW, errR, errW *os.File
+	var err2, err3 error
+	if r.info.OutputFIFOs {
+		fifos, err := r.makeFIFOs()
+		if err != nil {
+			r.log.Warn("output through pipes: its named pipes could not be made, so it will not outlive the agent", "error", err)
+			r.info.OutputFIFOs = false
+		} else {
+			files = append(files, fifos[:]...)
+			outR, outW, errR, errW = fifos[0], fifos[1], fifos[2], fifos[3]
+			closeAll = func() {
+				for _, f := range files {
+					f.Close()
+				}
+				r.removeFIFOs()
+			}
+		}
+	}
+	if !r.info.OutputFIFOs {
+		outR, outW, err2 = pipe(false)
+		errR, errW, err3 = pipe(false)
+	}
 	if err := errors.Join(err1, err2, err3); err != nil {
 		closeAll()
 		return fmt.Errorf("start run: %w", err)
@@ -743,12 +764,23 @@ func (m *Manager) close(mode closeMode, handed *[]Handed) error {
 	for _, r := range kill {
 		<-r.ready
 		if r.startErr != nil || (r.info.Detached && !r.finished() && !all) {
-			if mode == closeHandOver && r.startErr == nil {
+			switch {
+			case r.startErr != nil:
+			case mode == closeHandOver && !r.adopted:
 				if h, ok := r.handOver(); ok {
 					*handed = append(*handed, h)
 				} else if r.stage.Load() != stageHanded {
 					// It exited as the handover began, or is being
 					// killed: its trailer is recorded before the exec.
+					waitFor = append(waitFor, r)
+				}
+			case r.info.OutputFIFOs:
+				// The next agent (or image) adopts it (adopt.go): what
+				// was read from its pipes is spooled before this one
+				// goes, so that nothing is lost in between.
+				if r.unwatch() {
+					r.release()
+				} else if r.stage.Load() != stageHanded {
 					waitFor = append(waitFor, r)
 				}
 			}
@@ -773,7 +805,7 @@ func (m *Manager) close(mode closeMode, handed *[]Handed) error {
 			for _, r := range kill {
 				// A run whose supervisor got to reap it (stageEnding) is
 				// no child any more.
-				if r.proc != nil && !r.finished() && r.stage.Load() != stageEnding && !slices.ContainsFunc(*handed, func(h Handed) bool { return h.ID == r.info.ID }) {
+				if r.proc != nil && !r.adopted && !r.finished() && r.stage.Load() != stageEnding && !slices.ContainsFunc(*handed, func(h Handed) bool { return h.ID == r.info.ID }) {
 					*handed = append(*handed, Handed{ID: r.info.ID, PID: r.info.PID, Outputs: [2]int{-1, -1}, Stdin: -1, ReapOnly: true})
 				}
 			}
@@ -902,6 +934,14 @@ func (m *Manager) loadAll() error {
 			m.log.Warn("resume handed-over run", "error", err)
 			h.Close()
 			m.reapChild(h.PID, h.ID)
+		}
+		if l.OutputFIFOs && l.Detached && (l.State != StateFinished || l.Trailer == nil) {
+			r, err := m.adopt(l.Info)
+			if err == nil {
+				m.runs[r.info.ID] = r
+				continue
+			}
+			m.log.Info("not adopting a run of an earlier agent", "error", err)
 		}
 		if r := m.load(l, now); r != nil {
 			m.runs[r.info.ID] = r

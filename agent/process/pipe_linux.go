@@ -1,7 +1,9 @@
 package process
 
 import (
+	"errors"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -40,4 +42,42 @@ func childPipe(childReads bool) (r, w *os.File, err error) {
 	// NewFile makes a descriptor in non-blocking mode pollable, and leaves
 	// a blocking one alone.
 	return os.NewFile(uintptr(p[0]), "|0"), os.NewFile(uintptr(p[1]), "|1"), nil
+}
+
+// childFIFO makes the named pipe at path that carries one output stream of
+// a detached run (see adopt.go), and returns the agent's end (read-only,
+// in Go's poller) and the child's (read-write, blocking). Holding both
+// directions, the child never writes into a pipe without a reader, so an
+// agent that goes away does not kill it with SIGPIPE: it blocks once the
+// pipe is full, until the next agent reads on.
+func childFIFO(path string) (ours, child *os.File, err error) {
+	if err := unix.Mkfifo(path, 0o600); err != nil {
+		return nil, nil, &os.PathError{Op: "mkfifo", Path: path, Err: err}
+	}
+	if ours, err = openFIFO(path); err != nil {
+		os.Remove(path)
+		return nil, nil, err
+	}
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		ours.Close()
+		os.Remove(path)
+		return nil, nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return ours, os.NewFile(uintptr(fd), path), nil
+}
+
+// openFIFO opens the agent's end of a run's named pipe: read-only and
+// non-blocking, which never waits for a writer.
+func openFIFO(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "open", Path: path, Err: errors.New("not a named pipe")}
+	}
+	return os.NewFile(uintptr(fd), "|"+filepath.Base(path)), nil
 }

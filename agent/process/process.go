@@ -156,13 +156,16 @@ type Info struct {
 	// StartTicks is the leader's start time (clock ticks after boot, from
 	// /proc/PID/stat), which tells the run's process from a later one
 	// with the same pid; 0 when unknown.
-	StartTicks uint64            `json:"start_ticks,omitempty"`
-	StartedAt  time.Time         `json:"started_at"`
-	Trailer    *Trailer          `json:"trailer,omitempty"`
-	Detached   bool              `json:"detached,omitempty"`
-	PTY        bool              `json:"pty,omitempty"`
-	Labels     map[string]string `json:"labels,omitempty"`
-	Limits     Limits            `json:"limits"`
+	StartTicks uint64    `json:"start_ticks,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	Trailer    *Trailer  `json:"trailer,omitempty"`
+	Detached   bool      `json:"detached,omitempty"`
+	PTY        bool      `json:"pty,omitempty"`
+	// OutputFIFOs says that the run's stdout and stderr are named pipes
+	// in its directory, which a later agent opens again (see adopt.go).
+	OutputFIFOs bool              `json:"output_fifos,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Limits      Limits            `json:"limits"`
 	// StdoutBytes and StderrBytes count output so far.
 	StdoutBytes uint64 `json:"stdout_bytes"`
 	StderrBytes uint64 `json:"stderr_bytes"`

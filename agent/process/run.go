@@ -69,6 +69,9 @@ type Run struct {
 	// process group may still run (see orphan.go). Set before ready.
 	orphan     bool
 	orphanGone atomic.Bool
+	// adopted marks a run of an earlier agent taken over through its
+	// named pipes: not this agent's child (see adopt.go). Set before ready.
+	adopted bool
 
 	stdinMu sync.Mutex // serialises writes and close of stdin
 
@@ -382,7 +385,14 @@ func (r *Run) supervise() {
 	// handover that wins the race (stage) leaves it to the next image.
 	// Ends when the leader does.
 	exited := make(chan struct{})
-	go func() { waitExited(r.info.PID); close(exited) }()
+	go func() {
+		if r.adopted {
+			waitGone(r.info.PID, r.info.StartTicks)
+		} else {
+			waitExited(r.info.PID)
+		}
+		close(exited)
+	}()
 
 	var timeoutC, idleC, killC <-chan time.Time
 	if d := r.timeout; d > 0 {
@@ -489,6 +499,7 @@ drain:
 	}
 	drainT.Stop()
 	r.closeOutputs()
+	r.removeFIFOs()
 	// Readers reopen the spools read-only when they want them.
 	for _, s := range r.out {
 		s.seal()
@@ -547,6 +558,16 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 	if !ok {
 		t.Reason = ReasonAgentLost
 		t.Detail = fmt.Sprintf("wait: %v", waitErr)
+		if r.adopted {
+			r.mu.Lock()
+			reason, detail := r.killReason, r.killDetail
+			r.mu.Unlock()
+			t.Detail = adoptedDetail
+			if reason != ReasonUnknown {
+				// Whatever its status, the agent was ending it.
+				t.Reason, t.Detail = reason, detail
+			}
+		}
 		return t
 	}
 	if ws.Signaled() {

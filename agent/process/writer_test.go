@@ -40,35 +40,41 @@ func TestSilentRunSurvivesRestart(t *testing.T) {
 }
 
 // Close writes the metadata of runs started just before it, so that the
-// next agent finds a detached run that is still going.
+// next agent finds a detached run that is still going, and adopts it.
 func TestCloseWritesPendingRuns(t *testing.T) {
 	state := t.TempDir()
 	m1, _ := newManager(t, func(c *process.Config) { c.StateDir = state })
-	var runs []*process.Run
-	t.Cleanup(func() {
-		// Detached runs outlive their manager: end them, and let their
-		// supervisors write their trailers before the directory goes.
-		for _, r := range runs {
-			syscall.Kill(-r.Info().PID, syscall.SIGKILL)
-		}
-		for _, r := range runs {
-			waitDone(t, r)
-		}
-	})
+	var pids []int
 	const n = 20
 	for i := range n {
-		runs = append(runs, start(t, m1, process.Spec{ID: "d" + string(rune('a'+i)), Argv: []string{"sleep", "1000"}, Detach: true}))
+		r := start(t, m1, process.Spec{ID: "d" + string(rune('a'+i)), Argv: []string{"sleep", "1000"}, Detach: true})
+		pids = append(pids, r.Info().PID)
 	}
 	if err := m1.Close(); err != nil {
 		t.Fatal(err)
 	}
 	m2, _ := newManager(t, func(c *process.Config) { c.StateDir = state })
+	t.Cleanup(func() {
+		// Detached runs outlive their manager: end them (still children
+		// of this test, which reaps them), and let the adopting manager
+		// write their trailers before the directory goes.
+		for _, pid := range pids {
+			syscall.Kill(-pid, syscall.SIGKILL)
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, 0, nil)
+		}
+		for _, in := range m2.List(nil) {
+			if r, err := m2.Get(in.ID); err == nil {
+				waitDone(t, r)
+			}
+		}
+	})
 	infos := m2.List(nil)
 	if len(infos) != n {
 		t.Fatalf("restarted manager lists %d runs, want %d", len(infos), n)
 	}
 	for _, in := range infos {
-		if in.Trailer == nil || in.Trailer.Reason != process.ReasonAgentLost || len(in.Argv) != 2 {
+		if in.State != process.StateRunning || in.Trailer != nil || len(in.Argv) != 2 {
 			t.Errorf("run %s after restart: %+v", in.ID, in)
 		}
 	}

@@ -266,9 +266,13 @@ func TestStdio(t *testing.T) {
 func TestCrashLeavesAgentLostAndShutdownKillsAttached(t *testing.T) {
 	state := t.TempDir()
 	a := startAgent(t, state)
-	// A detached run in flight when the agent is SIGKILLed.
+	// A detached run with a PTY in flight when the agent is SIGKILLed: a
+	// terminal cannot be opened again, so it is lost (runs without one
+	// are adopted: TestRestartAdoptsDetachedRuns). It ignores the hangup
+	// of its terminal.
 	_, started := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{
-		Command: cmdSpec("sh", "-c", "echo before; exec sleep 1000"), RunId: "lost-1", Detach: true,
+		Command: cmdSpec("sh", "-c", "trap '' HUP; echo before; exec sleep 1000"), RunId: "lost-1", Detach: true,
+		Pty: &agentv1.PtySpec{},
 	})
 	t.Cleanup(func() { syscall.Kill(int(started.GetPid()), syscall.SIGKILL) })
 	for {
@@ -299,7 +303,7 @@ func TestCrashLeavesAgentLostAndShutdownKillsAttached(t *testing.T) {
 		out += string(ev.GetOutput().GetData())
 		tr = ev.GetTrailer()
 	}
-	if out != "before\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST || !strings.Contains(tr.GetDetail(), "still running") {
+	if out != "before\r\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST || !strings.Contains(tr.GetDetail(), "still running") {
 		t.Errorf("after restart: %q %v", out, tr)
 	}
 	// Its process group outlived the agent: runs kill still reaches it.
@@ -336,5 +340,133 @@ func TestCrashLeavesAgentLostAndShutdownKillsAttached(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("agent did not exit after SIGTERM")
+	}
+}
+
+// A detached run (no PTY) in flight when its agent goes away lives on and
+// prints on: the next agent takes it over through its named pipes, with
+// every line, whether the agent crashed or stopped (SIGTERM).
+func TestRestartAdoptsDetachedRuns(t *testing.T) {
+	state := t.TempDir()
+	gate := t.TempDir()
+	// Prints a line, then 300 more once go1 exists (while no agent
+	// runs), and exits 3 once go2 exists (after the next agent is up:
+	// a pipe's unread bytes go with its last holder).
+	script := `echo before; until [ -e "$1/go1" ]; do sleep 0.01; done
+i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "line $i"; done
+until [ -e "$1/go2" ]; do sleep 0.01; done; echo done >&2; exit 3`
+	var want strings.Builder
+	want.WriteString("before\n")
+	for i := 1; i <= 300; i++ {
+		fmt.Fprintf(&want, "line %d\n", i)
+	}
+	touch := func(name string) {
+		if err := os.WriteFile(filepath.Join(gate, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitBytes := func(c agentv1.AgentServiceClient, id string, n uint64) *agentv1.RunInfo {
+		for i := 0; ; i++ {
+			r, err := c.GetRun(ctxT(t), &agentv1.GetRunRequest{RunId: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.GetRun().GetStdoutBytes() >= n {
+				return r.GetRun()
+			}
+			if i == 1000 {
+				t.Fatalf("run %s: %d bytes of stdout, want %d", id, r.GetRun().GetStdoutBytes(), n)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	follow := func(c agentv1.AgentServiceClient, id string) (string, string, *agentv1.RunTrailer) {
+		att, err := c.AttachRun(ctxT(t), &agentv1.AttachRunRequest{RunId: id, Follow: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut strings.Builder
+		for {
+			ev, err := att.Recv()
+			if err != nil {
+				t.Fatalf("follow %s: %v", id, err)
+			}
+			if o := ev.GetOutput(); o != nil {
+				if o.GetStream() == agentv1.Stream_STREAM_STDERR {
+					errOut.Write(o.GetData())
+				} else {
+					out.Write(o.GetData())
+				}
+			}
+			if tr := ev.GetTrailer(); tr != nil {
+				return out.String(), errOut.String(), tr
+			}
+		}
+	}
+
+	a := startAgent(t, state)
+	var pids []int
+	t.Cleanup(func() {
+		for _, pid := range pids {
+			syscall.Kill(-pid, syscall.SIGKILL)
+		}
+	})
+	start := func(c agentv1.AgentServiceClient, id string, argv ...string) {
+		_, started := execStart(t, c, ctxT(t), &agentv1.ExecStart{Command: cmdSpec(argv...), RunId: id, Detach: true})
+		pids = append(pids, int(started.GetPid()))
+	}
+	start(a.client, "crash-1", "sh", "-c", script, "sh", filepath.Join(gate, "crash"))
+	start(a.client, "crash-kill", "sh", "-c", "echo up; exec sleep 1000")
+	os.Mkdir(filepath.Join(gate, "crash"), 0o700)
+	waitBytes(a.client, "crash-1", 1)
+	waitBytes(a.client, "crash-kill", 1)
+	fifos := filepath.Join(state, "runs", "*", "*.fifo")
+	if names, _ := filepath.Glob(fifos); len(names) != 4 {
+		t.Fatalf("named pipes of two runs: %v", names)
+	}
+	a.cmd.Process.Signal(syscall.SIGKILL)
+	<-a.exited
+	// With no agent: a write into a pipe nobody reads would end it
+	// (SIGPIPE); this one waits in the named pipe.
+	touch("crash/go1")
+	time.Sleep(200 * time.Millisecond)
+
+	b := startAgent(t, state)
+	if r := waitBytes(b.client, "crash-1", 1); r.GetState() != agentv1.RunState_RUN_STATE_RUNNING {
+		t.Fatalf("after the crash: %v", r)
+	}
+	touch("crash/go2")
+	out, errOut, tr := follow(b.client, "crash-1")
+	if out != want.String() || errOut != "done\n" {
+		t.Errorf("after the crash: stdout %d bytes (want %d), stderr %q", len(out), want.Len(), errOut)
+	}
+	if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST || !strings.Contains(tr.GetDetail(), "exit status cannot be known") || tr.GetStdoutBytes() != uint64(want.Len()) {
+		t.Errorf("adopted run's trailer: %v", tr)
+	}
+	// Kills reach an adopted run.
+	if _, err := b.client.SignalRun(ctxT(t), &agentv1.SignalRunRequest{RunId: "crash-kill", Signal: agentv1.Signal_SIGNAL_KILL}); err != nil {
+		t.Fatal(err)
+	}
+	if out, _, tr := follow(b.client, "crash-kill"); out != "up\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_KILLED {
+		t.Errorf("adopted run killed: %q %v", out, tr)
+	}
+
+	// An agent that stops (SIGTERM) leaves its detached runs to the next.
+	os.Mkdir(filepath.Join(gate, "stop"), 0o700)
+	start(b.client, "stop-1", "sh", "-c", script, "sh", filepath.Join(gate, "stop"))
+	waitBytes(b.client, "stop-1", 1)
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	<-b.exited
+	touch("stop/go1")
+	time.Sleep(200 * time.Millisecond)
+	c := startAgent(t, state)
+	waitBytes(c.client, "stop-1", 1)
+	touch("stop/go2")
+	if out, errOut, tr := follow(c.client, "stop-1"); out != want.String() || errOut != "done\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST {
+		t.Errorf("after a stop: stdout %d bytes (want %d), stderr %q, %v", len(out), want.Len(), errOut, tr)
+	}
+	// Their named pipes went with them.
+	if names, _ := filepath.Glob(fifos); len(names) != 0 {
+		t.Errorf("named pipes left: %v", names)
 	}
 }

@@ -59,14 +59,19 @@ func TestRunsDoNotInheritIgnoredSignals(t *testing.T) {
 }
 
 // TestSIGUSR1KillsEveryRun: SIGUSR1 (a workspace stop) shuts the agent
-// down with every run: detached runs are killed and recorded as such, and
-// a process group left running by a run of a crashed earlier agent ends
-// too. SIGTERM keeps detached runs (TestCrashLeavesAgentLost...).
+// down with every run: detached runs are killed and recorded as such, so
+// are those adopted from a crashed earlier agent, and a process group left
+// running by a run that could not be adopted (a PTY) ends too. SIGTERM
+// keeps detached runs (TestRestartAdoptsDetachedRuns).
 func TestSIGUSR1KillsEveryRun(t *testing.T) {
 	state := t.TempDir()
 	a := startAgent(t, state)
-	_, lost := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("sleep", "1000"), RunId: "orphan-1", Detach: true})
+	_, lost := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{
+		Command: cmdSpec("sh", "-c", "trap '' HUP; exec sleep 1000"), RunId: "orphan-1", Detach: true, Pty: &agentv1.PtySpec{},
+	})
 	t.Cleanup(func() { syscall.Kill(int(lost.GetPid()), syscall.SIGKILL) })
+	_, adopted := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{Command: cmdSpec("sleep", "1002"), RunId: "adopted-1", Detach: true})
+	t.Cleanup(func() { syscall.Kill(int(adopted.GetPid()), syscall.SIGKILL) })
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.exited
 
@@ -82,14 +87,14 @@ func TestSIGUSR1KillsEveryRun(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("agent did not exit after SIGUSR1")
 	}
-	for _, pid := range []int32{lost.GetPid(), det.GetPid()} {
+	for _, pid := range []int32{lost.GetPid(), det.GetPid(), adopted.GetPid()} {
 		// Reaped by now or about to be: the agent waited for det-1; the
 		// orphan's parent is init.
 		waitProcGone(t, int(pid))
 	}
 
 	c := startAgent(t, state)
-	for id, want := range map[string]string{"det-1": "agent stopped with every run", "orphan-1": "has ended since"} {
+	for id, want := range map[string]string{"det-1": "agent stopped with every run", "adopted-1": "agent stopped with every run", "orphan-1": "has ended since"} {
 		r, err := c.client.GetRun(ctxT(t), &agentv1.GetRunRequest{RunId: id})
 		if err != nil {
 			t.Fatal(err)
