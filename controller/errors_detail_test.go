@@ -1,7 +1,9 @@
 package controller
 
 import (
+	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
@@ -32,5 +34,22 @@ func TestToStatusKeepsProviderReason(t *testing.T) {
 		if st.Code() != tt.code || st.Message() != tt.msg {
 			t.Errorf("toStatus(%v) = %v %q, want %v %q", tt.err, st.Code(), st.Message(), tt.code, tt.msg)
 		}
+	}
+}
+
+// A call the pool's connection closes under (a workspace stopped, the
+// controller stopping) is Unavailable naming the workspace, not Canceled,
+// which the client would take for its own cancellation and not retry.
+func TestAgentErrClosedUnderTheCall(t *testing.T) {
+	r := &Router{log: hclog.NewNullLogger()}
+	closing := status.Error(codes.Canceled, "grpc: the client connection is closing")
+	err := r.agentErr(context.Background(), "w1", closing, true)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `workspace "w1"`) {
+		t.Errorf("closed under a waiting client: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r.agentErr(ctx, "w1", status.Error(codes.Canceled, "context canceled"), true); status.Code(err) != codes.Canceled {
+		t.Errorf("the client's own cancellation: %v", err)
 	}
 }

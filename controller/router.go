@@ -101,7 +101,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 	defer cancel()
 	cs, err := cc.NewStream(cctx, proxyDesc, method, grpc.ForceCodecV2(Codec()))
 	if err != nil {
-		return r.agentErr(ws, err, false)
+		return r.agentErr(ctx, ws, err, false)
 	}
 
 	// Client to agent. This goroutine ends when the caller half-closes or
@@ -145,7 +145,7 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return r.agentErr(ws, err, gotHeader)
+			return r.agentErr(ctx, ws, err, gotHeader)
 		}
 		if err := ss.SendMsg(f); err != nil {
 			f.free()
@@ -155,11 +155,18 @@ func (r *Router) handle(_ any, ss grpc.ServerStream) error {
 }
 
 // agentErr passes the agent's status through, naming the workspace when
-// the agent could not be reached at all.
-func (r *Router) agentErr(ws string, err error, reached bool) error {
+// the agent could not be reached at all. ctx is the client's call.
+func (r *Router) agentErr(ctx context.Context, ws string, err error, reached bool) error {
 	s, ok := status.FromError(err)
 	if !ok {
 		return toStatus(r.log, ws, err)
+	}
+	// Canceled while the client still waits: the pool closed the
+	// connection under the call (a workspace stopped, the controller
+	// stopping). Not the client's own cancellation, which it would not
+	// retry.
+	if s.Code() == codes.Canceled && ctx.Err() == nil {
+		s = status.New(codes.Unavailable, "the connection to the agent was closed: "+s.Message())
 	}
 	if s.Code() == codes.Unavailable {
 		// Said so that a client does not take it for its own connection

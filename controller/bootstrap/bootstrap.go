@@ -77,11 +77,26 @@ type Config struct {
 	// appended to, for hops that do not carry stderr (Daytona's gateway).
 	// A leading ~/ means the remote $HOME.
 	RemoteStderr string
-	// UploadTimeout bounds one upload (default 5 minutes).
+	// UploadTimeout bounds one upload (default DefaultUploadTimeout).
 	UploadTimeout time.Duration
 	// Logger receives hop stderr and bootstrap events; Named per workspace
 	// by Dial.
 	Logger hclog.Logger
+}
+
+// DefaultUploadTimeout bounds an upload: 14 MB at 50 KB/s.
+const DefaultUploadTimeout = 5 * time.Minute
+
+// AttemptTimeout bounds one Dial through a Bootstrapper with c: an upload
+// and the ssh sessions around it (a probe, the start, which may wait for a
+// daemon being replaced). Give a Dial that long, not a connect timeout
+// sized for a socket: an install over a slow link takes minutes.
+func (c Config) AttemptTimeout() time.Duration {
+	up := c.UploadTimeout
+	if up == 0 {
+		up = DefaultUploadTimeout
+	}
+	return up + 2*time.Minute
 }
 
 // Bootstrapper installs and starts agents. It is safe for concurrent use.
@@ -103,13 +118,16 @@ type binary struct {
 	sum     string
 }
 
+// AttemptTimeout bounds one Dial (see Config.AttemptTimeout).
+func (b *Bootstrapper) AttemptTimeout() time.Duration { return b.cfg.AttemptTimeout() }
+
 // New returns a Bootstrapper.
 func New(c Config) *Bootstrapper {
 	if c.InstallDir == "" {
 		c.InstallDir = DefaultInstallDir
 	}
 	if c.UploadTimeout == 0 {
-		c.UploadTimeout = 5 * time.Minute
+		c.UploadTimeout = DefaultUploadTimeout
 	}
 	log := c.Logger
 	if log == nil {
@@ -126,7 +144,7 @@ func (b *Bootstrapper) Dial(ctx context.Context, workspace string, hop Hop) (net
 	log := b.log.Named(workspace)
 	bins, err := b.binaries()
 	if err != nil {
-		return nil, fmt.Errorf("workspace %q: %w", workspace, err)
+		return nil, err
 	}
 	uploaded := false
 	for {
@@ -136,19 +154,19 @@ func (b *Bootstrapper) Dial(ctx context.Context, workspace string, hop Hop) (net
 		}
 		bin, ok := pick(bins, probe.os, probe.arch)
 		if !ok {
-			return nil, fmt.Errorf("workspace %q: %w: %s %s (uname -sm) has no %s-<os>-<arch> in %s",
-				workspace, ErrNoBinary, probe.os, probe.arch, AgentName, b.cfg.AgentDir)
+			return nil, fmt.Errorf("%w: %s %s (uname -sm) has no %s-<os>-<arch> in %s",
+				ErrNoBinary, probe.os, probe.arch, AgentName, b.cfg.AgentDir)
 		}
 		if uploaded || probe.sum == bin.sum {
 			// The right bytes are there but do not start or report the
 			// expected version: uploading again would not help.
-			return nil, fmt.Errorf("workspace %q: the installed agent (sha256 %s) does not run as expected: --version printed %q, want it to contain %q",
-				workspace, short(probe.sum), probe.version, b.cfg.Version)
+			return nil, fmt.Errorf("the installed agent (sha256 %s) does not run as expected: --version printed %q, want it to contain %q",
+				short(probe.sum), probe.version, b.cfg.Version)
 		}
 		log.Info("installing agent", "hop", hop.String(), "platform", bin.goos+"/"+bin.goarch,
 			"size", bin.size, "installed_version", probe.version)
 		if err := b.upload(ctx, log, hop, bin); err != nil {
-			return nil, fmt.Errorf("workspace %q: install agent over %s: %w", workspace, hop, err)
+			return nil, fmt.Errorf("install agent over %s: %w", hop, err)
 		}
 		uploaded = true
 	}
@@ -162,6 +180,7 @@ type probe struct {
 // start runs the start script: it either execs the agent (conn returned)
 // or reports the remote platform and installed agent (probe returned).
 func (b *Bootstrapper) start(ctx context.Context, log hclog.Logger, workspace string, hop Hop, bins []binary) (net.Conn, probe, error) {
+	began := time.Now()
 	cmd := hop.Command(b.startScript(bins))
 	stderr := newStderrLog(log.Named("hop"))
 	cmd.Stderr = stderr
@@ -178,7 +197,7 @@ func (b *Bootstrapper) start(ctx context.Context, log hclog.Logger, workspace st
 		return nil, probe{}, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, probe{}, fmt.Errorf("workspace %q: start %s: %w", workspace, hop, err)
+		return nil, probe{}, fmt.Errorf("start %s: %w", hop, err)
 	}
 	// Bulk output crosses these pipes: see transport.HopPipeBytes.
 	for _, p := range []any{stdin, stdout} {
@@ -204,12 +223,12 @@ func (b *Bootstrapper) start(ctx context.Context, log hclog.Logger, workspace st
 	case <-ctx.Done():
 		h.kill()
 		<-got
-		return nil, probe{}, fmt.Errorf("workspace %q: start agent over %s: %w", workspace, hop, ctx.Err())
+		return nil, probe{}, fmt.Errorf("start agent over %s: no answer after %s: %w", hop, time.Since(began).Round(100*time.Millisecond), ctx.Err())
 	}
 	if r.err != nil {
 		h.kill()
-		return nil, probe{}, fmt.Errorf("workspace %q: %s exited before the agent started (%v): %s",
-			workspace, hop, h.exitErr(), stderr.tail())
+		return nil, probe{}, fmt.Errorf("%s exited before the agent started (%v): %s",
+			hop, h.exitErr(), stderr.tail())
 	}
 	if r.line == markOK {
 		log.Debug("agent started", "hop", hop.String())
@@ -224,7 +243,12 @@ func (b *Bootstrapper) start(ctx context.Context, log hclog.Logger, workspace st
 		f = append(f, "")
 	}
 	stdin.Close()
-	<-h.exited
+	select {
+	case <-h.exited:
+	case <-ctx.Done():
+		// A hop that does not end its session when the script has.
+		h.kill()
+	}
 	p := probe{os: f[0], arch: f[1], sum: f[2], version: f[3]}
 	log.Debug("agent probe", "os", p.os, "arch", p.arch, "sum", short(p.sum), "version", p.version)
 	return nil, p, nil
@@ -258,7 +282,10 @@ type hopProc struct {
 // kill ends the hop's process group and waits for it.
 func (h *hopProc) kill() {
 	h.once.Do(func() {
-		if h.cmd.Process != nil {
+		select {
+		case <-h.exited:
+			// Reaped: its pid (and group id) may be another's by now.
+		default:
 			syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
 			h.cmd.Process.Kill()
 		}
@@ -284,17 +311,23 @@ func (b *Bootstrapper) upload(ctx context.Context, log hclog.Logger, hop Hop, bi
 		return err
 	}
 	defer f.Close()
+	// The temporary file goes however the script ends: a hop that drops
+	// mid-upload leaves sh with a short file and no stderr to write to
+	// (SIGPIPE), or a SIGHUP. Leftovers of a script killed outright
+	// (SIGKILL) older than an hour are swept (find -mmin: GNU, busybox).
 	script := fmt.Sprintf(`set -e
 d=%s
 mkdir -p "$d"
+find "$d" -maxdepth 1 -name '.%s.*' -mmin +60 -exec rm -f {} + 2>/dev/null || true
 t="$d/.%s.$$"
 trap 'rm -f "$t"' EXIT
+trap 'rm -f "$t"; exit 1' HUP INT TERM PIPE
 head -c %d > "$t"
 s=$( (sha256sum "$t" || shasum -a 256 "$t") 2>/dev/null | cut -d' ' -f1)
 if [ "$s" != %s ]; then echo "checksum mismatch after upload (got '$s'; is sha256sum installed?)" >&2; exit 3; fi
 chmod 755 "$t"
 mv -f "$t" "$d/%s"
-`, remotePath(b.cfg.InstallDir), AgentName, bin.size, bin.sum, AgentName)
+`, remotePath(b.cfg.InstallDir), AgentName, AgentName, bin.size, bin.sum, AgentName)
 	cmd := hop.Command(script)
 	cmd.Stdin = io.LimitReader(f, bin.size)
 	var out bytes.Buffer

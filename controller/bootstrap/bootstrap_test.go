@@ -245,8 +245,9 @@ func TestErrors(t *testing.T) {
 	t.Run("auth refused", func(t *testing.T) {
 		deny := sshtest.Start(t, sshtest.Options{RejectAll: true})
 		_, err := dial(t, New(Config{AgentDir: stub(t)}), deny)
-		if err == nil || !strings.Contains(err.Error(), `"ws1"`) || !strings.Contains(err.Error(), "Permission denied") {
-			t.Fatalf("want an error naming the workspace and the refusal, got %v", err)
+		// The pool names the workspace; the error names the hop.
+		if err == nil || !strings.Contains(err.Error(), "ssh "+deny.Destination()) || !strings.Contains(err.Error(), "Permission denied") {
+			t.Fatalf("want an error naming the hop and the refusal, got %v", err)
 		}
 	})
 	t.Run("cancelled", func(t *testing.T) {
@@ -263,4 +264,61 @@ func TestErrors(t *testing.T) {
 func hopPIDs(t *testing.T, srv *sshtest.Server) []int {
 	t.Helper()
 	return SSHProcesses(srv.Config, "--stdio")
+}
+
+// An upload cut off mid-file (a slow link that runs out of time, a hop
+// that dies) leaves no partial file behind on the host: the script's
+// cleanup runs however it ends.
+func TestInterruptedUploadLeavesNoPartialFile(t *testing.T) {
+	srv := sshtest.Start(t, sshtest.Options{})
+	// A link that passes 100 KB of what it is given, then nothing (and
+	// ends when its input does before that: the probe).
+	argv := []string{"sh", "-c", `(head -c 100000; if [ -n "$(head -c 1)" ]; then exec sleep 60; fi) | exec ssh "$@"`, "sh"}
+	hop := Exec{Argv: append(append(argv, srv.Args()...), srv.Destination(), "--")}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b := New(Config{AgentDir: stub(t), UploadTimeout: 2 * time.Second})
+	if conn, err := b.Dial(ctx, "ws1", hop); err == nil || !strings.Contains(err.Error(), "install agent") {
+		if conn != nil {
+			conn.Close()
+		}
+		t.Fatalf("an upload that cannot finish: %v", err)
+	}
+	dir := filepath.Join(srv.Home, ".dtmux", "bin")
+	for i := 0; ; i++ {
+		left, _ := filepath.Glob(filepath.Join(dir, "."+AgentName+".*"))
+		if len(left) == 0 {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("partial uploads left: %v", left)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(dir, AgentName)); !os.IsNotExist(err) {
+		t.Errorf("an agent was installed from a partial upload: %v", err)
+	}
+
+	// What a script killed outright (SIGKILL: no cleanup runs) left
+	// behind is swept by the next upload once it is an hour old.
+	stale := filepath.Join(dir, "."+AgentName+".4242")
+	fresh := filepath.Join(dir, "."+AgentName+".4343") // another upload's, maybe under way
+	for _, f := range []string{stale, fresh} {
+		if err := os.WriteFile(f, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dial(t, New(Config{AgentDir: stub(t)}), srv); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("a partial upload two hours old is still there: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("a recent partial upload (maybe under way) was removed: %v", err)
+	}
 }

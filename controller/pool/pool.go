@@ -40,6 +40,11 @@ const (
 	DefaultIdleTimeout        = 30 * time.Minute
 	DefaultMaxConcurrentDials = 64
 	DefaultConnectTimeout     = 10 * time.Second
+	// DefaultFailingIdleTimeout closes a connection that is failing and
+	// carried no call for that long: grpc would otherwise redial it (an
+	// ssh login refused every 10 s, fail2ban's delight) for as long as the
+	// idle timeout, with nobody asking. The next call dials afresh.
+	DefaultFailingIdleTimeout = 30 * time.Second
 )
 
 // Config configures a Pool.
@@ -61,6 +66,10 @@ type Config struct {
 	// not ready yet (default DefaultConnectTimeout), within the caller's
 	// context.
 	ConnectTimeout time.Duration
+	// FailingIdleTimeout closes a failing connection that carried no call
+	// for that long (default DefaultFailingIdleTimeout); its last error
+	// stays in its Status.
+	FailingIdleTimeout time.Duration
 	// DialOptions are added to every connection (tests, tuning).
 	DialOptions []grpc.DialOption
 }
@@ -103,24 +112,40 @@ type Pool struct {
 	// idle, so that their status still says which agent answered last.
 	// Guarded by mu; Evict (stop, delete) forgets a workspace.
 	reached map[string]string
+	// failed holds why the connections closed while failing (see
+	// failingIdle) failed, for their status. Guarded by mu.
+	failed map[string]failure
+	// lookups are the provider lookups in flight, by workspace. Guarded
+	// by mu.
+	lookups map[string]*lookup
+}
+
+// failure is a connection's last error.
+type failure struct {
+	msg string
+	at  time.Time
 }
 
 // entry is one workspace's connection. Fields below mu are guarded by the
 // entry's own mu; the rest are set once at creation.
 type entry struct {
-	name   string
-	key    string
-	cc     *grpc.ClientConn
-	idle   time.Duration
-	active atomic.Int64
-	used   atomic.Int64 // unix nanos of the last call start or end
+	name    string
+	key     string
+	cc      *grpc.ClientConn
+	idle    time.Duration
+	connect time.Duration // how long a caller waits for a connection attempt
+	active  atomic.Int64
+	used    atomic.Int64 // unix nanos of the last call start or end
 
 	mu          sync.Mutex
 	version     string
 	since       time.Time
 	lastErr     string
 	lastErrAt   time.Time
-	dialErr     error // the last dial's failure, nil after a dial succeeded
+	dialErr     error         // the last dial's failure, nil after a dial succeeded
+	dialing     int           // dials under way
+	dialStarted chan struct{} // closed and replaced when a dial starts
+	dialEnded   chan struct{} // closed and replaced when a dial ends
 	everReached bool
 }
 
@@ -138,6 +163,9 @@ func New(cfg Config) *Pool {
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
 	}
+	if cfg.FailingIdleTimeout <= 0 {
+		cfg.FailingIdleTimeout = DefaultFailingIdleTimeout
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{
 		cfg:     cfg,
@@ -147,6 +175,8 @@ func New(cfg Config) *Pool {
 		cancel:  cancel,
 		entries: make(map[string]*entry),
 		reached: make(map[string]string),
+		failed:  make(map[string]failure),
+		lookups: make(map[string]*lookup),
 		wake:    make(chan struct{}, 1),
 	}
 	p.wg.Add(1)
@@ -202,18 +232,18 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	}
 	e := p.entries[name]
 	p.mu.Unlock()
-	if e != nil && e != failed {
+	if e != nil {
 		st := e.cc.GetState()
-		if st != connectivity.TransientFailure && st != connectivity.Shutdown {
+		if e != failed && st != connectivity.TransientFailure && st != connectivity.Shutdown {
 			return e, nil
 		}
 	}
 	// No entry, or a failing one: ask the provider afresh, so that a
 	// stopped or deleted workspace says so and a moved agent is redialled.
-	ep, err := p.cfg.Resolve(ctx, name)
+	ep, err := p.resolve(ctx, name)
 	if err != nil {
-		if e != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-			p.Evict(name)
+		if e != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			p.evict(name, e)
 		}
 		return nil, err
 	}
@@ -236,6 +266,7 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	// Until the redialled agent says otherwise, it is the one reached last.
 	ne.version = p.reached[name]
 	delete(p.reached, name)
+	delete(p.failed, name)
 	if cur != nil {
 		p.log.Debug("endpoint changed, redialling", "workspace", name)
 		cur.cc.Close()
@@ -254,9 +285,17 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 
 // newEntry builds a (not yet connected) client for ep. Callers hold p.mu.
 func (p *Pool) newEntry(name string, ep provider.Endpoint) (*entry, error) {
-	e := &entry{name: name, key: ep.Key, idle: p.cfg.IdleTimeout}
+	e := &entry{name: name, key: ep.Key, idle: p.cfg.IdleTimeout, connect: p.cfg.ConnectTimeout,
+		dialStarted: make(chan struct{}), dialEnded: make(chan struct{})}
 	if ep.IdleTimeout != 0 {
 		e.idle = ep.IdleTimeout
+	}
+	// grpc gives a dial max(MinConnectTimeout, its backoff) in all, the
+	// agent's handshake included.
+	minConnect := 5 * time.Second
+	if ep.ConnectTimeout > 0 {
+		e.connect = max(e.connect, ep.ConnectTimeout)
+		minConnect = max(minConnect, ep.ConnectTimeout)
 	}
 	var (
 		addr   transport.Address
@@ -290,7 +329,7 @@ func (p *Pool) newEntry(name string, ep provider.Endpoint) (*entry, error) {
 		grpc.WithIdleTimeout(0),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 10 * time.Second},
-			MinConnectTimeout: 5 * time.Second,
+			MinConnectTimeout: minConnect,
 		}),
 		grpc.WithChainUnaryInterceptor(e.unaryTrack),
 		grpc.WithChainStreamInterceptor(e.streamTrack),
@@ -320,9 +359,17 @@ func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Cont
 		return nil, ctx.Err()
 	}
 	defer func() { <-p.dial }()
+	e.mu.Lock()
+	e.dialing++
+	close(e.dialStarted)
+	e.dialStarted = make(chan struct{})
+	e.mu.Unlock()
 	c, err := dial(ctx)
 	e.mu.Lock()
+	e.dialing--
 	e.dialErr = err
+	close(e.dialEnded)
+	e.dialEnded = make(chan struct{})
 	e.mu.Unlock()
 	if err != nil {
 		e.setErr(err.Error())
@@ -342,14 +389,14 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 	// and the caller's call follows right after.
 	e.active.Add(1)
 	defer func() { e.touch(); e.active.Add(-1) }()
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(ctx, e.connect)
 	defer cancel()
 	e.mu.Lock()
 	wasReached := e.everReached
 	e.mu.Unlock()
 	var err error
 	for start := time.Now(); ; {
-		settle(ctx, e.cc)
+		settle(ctx, e)
 		var r *healthpb.HealthCheckResponse
 		r, err = healthpb.NewHealthClient(e.cc).Check(ctx, &healthpb.HealthCheckRequest{})
 		if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
@@ -395,17 +442,54 @@ const restartGrace = 1500 * time.Millisecond
 // attempt after its backoff was reset.
 const freshAttemptWait = 2 * time.Second
 
-// settle waits until cc has the result of a connection attempt made now:
-// Ready, or a failure. A connection still failing from before (an agent
-// that was down and is back) gets its backoff reset and a fresh attempt;
-// without waiting for it, the health check would fail fast on the old
-// failure and the first call after an agent restart would be refused.
-func settle(ctx context.Context, cc *grpc.ClientConn) {
-	if st := cc.GetState(); st == connectivity.TransientFailure {
-		cc.ResetConnectBackoff()
-		wctx, cancel := context.WithTimeout(ctx, freshAttemptWait)
-		cc.WaitForStateChange(wctx, st)
-		cancel()
+// resolveTimeout bounds one provider lookup (a daytona CLI call).
+const resolveTimeout = 30 * time.Second
+
+// handshakeWait bounds the wait for the agent's handshake after a dial
+// succeeded (the agent bounds it to 15 s on its side).
+const handshakeWait = 16 * time.Second
+
+// settle waits until e's connection has the result of a connection
+// attempt made for this call: Ready, or a failure. A connection failing
+// from before (an agent that was down may be back) gets its backoff reset
+// and a fresh attempt; without it, the health check would fail fast on the
+// old failure and the first call after an agent restart would be refused.
+func settle(ctx context.Context, e *entry) {
+	cc := e.cc
+	if cc.GetState() == connectivity.TransientFailure {
+		e.mu.Lock()
+		started, ended, dialing := e.dialStarted, e.dialEnded, e.dialing > 0
+		e.mu.Unlock()
+		// pick_first stays in TRANSIENT_FAILURE until it is Ready, so the
+		// attempt shows as a dial that starts and ends: one per call, or
+		// the one under way (an install can take minutes), which callers
+		// at the same time share.
+		if !dialing {
+			cc.ResetConnectBackoff()
+			select {
+			case <-started:
+			case <-ended:
+			case <-time.After(freshAttemptWait):
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case <-ended:
+		case <-ctx.Done():
+			return
+		}
+		e.mu.Lock()
+		err := e.dialErr
+		e.mu.Unlock()
+		if err == nil {
+			// Connected: Ready once the agent's handshake is done.
+			wctx, cancel := context.WithTimeout(ctx, handshakeWait)
+			cc.WaitForStateChange(wctx, connectivity.TransientFailure)
+			cancel()
+		}
+		return
 	}
 	cc.Connect()
 	for {
@@ -417,6 +501,48 @@ func settle(ctx context.Context, cc *grpc.ClientConn) {
 			return
 		}
 	}
+}
+
+// resolve asks the provider how to reach the workspace, within
+// resolveTimeout. Callers asking at the same time share one lookup (for
+// Daytona, a CLI process), which runs on the pool's context: a caller
+// that gives up does not fail the others.
+func (p *Pool) resolve(ctx context.Context, name string) (provider.Endpoint, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return provider.Endpoint{}, ErrClosed
+	}
+	l := p.lookups[name]
+	if l == nil {
+		l = &lookup{done: make(chan struct{})}
+		p.lookups[name] = l
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			rctx, cancel := context.WithTimeout(p.ctx, resolveTimeout)
+			l.ep, l.err = p.cfg.Resolve(rctx, name)
+			cancel()
+			p.mu.Lock()
+			delete(p.lookups, name)
+			p.mu.Unlock()
+			close(l.done)
+		}()
+	}
+	p.mu.Unlock()
+	select {
+	case <-l.done:
+		return l.ep, l.err
+	case <-ctx.Done():
+		return provider.Endpoint{}, ctx.Err()
+	}
+}
+
+// lookup is a provider lookup in flight (resolve).
+type lookup struct {
+	done chan struct{} // closed when ep and err are set
+	ep   provider.Endpoint
+	err  error
 }
 
 // cleanReason trims grpc's wording down to the cause. grpc quotes the
@@ -513,11 +639,12 @@ func (e *entry) streamTrack(ctx context.Context, desc *grpc.StreamDesc, cc *grpc
 // reached when its connection was closed as idle.
 func (p *Pool) Status(name string) Status {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	e := p.entries[name]
 	version := p.reached[name]
-	p.mu.Unlock()
 	if e == nil {
-		return Status{Version: version}
+		f := p.failed[name]
+		return Status{Version: version, LastError: f.msg, LastErrorAt: f.at}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -541,14 +668,23 @@ func (p *Pool) Len() int {
 
 // Evict closes the workspace's connection, if any (after a stop or
 // delete), and forgets its agent's version. Calls in flight on it fail.
-func (p *Pool) Evict(name string) {
+func (p *Pool) Evict(name string) { p.evict(name, nil) }
+
+// evict is Evict, of entry e only when e is set: not of a new entry that
+// another caller made meanwhile.
+func (p *Pool) evict(name string, e *entry) {
 	p.mu.Lock()
-	e := p.entries[name]
+	cur := p.entries[name]
+	if e != nil && cur != e {
+		p.mu.Unlock()
+		return
+	}
 	delete(p.entries, name)
 	delete(p.reached, name)
+	delete(p.failed, name)
 	p.mu.Unlock()
-	if e != nil {
-		e.cc.Close()
+	if cur != nil {
+		cur.cc.Close()
 	}
 }
 
@@ -580,10 +716,13 @@ func (p *Pool) janitor() {
 	}
 }
 
-// sweepPeriod is a quarter of the shortest idle timeout in use, between
-// 10 ms and a minute.
+// sweepPeriod is a quarter of the shortest idle timeout in use (twice
+// the failing one counts too), between 10 ms and a minute.
 func (p *Pool) sweepPeriod() time.Duration {
 	shortest := p.cfg.IdleTimeout
+	if shortest <= 0 || p.cfg.FailingIdleTimeout*2 < shortest {
+		shortest = p.cfg.FailingIdleTimeout * 2 // failing ones close sooner
+	}
 	p.mu.Lock()
 	for _, e := range p.entries {
 		if e.idle > 0 && (shortest <= 0 || e.idle < shortest) {
@@ -605,15 +744,26 @@ func (p *Pool) evictIdle(now time.Time) {
 	var victims []*entry
 	p.mu.Lock()
 	for name, e := range p.entries {
-		if e.idle < 0 || e.active.Load() > 0 {
+		if e.active.Load() > 0 {
 			continue
 		}
-		if now.Sub(time.Unix(0, e.used.Load())) >= e.idle {
+		idle := e.idle
+		failing := e.cc.GetState() == connectivity.TransientFailure
+		if failing && (idle < 0 || idle > p.cfg.FailingIdleTimeout) {
+			idle = p.cfg.FailingIdleTimeout
+		}
+		if idle < 0 {
+			continue
+		}
+		if now.Sub(time.Unix(0, e.used.Load())) >= idle {
 			delete(p.entries, name)
 			victims = append(victims, e)
 			e.mu.Lock()
 			if e.version != "" {
 				p.reached[name] = e.version
+			}
+			if failing && e.lastErr != "" {
+				p.failed[name] = failure{e.lastErr, e.lastErrAt}
 			}
 			e.mu.Unlock()
 		}
@@ -636,6 +786,7 @@ func (p *Pool) Close() error {
 	entries := p.entries
 	p.entries = nil
 	p.reached = nil
+	p.failed = nil
 	p.mu.Unlock()
 	p.cancel()
 	var errs []error

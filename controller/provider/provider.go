@@ -93,6 +93,10 @@ type Endpoint struct {
 	// IdleTimeout, when non-zero, closes the connection after that long
 	// without calls (so that e.g. Daytona sandboxes can auto-stop).
 	IdleTimeout time.Duration
+	// ConnectTimeout, when non-zero, bounds one connection attempt through
+	// Dial instead of the pool's default: a hop that installs the agent
+	// first needs minutes on a slow link.
+	ConnectTimeout time.Duration
 	// Key identifies the endpoint; the pool redials when it changes.
 	Key string
 }

@@ -200,7 +200,8 @@ func (p *Provider) legacyEndpoint(ctx context.Context, v Version, name string) (
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			return p.boot.Dial(ctx, name, hop)
 		},
-		Key:         "daytona:" + name + ":" + id,
-		IdleTimeout: p.cfg.IdleTimeout,
+		Key:            "daytona:" + name + ":" + id,
+		IdleTimeout:    p.cfg.IdleTimeout,
+		ConnectTimeout: p.cfg.Bootstrap.AttemptTimeout(),
 	}, nil
 }

@@ -225,8 +225,9 @@ func (p *Provider) sandboxEndpoint(ctx context.Context, name string) (provider.E
 				Label: fmt.Sprintf("daytona gateway %s for sandbox %s", host, name)}
 			return p.sandboxBoot().Dial(ctx, name, hop)
 		},
-		Key:         "daytona-sandbox:" + id,
-		IdleTimeout: idle,
+		Key:            "daytona-sandbox:" + id,
+		IdleTimeout:    idle,
+		ConnectTimeout: p.cfg.Bootstrap.AttemptTimeout(),
 	}, nil
 }
 

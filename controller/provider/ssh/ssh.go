@@ -193,8 +193,9 @@ func (p *Provider) Endpoint(ctx context.Context, name string) (provider.Endpoint
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			return p.cfg.Bootstrap.Dial(ctx, h.Name, hop)
 		},
-		Key:         "ssh:" + h.Name + ":" + hex.EncodeToString(sum[:8]),
-		IdleTimeout: p.cfg.IdleTimeout,
+		Key:            "ssh:" + h.Name + ":" + hex.EncodeToString(sum[:8]),
+		IdleTimeout:    p.cfg.IdleTimeout,
+		ConnectTimeout: p.cfg.Bootstrap.AttemptTimeout(),
 	}, nil
 }
 

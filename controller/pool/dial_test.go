@@ -1,0 +1,105 @@
+package pool
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/dtmux/dtmux/controller/provider"
+)
+
+// countingEndpoint dials the unix socket at sock through Dial (as a hop
+// does), after delay, counting the dials.
+func countingEndpoint(sock string, dials *atomic.Int64, delay time.Duration) provider.Endpoint {
+	return provider.Endpoint{
+		Key: "hop:" + sock,
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			dials.Add(1)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}
+}
+
+// A hop that installs the agent first takes longer than a socket's
+// connect timeout: its endpoint's ConnectTimeout bounds the dial and the
+// caller's wait instead (an install over a slow link took minutes and
+// was cut at 5-10 s).
+func TestSlowDialGetsItsEndpointsConnectTimeout(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "a.sock")
+	serve(t, sock, "v1")
+	var dials atomic.Int64
+	var deadline atomic.Int64
+	p := newPool(t, Config{ConnectTimeout: 200 * time.Millisecond, Resolve: func(ctx context.Context, name string) (provider.Endpoint, error) {
+		ep := countingEndpoint(sock, &dials, time.Second)
+		dial := ep.Dial
+		ep.Dial = func(ctx context.Context) (net.Conn, error) {
+			if dl, ok := ctx.Deadline(); ok {
+				deadline.Store(int64(time.Until(dl)))
+			}
+			return dial(ctx)
+		}
+		ep.ConnectTimeout = 3 * time.Minute
+		return ep, nil
+	}})
+	if _, err := p.Conn(ctxT(t), "slow"); err != nil {
+		t.Fatalf("a dial slower than the pool's connect timeout: %v", err)
+	}
+	if d := time.Duration(deadline.Load()); d < 2*time.Minute {
+		t.Errorf("the dial had %v, want about the endpoint's 3m", d)
+	}
+}
+
+// Calls to an agent that is down fail with one dial each (shared by
+// calls at the same time), not with grpc's backoff schedule of dials
+// while each waits; unused, the failing connection is closed (no
+// redials with nobody asking) and keeps its last error for its status.
+func TestDownAgentCostsOneDialPerCallAndIsLetGo(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "none.sock")
+	var dials, lookups atomic.Int64
+	p := newPool(t, Config{FailingIdleTimeout: 300 * time.Millisecond, Resolve: func(ctx context.Context, name string) (provider.Endpoint, error) {
+		lookups.Add(1)
+		time.Sleep(20 * time.Millisecond) // a provider CLI
+		return countingEndpoint(sock, &dials, 0), nil
+	}})
+	ctx := ctxT(t)
+	const calls = 5
+	for i := range calls {
+		if _, err := p.Conn(ctx, "down"); err == nil {
+			t.Fatalf("call %d to a down agent succeeded", i)
+		}
+	}
+	if n := dials.Load(); n > 2*calls {
+		t.Errorf("%d calls dialled %d times", calls, n)
+	}
+
+	// Callers at the same time share the provider lookup.
+	before := lookups.Load()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() { p.Conn(ctx, "down") })
+	}
+	wg.Wait()
+	if n := lookups.Load() - before; n > 10 {
+		t.Errorf("20 concurrent calls made %d provider lookups", n)
+	}
+
+	waitFor(t, "the failing connection closed", func() bool { return p.Len() == 0 })
+	if st := p.Status("down"); st.Connected || st.LastError == "" {
+		t.Errorf("status after it was let go: %+v, want its last error", st)
+	}
+	n := dials.Load()
+	time.Sleep(time.Second)
+	if d := dials.Load() - n; d != 0 {
+		t.Errorf("%d dials with nobody asking", d)
+	}
+}
