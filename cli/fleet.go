@@ -316,7 +316,7 @@ func summaryLine(s *controllerv1.FleetSummary) string {
 	for _, c := range []struct {
 		n    uint32
 		what string
-	}{{s.GetFailed(), "failed"}, {s.GetUnreachable(), "unreachable"}, {s.GetSkipped(), "skipped"}, {s.GetCancelled(), "cancelled"}} {
+	}{{s.GetFailed(), "failed"}, {s.GetUnreachable(), "unreachable"}, {s.GetSkipped(), "skipped"}, {s.GetCancelled(), "cancelled"}, {s.GetNotFound(), "not found"}} {
 		if c.n > 0 {
 			fmt.Fprintf(&b, ", %d %s", c.n, c.what)
 		}
@@ -325,15 +325,23 @@ func summaryLine(s *controllerv1.FleetSummary) string {
 	if s.GetFailed() > 0 {
 		fmt.Fprintf(&b, "; worst exit code %d", s.GetWorstExitCode())
 	}
-	if ws := s.GetFailedWorkspaces(); len(ws) > 0 {
-		const show = 20
-		list := strings.Join(ws[:min(len(ws), show)], " ")
-		if len(ws) > show {
-			list += fmt.Sprintf(" (and %d more)", len(ws)-show)
-		}
-		fmt.Fprintf(&b, "; not ok: %s", list)
+	if ws := notOK(s); len(ws) > 0 {
+		fmt.Fprintf(&b, "; not ok: %s", nameList(ws))
+	}
+	if ws := s.GetNotAskedWorkspaces(); len(ws) > 0 {
+		fmt.Fprintf(&b, "; could not ask (not counted): %s", nameList(ws))
 	}
 	return b.String()
+}
+
+// nameList joins names with spaces, the first 20 of them.
+func nameList(ws []string) string {
+	const show = 20
+	list := strings.Join(ws[:min(len(ws), show)], " ")
+	if len(ws) > show {
+		list += fmt.Sprintf(" (and %d more)", len(ws)-show)
+	}
+	return list
 }
 
 func newFleetAttachCmd(app *App) *cobra.Command {
@@ -347,6 +355,12 @@ func newFleetAttachCmd(app *App) *cobra.Command {
 (default: ask every started workspace): each target's output from the
 first byte, its exit status, and the summary. Works after dtmux or the
 controller was restarted: the agents keep the runs.
+
+Only the run's targets count. Each target's run records how many targets
+the run has: once that many are found, workspaces that could not be asked
+are not targets and are left out. Until then they are listed as "could
+not be asked" and not counted, and the targets not found count as such
+(exit 253).
 
 ` + fleetExitHelp,
 		Args: exactArgs(1, "RUN_ID"),

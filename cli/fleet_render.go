@@ -25,7 +25,8 @@ import (
 const ExitUnreachable = 253
 
 // fleetExit is the exit code for a fleet summary: 0 only when every
-// target succeeded.
+// target succeeded. Workspaces an attach could not ask (not known to be
+// targets) do not count; targets it did not find do.
 func fleetExit(s *controllerv1.FleetSummary) int {
 	switch {
 	case s == nil:
@@ -35,7 +36,7 @@ func fleetExit(s *controllerv1.FleetSummary) int {
 			return c
 		}
 		return 1
-	case s.GetUnreachable()+s.GetSkipped()+s.GetCancelled() > 0 || s.GetSucceeded() < s.GetTotal():
+	case s.GetUnreachable()+s.GetSkipped()+s.GetCancelled()+s.GetNotFound() > 0 || s.GetSucceeded() < s.GetTotal():
 		return ExitUnreachable
 	}
 	return 0
@@ -146,6 +147,8 @@ func (p *prefixRenderer) event(ev *controllerv1.FleetEvent) error {
 		return p.note(ws, "unreachable after %d attempt(s): %s", e.Unreachable.GetAttempts(), e.Unreachable.GetReason())
 	case *controllerv1.FleetEvent_Skipped:
 		return p.note(ws, "skipped: %s", e.Skipped.GetReason())
+	case *controllerv1.FleetEvent_NotAsked:
+		return p.note(ws, "could not be asked whether it has the run (not counted): %s", e.NotAsked.GetReason())
 	}
 	return nil
 }
@@ -465,9 +468,28 @@ func (l *logDirRenderer) finish(sum *controllerv1.FleetSummary) error {
 	}
 	err := os.WriteFile(filepath.Join(l.dir, "succeeded"), []byte(lines(ok)), 0o644)
 	if sum != nil && err == nil {
-		err = os.WriteFile(filepath.Join(l.dir, "failed"), []byte(lines(sum.GetFailedWorkspaces())), 0o644)
+		bad := notOK(sum)
+		slices.SortStableFunc(bad, func(a, b string) int {
+			return slices.Index(l.order, a) - slices.Index(l.order, b)
+		})
+		err = os.WriteFile(filepath.Join(l.dir, "failed"), []byte(lines(bad)), 0o644)
 	}
 	return err
+}
+
+// notOK lists the failed, unreachable and cancelled targets of a summary,
+// each once (a controller before the separate lists put all three in
+// failed_workspaces).
+func notOK(s *controllerv1.FleetSummary) []string {
+	var out []string
+	for _, l := range [][]string{s.GetFailedWorkspaces(), s.GetUnreachableWorkspaces(), s.GetCancelledWorkspaces()} {
+		for _, ws := range l {
+			if !slices.Contains(out, ws) {
+				out = append(out, ws)
+			}
+		}
+	}
+	return out
 }
 
 func lines(names []string) string {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -217,7 +218,7 @@ func TestLogDirRenderer(t *testing.T) {
 		started("a"), started("b"),
 		evOut("a", stdout, "out a\n"), evOut("a", stderr, "err a\n"), evOut("b", stdout, "out b\n"),
 		evExit("a", 0), evExit("b", 2), evUnreachable("c"),
-		evSummary(&controllerv1.FleetSummary{Total: 3, Succeeded: 1, Failed: 1, Unreachable: 1, FailedWorkspaces: []string{"b", "c"}}),
+		evSummary(&controllerv1.FleetSummary{Total: 3, Succeeded: 1, Failed: 1, Unreachable: 1, FailedWorkspaces: []string{"b"}, UnreachableWorkspaces: []string{"c"}}),
 	)
 	for name, want := range map[string]string{
 		"a.stdout": "out a\n", "a.stderr": "err a\n", "b.stdout": "out b\n", "b.stderr": "",
@@ -245,10 +246,37 @@ func TestFleetExit(t *testing.T) {
 		{&controllerv1.FleetSummary{Total: 3, Succeeded: 1, Skipped: 2}, ExitUnreachable},
 		{&controllerv1.FleetSummary{Total: 2, Failed: 1, Cancelled: 1, WorstExitCode: 137}, 137},
 		{&controllerv1.FleetSummary{Total: 1, Failed: 1, WorstExitCode: 0}, 1},
+		// Workspaces an attach could not ask are not counted; targets it
+		// did not find are.
+		{&controllerv1.FleetSummary{Total: 1, Succeeded: 1, NotAskedWorkspaces: []string{"b", "c", "d", "e"}}, 0},
+		{&controllerv1.FleetSummary{Total: 3, Succeeded: 2, NotFound: 1, NotAskedWorkspaces: []string{"d"}}, ExitUnreachable},
 		{nil, ExitFailure},
 	} {
 		if got := fleetExit(tc.s); got != tc.want {
 			t.Errorf("fleetExit(%v) = %d, want %d", tc.s, got, tc.want)
+		}
+	}
+}
+
+// The summary line's lists agree with its counts: workspaces that could
+// not be asked are named apart, never as not ok.
+func TestSummaryLine(t *testing.T) {
+	for _, tc := range []struct {
+		s    *controllerv1.FleetSummary
+		want string
+	}{
+		{&controllerv1.FleetSummary{RunId: "f", Total: 1, Succeeded: 1, Duration: durationpb.New(time.Second), NotAskedWorkspaces: []string{"b", "c"}},
+			"dtmux: fleet f: 1/1 succeeded in 1s; could not ask (not counted): b c"},
+		{&controllerv1.FleetSummary{RunId: "f", Total: 4, Succeeded: 1, Failed: 1, Unreachable: 1, NotFound: 1, WorstExitCode: 3, Duration: durationpb.New(0),
+			FailedWorkspaces: []string{"b"}, UnreachableWorkspaces: []string{"c"}, NotAskedWorkspaces: []string{"d"}},
+			"dtmux: fleet f: 1/4 succeeded, 1 failed, 1 unreachable, 1 not found in 0s; worst exit code 3; not ok: b c; could not ask (not counted): d"},
+		// A controller that listed every not-ok target in failed_workspaces.
+		{&controllerv1.FleetSummary{RunId: "f", Total: 2, Failed: 1, Unreachable: 1, WorstExitCode: 1, Duration: durationpb.New(0),
+			FailedWorkspaces: []string{"a", "b"}, UnreachableWorkspaces: []string{"b"}},
+			"dtmux: fleet f: 0/2 succeeded, 1 failed, 1 unreachable in 0s; worst exit code 1; not ok: a b"},
+	} {
+		if got := summaryLine(tc.s); got != tc.want {
+			t.Errorf("got  %q\nwant %q", got, tc.want)
 		}
 	}
 }

@@ -128,22 +128,28 @@ func fleetEvent(ev fleet.Event) *controllerv1.FleetEvent {
 		out.Event = &controllerv1.FleetEvent_Unreachable{Unreachable: &controllerv1.TargetUnreachable{Reason: ev.Reason, Attempts: ev.Attempts}}
 	case fleet.KindSkipped:
 		out.Event = &controllerv1.FleetEvent_Skipped{Skipped: &controllerv1.TargetSkipped{Reason: ev.Reason}}
+	case fleet.KindNotAsked:
+		out.Event = &controllerv1.FleetEvent_NotAsked{NotAsked: &controllerv1.TargetNotAsked{Reason: ev.Reason}}
 	}
 	return out
 }
 
 func summaryEvent(s fleet.Summary) *controllerv1.FleetEvent {
 	return &controllerv1.FleetEvent{Event: &controllerv1.FleetEvent_Summary{Summary: &controllerv1.FleetSummary{
-		RunId:            s.RunID,
-		Total:            uint32(s.Total),
-		Succeeded:        uint32(s.Succeeded),
-		Failed:           uint32(s.Failed),
-		Unreachable:      uint32(s.Unreachable),
-		Skipped:          uint32(s.Skipped),
-		Cancelled:        uint32(s.Cancelled),
-		Duration:         durationpb.New(s.Duration),
-		WorstExitCode:    int32(s.WorstExitCode),
-		FailedWorkspaces: s.FailedWorkspaces,
+		RunId:                 s.RunID,
+		Total:                 uint32(s.Total),
+		Succeeded:             uint32(s.Succeeded),
+		Failed:                uint32(s.Failed),
+		Unreachable:           uint32(s.Unreachable),
+		Skipped:               uint32(s.Skipped),
+		Cancelled:             uint32(s.Cancelled),
+		Duration:              durationpb.New(s.Duration),
+		WorstExitCode:         int32(s.WorstExitCode),
+		FailedWorkspaces:      s.FailedWorkspaces,
+		UnreachableWorkspaces: s.UnreachableWorkspaces,
+		CancelledWorkspaces:   s.CancelledWorkspaces,
+		NotFound:              uint32(s.NotFound),
+		NotAskedWorkspaces:    s.NotAsked,
 	}}}
 }
 

@@ -331,3 +331,72 @@ func TestFleetTimeoutLongLinesAttachDuration(t *testing.T) {
 		}
 	})
 }
+
+// fleet attach counts the run's targets only, as QA saw it go wrong: a
+// run on one workspace (or three, by label) among hosts of which four are
+// unreachable is 1/1 (3/3) and exits 0; the unreachable hosts are no
+// targets and are neither reported nor counted. Only when targets are
+// missing are the hosts that could not be asked named, and not counted.
+func TestFleetAttachCountsTheRunsTargetsOnly(t *testing.T) {
+	dir := shortTempDir(t)
+	var agents bytes.Buffer
+	for _, n := range []string{"a1", "a2", "a3"} {
+		fmt.Fprintf(&agents, "%s=unix://%s team=web\n", n, startAgent(t, dir, n))
+	}
+	fmt.Fprintf(&agents, "b1=unix://%s\n", startAgent(t, dir, "b1"))
+	for _, n := range []string{"d1", "d2", "d3", "d4"} {
+		fmt.Fprintf(&agents, "%s=unix://%s\n", n, filepath.Join(dir, n+".sock"))
+	}
+	file := filepath.Join(dir, "agents")
+	if err := os.WriteFile(file, agents.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := StartController(t, ControllerOptions{Provider: "static", Args: []string{"--agents-file", file}})
+
+	mustCLI(t, c, "fleet", "exec", "--ws", "a1", "--run-id", "fo-1", "--", "sh", "-c", "echo done")
+	r := dtmuxCLI(t, c, nil, "fleet", "attach", "fo-1")
+	if r.code != 0 || r.stdout != "a1 | done\n" || !strings.Contains(r.stderr, "1/1 succeeded") || strings.Contains(r.stderr, "d1") {
+		t.Errorf("attach fo-1: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+
+	attachJSON := func(runID string) (code int, sum *controllerv1.FleetSummary, notAsked []string) {
+		t.Helper()
+		r := dtmuxCLI(t, c, nil, "fleet", "attach", runID, "--json")
+		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+			var ev controllerv1.FleetEvent
+			if err := protojson.Unmarshal([]byte(l), &ev); err != nil {
+				t.Fatalf("%v: %s\nstderr: %s", err, l, r.stderr)
+			}
+			switch {
+			case ev.GetUnreachable() != nil:
+				t.Errorf("%s: unreachable event in attach: %s", runID, l)
+			case ev.GetNotAsked() != nil:
+				notAsked = append(notAsked, ev.GetWorkspace())
+			case ev.GetSummary() != nil:
+				sum = ev.GetSummary()
+			}
+		}
+		return r.code, sum, notAsked
+	}
+
+	mustCLI(t, c, "fleet", "exec", "--label", "team=web", "--run-id", "fo-2", "--", "true")
+	code, sum, notAsked := attachJSON("fo-2")
+	if code != 0 || sum.GetTotal() != 3 || sum.GetSucceeded() != 3 || sum.GetUnreachable() != 0 || len(sum.GetFailedWorkspaces())+len(sum.GetUnreachableWorkspaces())+len(sum.GetNotAskedWorkspaces()) != 0 || len(notAsked) != 0 {
+		t.Errorf("attach fo-2: exit %d, summary %v, not asked %v", code, sum, notAsked)
+	}
+
+	// d1 was a target and unreachable: the run has 2 targets, one found;
+	// d1..d4 could not be asked (one of them may hold it).
+	dtmuxCLI(t, c, nil, "fleet", "exec", "--ws", "a2,d1", "--retries", "0", "--run-id", "fo-3", "--", "true")
+	code, sum, notAsked = attachJSON("fo-3")
+	want := []string{"d1", "d2", "d3", "d4"}
+	if code != 253 || sum.GetTotal() != 2 || sum.GetSucceeded() != 1 || sum.GetNotFound() != 1 || sum.GetUnreachable() != 0 || sum.GetFailed() != 0 ||
+		len(sum.GetFailedWorkspaces())+len(sum.GetUnreachableWorkspaces()) != 0 || !slices.Equal(sum.GetNotAskedWorkspaces(), want) || !slices.Equal(notAsked, want) {
+		t.Errorf("attach fo-3: exit %d, summary %v, not asked %v", code, sum, notAsked)
+	}
+
+	r = dtmuxCLI(t, c, nil, "fleet", "attach", "f-nope")
+	if r.code == 0 || !strings.Contains(r.stderr, "asked 4 workspaces; 4 could not be asked") {
+		t.Errorf("attach f-nope: exit %d\nstderr: %s", r.code, r.stderr)
+	}
+}

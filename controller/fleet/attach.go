@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -30,13 +31,19 @@ type AttachSpec struct {
 
 // Attach collects a fleet run from every agent that has it: each target's
 // output from the first byte (or a gap for what was evicted) and its
-// trailer, then the summary. Agents that cannot be asked are reported
-// unreachable; agents without the run are left out.
+// trailer, then the summary. Agents without the run are left out. The
+// summary counts the run's targets only: when every target was found
+// (TargetsLabelKey), agents that cannot be asked are not targets and are
+// left out too; otherwise they are reported not asked (KindNotAsked) and
+// counted nowhere, and the targets not found count as NotFound.
 func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summary, error) {
 	began := time.Now()
 	if !ValidRunID(spec.RunID) {
 		return Summary{}, fmt.Errorf("%w: run id %q", ErrInvalid, spec.RunID)
 	}
+	// Only asking every workspace can find every target; a narrower
+	// selector asks about the targets among those it selects.
+	every := spec.Selector.Empty() || spec.Selector.All
 	if spec.Selector.Empty() {
 		spec.Selector.All = true
 	}
@@ -58,6 +65,7 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 		client  agentv1.AgentServiceClient
 		has     bool
 		started time.Time // the run's start on this target, if known
+		count   int       // the run's TargetsLabelKey; 0: not known
 		err     error
 	}
 	probes := make([]probe, 0, len(targets))
@@ -81,6 +89,9 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 			if ts := resp.GetRun().GetStartedAt(); ts != nil {
 				p.started = ts.AsTime()
 			}
+			if n, err := strconv.Atoi(resp.GetRun().GetLabels()[TargetsLabelKey]); err == nil && n > 0 {
+				p.count = n
+			}
 		case status.Code(err) == codes.NotFound:
 		default:
 			p.err = err
@@ -90,17 +101,34 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 		return Summary{}, err
 	}
 	var names []string
-	var have []probe
+	var have, notAsked []probe
+	count := 0 // the run's number of targets; 0: not known
 	for _, p := range probes {
-		if p.has || p.err != nil {
+		switch {
+		case p.has:
 			names = append(names, p.name)
-		}
-		if p.has {
 			have = append(have, p)
+			count = max(count, p.count)
+		case p.err != nil:
+			notAsked = append(notAsked, p)
 		}
 	}
 	if len(have) == 0 {
-		return Summary{}, fmt.Errorf("%w: %s (asked %d workspaces, %d unreachable)", ErrRunNotFound, spec.RunID, len(probes), len(names))
+		msg := fmt.Sprintf("asked %d workspaces", len(probes)-len(notAsked))
+		if len(notAsked) > 0 {
+			msg += fmt.Sprintf("; %d could not be asked", len(notAsked))
+		}
+		return Summary{}, fmt.Errorf("%w: %s (%s)", ErrRunNotFound, spec.RunID, msg)
+	}
+	if !every {
+		count = 0
+	}
+	if count > 0 && len(have) >= count {
+		// Every target found: the rest are not targets.
+		if len(notAsked) > 0 {
+			e.log.Debug("fleet attach: every target found; workspaces not asked are not targets", "fleet_run", spec.RunID, "not_asked", len(notAsked))
+		}
+		notAsked = nil
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -110,12 +138,9 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 	if err := out.send(Event{Kind: KindStarted, RunID: spec.RunID, Workspaces: names}); err != nil {
 		return Summary{}, err
 	}
-	for _, p := range probes {
-		if p.err != nil {
-			t.set(p.name, resUnreachable, 0)
-			if err := out.send(Event{Kind: KindUnreachable, Workspace: p.name, Attempts: 1, Reason: errMessage(p.err)}); err != nil {
-				return Summary{}, err
-			}
+	for _, p := range notAsked {
+		if err := out.send(Event{Kind: KindNotAsked, Workspace: p.name, Reason: errMessage(p.err)}); err != nil {
+			return Summary{}, err
 		}
 	}
 
@@ -161,7 +186,15 @@ func (e *Engine) Attach(ctx context.Context, spec AttachSpec, emit Emit) (Summar
 	if err := ctx.Err(); err != nil {
 		return Summary{}, err
 	}
-	return t.summary(spec.RunID, span.duration(time.Since(began))), nil
+	sum := t.summary(spec.RunID, span.duration(time.Since(began)))
+	if count > len(have) {
+		sum.NotFound = count - len(have)
+		sum.Total = count
+	}
+	for _, p := range notAsked {
+		sum.NotAsked = append(sum.NotAsked, p.name)
+	}
+	return sum, nil
 }
 
 // runSpan is the time a fleet run took on its targets: from the earliest

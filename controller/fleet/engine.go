@@ -103,15 +103,15 @@ func (t *tally) summary(runID string, d time.Duration) Summary {
 		case resFailed:
 			s.Failed++
 			s.WorstExitCode = max(s.WorstExitCode, t.codes[i])
+			s.FailedWorkspaces = append(s.FailedWorkspaces, t.names[i])
 		case resUnreachable:
 			s.Unreachable++
+			s.UnreachableWorkspaces = append(s.UnreachableWorkspaces, t.names[i])
 		case resSkipped:
 			s.Skipped++
 		case resCancelled:
 			s.Cancelled++
-		}
-		if r == resFailed || r == resUnreachable || r == resCancelled {
-			s.FailedWorkspaces = append(s.FailedWorkspaces, t.names[i])
+			s.CancelledWorkspaces = append(s.CancelledWorkspaces, t.names[i])
 		}
 	}
 	return s

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,13 +54,14 @@ case $DTMUX_WORKSPACE in w03) exit 3;; w07) exit 7;; esac`
 	if !slices.Equal(c.selected, f.names) {
 		t.Errorf("started lists %v, want %v", c.selected, f.names)
 	}
-	// Every target carries the fleet run id as its run id and label.
+	// Every target carries the fleet run id as its run id and label, and
+	// the number of targets.
 	for _, n := range f.names {
 		r, err := f.agents[n].run(c.runID)
 		if err != nil {
 			t.Fatalf("%s: %v", n, err)
 		}
-		if r.labels[LabelKey] != c.runID {
+		if r.labels[LabelKey] != c.runID || r.labels[TargetsLabelKey] != "20" {
 			t.Errorf("%s run labels %v", n, r.labels)
 		}
 	}
@@ -104,7 +106,7 @@ func TestUnreachableRetriedWithoutHoldingASlot(t *testing.T) {
 	if ev.Kind != KindUnreachable || ev.Attempts != 3 || f.calls("dead") != 3 {
 		t.Errorf("dead: kind %v attempts %d client calls %d, want unreachable after 3", ev.Kind, ev.Attempts, f.calls("dead"))
 	}
-	if sum.Succeeded != 4 || sum.Unreachable != 1 || sum.Failed != 0 || sum.WorstExitCode != 0 || !slices.Equal(sum.FailedWorkspaces, []string{"dead"}) {
+	if sum.Succeeded != 4 || sum.Unreachable != 1 || sum.Failed != 0 || sum.WorstExitCode != 0 || len(sum.FailedWorkspaces) != 0 || !slices.Equal(sum.UnreachableWorkspaces, []string{"dead"}) {
 		t.Errorf("summary %+v", sum)
 	}
 }
@@ -153,7 +155,7 @@ func TestCancelRunningKillsTheRest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sum.Failed != 1 || sum.Cancelled != 3 || sum.WorstExitCode != 2 || len(sum.FailedWorkspaces) != 4 {
+	if sum.Failed != 1 || sum.Cancelled != 3 || sum.WorstExitCode != 2 || !slices.Equal(sum.FailedWorkspaces, []string{"w02"}) || !slices.Equal(sum.CancelledWorkspaces, []string{"w00", "w01", "w03"}) {
 		t.Errorf("summary %+v", sum)
 	}
 	for _, n := range []string{"w00", "w01", "w03"} {
@@ -371,5 +373,94 @@ func TestAttachDurationIsTheRunsSpan(t *testing.T) {
 	}
 	if want := last.Sub(first); sum.Duration != want || want < time.Second {
 		t.Errorf("attach summary duration %v, want the run's span %v (the command slept 1s)", sum.Duration, want)
+	}
+}
+
+// Attach counts the run's targets only: a workspace that was never a
+// target, reachable or not, is not part of the run's result. Here the run
+// had one target among six workspaces, four of them unreachable.
+func TestAttachCountsOnlyTheRunsTargets(t *testing.T) {
+	f := startFleet(t, 2, "dead1", "dead2", "dead3", "dead4")
+	e := New(f, nil)
+	if _, err := e.Exec(testCtx(t), Spec{Selector: Selector{Workspaces: []string{"w00"}}, Command: sh("echo done"), RunID: "fleet-only-1"}, newCollected().emit); err != nil {
+		t.Fatal(err)
+	}
+	a := newCollected()
+	sum, err := e.Attach(testCtx(t), AttachSpec{RunID: "fleet-only-1", Follow: true}, a.emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Total != 1 || sum.Succeeded != 1 || sum.Unreachable != 0 || sum.Failed != 0 || len(sum.FailedWorkspaces) != 0 {
+		t.Errorf("summary %+v, want 1/1 succeeded and nothing else", sum)
+	}
+	if !slices.Equal(a.selected, []string{"w00"}) || len(a.finals) != 1 || a.finals["w00"].Kind != KindExited {
+		t.Errorf("started lists %v, final events %v; want w00 only", a.selected, a.finals)
+	}
+	if string(a.stdout["w00"]) != "done\n" {
+		t.Errorf("w00 stdout %q", a.stdout["w00"])
+	}
+}
+
+// A run whose targets are not known (it carries no target count: started
+// by an older controller or another client) counts the workspaces found
+// to have it; the ones that could not be asked are reported not asked,
+// never as failures of the run.
+func TestAttachUnknownTargetsDoesNotCountNotAsked(t *testing.T) {
+	f := startFleet(t, 2, "dead1", "dead2")
+	e := New(f, nil)
+	if _, _, err := f.agents["w00"].startRun(&agentv1.ExecStart{Command: sh("echo old"), RunId: "fleet-old-1", Detach: true, Labels: map[string]string{LabelKey: "fleet-old-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	a := newCollected()
+	var notAsked []string
+	a.onEvent = func(ev Event) error {
+		if ev.Kind == KindNotAsked {
+			notAsked = append(notAsked, ev.Workspace)
+		}
+		return nil
+	}
+	sum, err := e.Attach(testCtx(t), AttachSpec{RunID: "fleet-old-1", Follow: true}, a.emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Total != 1 || sum.Succeeded != 1 || sum.Unreachable != 0 || sum.NotFound != 0 || len(sum.FailedWorkspaces)+len(sum.UnreachableWorkspaces) != 0 {
+		t.Errorf("summary %+v, want 1/1 succeeded", sum)
+	}
+	if want := []string{"dead1", "dead2"}; !slices.Equal(sum.NotAsked, want) || !slices.Equal(notAsked, want) {
+		t.Errorf("not asked: summary %v, events %v; want %v", sum.NotAsked, notAsked, want)
+	}
+	if len(a.finals) != 1 {
+		t.Errorf("final events %v, want w00's only", a.finals)
+	}
+}
+
+// A target the run is known to have but no asked agent holds is counted
+// (not found), while the workspaces that could not be asked, which may
+// hold it, are reported not asked. An attach narrowed by a selector
+// counts the targets it selects.
+func TestAttachTargetsNotFound(t *testing.T) {
+	f := startFleet(t, 3, "dead")
+	e := New(f, nil)
+	// dead is a target, unreachable: the run never started there.
+	if _, err := e.Exec(testCtx(t), Spec{Selector: Selector{Workspaces: []string{"w00", "w01", "dead"}}, Command: sh("true"), RunID: "fleet-nf-1"}, newCollected().emit); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := e.Attach(testCtx(t), AttachSpec{RunID: "fleet-nf-1", Follow: true}, newCollected().emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Total != 3 || sum.Succeeded != 2 || sum.NotFound != 1 || sum.Unreachable != 0 || !slices.Equal(sum.NotAsked, []string{"dead"}) {
+		t.Errorf("summary %+v, want 2/3 succeeded, 1 not found, dead not asked", sum)
+	}
+	sum, err = e.Attach(testCtx(t), AttachSpec{RunID: "fleet-nf-1", Selector: Selector{Workspaces: []string{"w01"}}, Follow: true}, newCollected().emit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Total != 1 || sum.Succeeded != 1 || sum.NotFound != 0 || len(sum.NotAsked) != 0 {
+		t.Errorf("attach --ws w01: summary %+v, want 1/1 succeeded", sum)
+	}
+	_, err = e.Attach(testCtx(t), AttachSpec{RunID: "fleet-nope"}, newCollected().emit)
+	if !errors.Is(err, ErrRunNotFound) || !strings.Contains(err.Error(), "asked 3 workspaces; 1 could not be asked") {
+		t.Errorf("attach unknown run: %v", err)
 	}
 }

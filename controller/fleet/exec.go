@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +63,7 @@ func (e *Engine) Exec(ctx context.Context, spec Spec, emit Emit) (Summary, error
 		spec:  spec,
 		out:   &emitter{fn: emit, cancel: cancel},
 		tally: newTally(names),
+		count: strconv.Itoa(len(targets)),
 		stop:  make(chan struct{}),
 		log:   e.log.With("fleet_run", spec.RunID),
 	}
@@ -109,6 +111,8 @@ type fleetRun struct {
 	out   *emitter
 	tally *tally
 	log   hclog.Logger
+	// count is the number of targets, the value of TargetsLabelKey.
+	count string
 
 	// stop is closed when max-failures is reached; stopReason is written
 	// before.
@@ -370,7 +374,7 @@ func (r *fleetRun) start(tctx context.Context, name string, deadline time.Time) 
 		RunId:   r.spec.RunID,
 		Detach:  true,
 		Limits:  r.spec.Limits,
-		Labels:  map[string]string{LabelKey: r.spec.RunID},
+		Labels:  map[string]string{LabelKey: r.spec.RunID, TargetsLabelKey: r.count},
 	}
 	if r.spec.Timeout > 0 {
 		req.Timeout = durationpb.New(r.spec.Timeout)

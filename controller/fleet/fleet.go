@@ -18,6 +18,20 @@ import (
 // fleet run id. ListRuns on an agent finds fleet runs by it.
 const LabelKey = "dtmux.fleet"
 
+// TargetsLabelKey is the run label that carries the fleet run's number of
+// targets (skipped and unreachable ones included) on every target. Attach
+// finds a run by asking the agents, and the count tells it when it has
+// found every target: then the workspaces it could not ask are not
+// targets and are left out. It works after a controller restart because
+// the agents hold the runs and their labels; the controller keeps nothing
+// to lose, prune or move with it. The count, not the names: the names
+// would cost up to 64 bytes each, some 64 KB per run with 1000 targets,
+// copied to each of the 1000 agents and sent back in every ListRuns; the
+// count is a few bytes. What the count cannot say (which of the missing
+// targets, if any, are on workspaces that could not be asked) Attach
+// reports as such instead of guessing.
+const TargetsLabelKey = "dtmux.fleet.targets"
+
 // Sentinel errors; the RPC layer maps them to status codes.
 var (
 	// ErrInvalid: a bad selector, command or option.
@@ -114,6 +128,10 @@ const (
 	KindExited                      // Trailer (final for the target)
 	KindUnreachable                 // Reason, Attempts (final)
 	KindSkipped                     // Reason (final)
+	// KindNotAsked comes only from Attach when the run's targets are not
+	// all known: the workspace could not be asked whether it has the run
+	// (Reason). It is not counted in the summary.
+	KindNotAsked
 )
 
 // Event is one event of a fleet run. Workspace is empty for KindStarted.
@@ -131,7 +149,7 @@ type Event struct {
 	Gap     *agentv1.RunGap     // KindGap
 	Trailer *agentv1.RunTrailer // KindExited
 
-	Reason   string // KindUnreachable, KindSkipped
+	Reason   string // KindUnreachable, KindSkipped, KindNotAsked
 	Attempts uint32 // KindUnreachable
 }
 
@@ -148,9 +166,21 @@ type Summary struct {
 	// WorstExitCode is the highest exit code among failed targets (as
 	// ExitCode: 124 for a timeout, 128+N for a signal), 0 when none failed.
 	WorstExitCode int
-	// FailedWorkspaces are the failed, unreachable and cancelled ones, in
+	// FailedWorkspaces, UnreachableWorkspaces and CancelledWorkspaces
+	// name the targets Failed, Unreachable and Cancelled count, each in
 	// selection order.
-	FailedWorkspaces []string
+	FailedWorkspaces      []string
+	UnreachableWorkspaces []string
+	CancelledWorkspaces   []string
+	// NotFound (Attach) is the number of the run's targets that no asked
+	// agent has: the run never started there (skipped, unreachable), the
+	// agent no longer holds it, or it is on a workspace that could not be
+	// asked. They are counted in Total.
+	NotFound int
+	// NotAsked (Attach) are the workspaces that could not be asked while
+	// the run's targets were not all found; they may or may not be
+	// targets and are counted nowhere else.
+	NotAsked []string
 }
 
 // Emit receives events. The engine calls it from one goroutine at a time;

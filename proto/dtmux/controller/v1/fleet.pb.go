@@ -495,12 +495,63 @@ func (x *TargetSkipped) GetReason() string {
 	return ""
 }
 
-// FleetSummary closes a fleet stream.
+// TargetNotAsked comes only from AttachFleetRun when the run's targets
+// are not all known: a workspace whose agent could not be asked whether
+// it has the run. It may or may not be one of the run's targets, so it is
+// not counted in the summary.
+type TargetNotAsked struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why it could not be asked.
+	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetNotAsked) Reset() {
+	*x = TargetNotAsked{}
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetNotAsked) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetNotAsked) ProtoMessage() {}
+
+func (x *TargetNotAsked) ProtoReflect() protoreflect.Message {
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetNotAsked.ProtoReflect.Descriptor instead.
+func (*TargetNotAsked) Descriptor() ([]byte, []int) {
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *TargetNotAsked) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// FleetSummary closes a fleet stream. Each *_workspaces list names exactly
+// the workspaces its count counts.
 type FleetSummary struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The run id.
 	RunId string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	// Targets selected.
+	// Targets selected. From AttachFleetRun: the run's targets when they
+	// are known, else the workspaces found to have the run.
 	Total uint32 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
 	// Targets whose command exited 0.
 	Succeeded uint32 `protobuf:"varint,3,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
@@ -517,15 +568,29 @@ type FleetSummary struct {
 	// The highest exit code among failed targets (128+N for a signal), 0
 	// when none failed.
 	WorstExitCode int32 `protobuf:"varint,9,opt,name=worst_exit_code,json=worstExitCode,proto3" json:"worst_exit_code,omitempty"`
-	// Names of the workspaces that failed, were unreachable or cancelled.
+	// Names of the workspaces that failed (as many as failed), in
+	// selection order.
 	FailedWorkspaces []string `protobuf:"bytes,10,rep,name=failed_workspaces,json=failedWorkspaces,proto3" json:"failed_workspaces,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Names of the workspaces that were unreachable (as many as
+	// unreachable), in selection order.
+	UnreachableWorkspaces []string `protobuf:"bytes,11,rep,name=unreachable_workspaces,json=unreachableWorkspaces,proto3" json:"unreachable_workspaces,omitempty"`
+	// Names of the workspaces that were cancelled (as many as cancelled),
+	// in selection order.
+	CancelledWorkspaces []string `protobuf:"bytes,12,rep,name=cancelled_workspaces,json=cancelledWorkspaces,proto3" json:"cancelled_workspaces,omitempty"`
+	// AttachFleetRun only: targets of the run that no asked agent has. The
+	// run never started there, its agent no longer holds it, or it is on a
+	// workspace that could not be asked. Counted in total.
+	NotFound uint32 `protobuf:"varint,13,opt,name=not_found,json=notFound,proto3" json:"not_found,omitempty"`
+	// AttachFleetRun only: workspaces that could not be asked (see
+	// TargetNotAsked); not counted anywhere else.
+	NotAskedWorkspaces []string `protobuf:"bytes,14,rep,name=not_asked_workspaces,json=notAskedWorkspaces,proto3" json:"not_asked_workspaces,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *FleetSummary) Reset() {
 	*x = FleetSummary{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[7]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +602,7 @@ func (x *FleetSummary) String() string {
 func (*FleetSummary) ProtoMessage() {}
 
 func (x *FleetSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[7]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +615,7 @@ func (x *FleetSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetSummary.ProtoReflect.Descriptor instead.
 func (*FleetSummary) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FleetSummary) GetRunId() string {
@@ -623,6 +688,34 @@ func (x *FleetSummary) GetFailedWorkspaces() []string {
 	return nil
 }
 
+func (x *FleetSummary) GetUnreachableWorkspaces() []string {
+	if x != nil {
+		return x.UnreachableWorkspaces
+	}
+	return nil
+}
+
+func (x *FleetSummary) GetCancelledWorkspaces() []string {
+	if x != nil {
+		return x.CancelledWorkspaces
+	}
+	return nil
+}
+
+func (x *FleetSummary) GetNotFound() uint32 {
+	if x != nil {
+		return x.NotFound
+	}
+	return 0
+}
+
+func (x *FleetSummary) GetNotAskedWorkspaces() []string {
+	if x != nil {
+		return x.NotAskedWorkspaces
+	}
+	return nil
+}
+
 // FleetEvent is one event of a fleet stream.
 type FleetEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -640,6 +733,7 @@ type FleetEvent struct {
 	//	*FleetEvent_Exited
 	//	*FleetEvent_Unreachable
 	//	*FleetEvent_Skipped
+	//	*FleetEvent_NotAsked
 	//	*FleetEvent_Summary
 	Event         isFleetEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
@@ -648,7 +742,7 @@ type FleetEvent struct {
 
 func (x *FleetEvent) Reset() {
 	*x = FleetEvent{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[8]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +754,7 @@ func (x *FleetEvent) String() string {
 func (*FleetEvent) ProtoMessage() {}
 
 func (x *FleetEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[8]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +767,7 @@ func (x *FleetEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetEvent.ProtoReflect.Descriptor instead.
 func (*FleetEvent) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FleetEvent) GetWorkspace() string {
@@ -762,6 +856,15 @@ func (x *FleetEvent) GetSkipped() *TargetSkipped {
 	return nil
 }
 
+func (x *FleetEvent) GetNotAsked() *TargetNotAsked {
+	if x != nil {
+		if x, ok := x.Event.(*FleetEvent_NotAsked); ok {
+			return x.NotAsked
+		}
+	}
+	return nil
+}
+
 func (x *FleetEvent) GetSummary() *FleetSummary {
 	if x != nil {
 		if x, ok := x.Event.(*FleetEvent_Summary); ok {
@@ -815,6 +918,11 @@ type FleetEvent_Skipped struct {
 	Skipped *TargetSkipped `protobuf:"bytes,9,opt,name=skipped,proto3,oneof"`
 }
 
+type FleetEvent_NotAsked struct {
+	// AttachFleetRun: the workspace could not be asked.
+	NotAsked *TargetNotAsked `protobuf:"bytes,11,opt,name=not_asked,json=notAsked,proto3,oneof"`
+}
+
 type FleetEvent_Summary struct {
 	// Last event.
 	Summary *FleetSummary `protobuf:"bytes,10,opt,name=summary,proto3,oneof"`
@@ -836,6 +944,8 @@ func (*FleetEvent_Unreachable) isFleetEvent_Event() {}
 
 func (*FleetEvent_Skipped) isFleetEvent_Event() {}
 
+func (*FleetEvent_NotAsked) isFleetEvent_Event() {}
+
 func (*FleetEvent_Summary) isFleetEvent_Event() {}
 
 // FleetExecResponse carries one event.
@@ -849,7 +959,7 @@ type FleetExecResponse struct {
 
 func (x *FleetExecResponse) Reset() {
 	*x = FleetExecResponse{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[9]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +971,7 @@ func (x *FleetExecResponse) String() string {
 func (*FleetExecResponse) ProtoMessage() {}
 
 func (x *FleetExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[9]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +984,7 @@ func (x *FleetExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetExecResponse.ProtoReflect.Descriptor instead.
 func (*FleetExecResponse) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FleetExecResponse) GetEvent() *FleetEvent {
@@ -900,7 +1010,7 @@ type AttachFleetRunRequest struct {
 
 func (x *AttachFleetRunRequest) Reset() {
 	*x = AttachFleetRunRequest{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[10]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1022,7 @@ func (x *AttachFleetRunRequest) String() string {
 func (*AttachFleetRunRequest) ProtoMessage() {}
 
 func (x *AttachFleetRunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[10]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1035,7 @@ func (x *AttachFleetRunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachFleetRunRequest.ProtoReflect.Descriptor instead.
 func (*AttachFleetRunRequest) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AttachFleetRunRequest) GetRunId() string {
@@ -960,7 +1070,7 @@ type AttachFleetRunResponse struct {
 
 func (x *AttachFleetRunResponse) Reset() {
 	*x = AttachFleetRunResponse{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[11]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1082,7 @@ func (x *AttachFleetRunResponse) String() string {
 func (*AttachFleetRunResponse) ProtoMessage() {}
 
 func (x *AttachFleetRunResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[11]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1095,7 @@ func (x *AttachFleetRunResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachFleetRunResponse.ProtoReflect.Descriptor instead.
 func (*AttachFleetRunResponse) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AttachFleetRunResponse) GetEvent() *FleetEvent {
@@ -1006,7 +1116,7 @@ type ListFleetRunsRequest struct {
 
 func (x *ListFleetRunsRequest) Reset() {
 	*x = ListFleetRunsRequest{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[12]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1018,7 +1128,7 @@ func (x *ListFleetRunsRequest) String() string {
 func (*ListFleetRunsRequest) ProtoMessage() {}
 
 func (x *ListFleetRunsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[12]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1031,7 +1141,7 @@ func (x *ListFleetRunsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFleetRunsRequest.ProtoReflect.Descriptor instead.
 func (*ListFleetRunsRequest) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListFleetRunsRequest) GetSelector() *Selector {
@@ -1064,7 +1174,7 @@ type FleetRunInfo struct {
 
 func (x *FleetRunInfo) Reset() {
 	*x = FleetRunInfo{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[13]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1186,7 @@ func (x *FleetRunInfo) String() string {
 func (*FleetRunInfo) ProtoMessage() {}
 
 func (x *FleetRunInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[13]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1199,7 @@ func (x *FleetRunInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FleetRunInfo.ProtoReflect.Descriptor instead.
 func (*FleetRunInfo) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FleetRunInfo) GetRunId() string {
@@ -1154,7 +1264,7 @@ type ListFleetRunsResponse struct {
 
 func (x *ListFleetRunsResponse) Reset() {
 	*x = ListFleetRunsResponse{}
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[14]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1276,7 @@ func (x *ListFleetRunsResponse) String() string {
 func (*ListFleetRunsResponse) ProtoMessage() {}
 
 func (x *ListFleetRunsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[14]
+	mi := &file_dtmux_controller_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1289,7 @@ func (x *ListFleetRunsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFleetRunsResponse.ProtoReflect.Descriptor instead.
 func (*ListFleetRunsResponse) Descriptor() ([]byte, []int) {
-	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{14}
+	return file_dtmux_controller_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListFleetRunsResponse) GetRuns() []*FleetRunInfo {
@@ -1235,7 +1345,9 @@ const file_dtmux_controller_v1_fleet_proto_rawDesc = "" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1a\n" +
 	"\battempts\x18\x02 \x01(\rR\battempts\"'\n" +
 	"\rTargetSkipped\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xd7\x02\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"(\n" +
+	"\x0eTargetNotAsked\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x90\x04\n" +
 	"\fFleetSummary\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\rR\x05total\x12\x1c\n" +
@@ -1247,7 +1359,11 @@ const file_dtmux_controller_v1_fleet_proto_rawDesc = "" +
 	"\bduration\x18\b \x01(\v2\x19.google.protobuf.DurationR\bduration\x12&\n" +
 	"\x0fworst_exit_code\x18\t \x01(\x05R\rworstExitCode\x12+\n" +
 	"\x11failed_workspaces\x18\n" +
-	" \x03(\tR\x10failedWorkspaces\"\xde\x04\n" +
+	" \x03(\tR\x10failedWorkspaces\x125\n" +
+	"\x16unreachable_workspaces\x18\v \x03(\tR\x15unreachableWorkspaces\x121\n" +
+	"\x14cancelled_workspaces\x18\f \x03(\tR\x13cancelledWorkspaces\x12\x1b\n" +
+	"\tnot_found\x18\r \x01(\rR\bnotFound\x120\n" +
+	"\x14not_asked_workspaces\x18\x0e \x03(\tR\x12notAskedWorkspaces\"\xa2\x05\n" +
 	"\n" +
 	"FleetEvent\x12\x1c\n" +
 	"\tworkspace\x18\x01 \x01(\tR\tworkspace\x12=\n" +
@@ -1258,7 +1374,8 @@ const file_dtmux_controller_v1_fleet_proto_rawDesc = "" +
 	"\x03gap\x18\x06 \x01(\v2\x16.dtmux.agent.v1.RunGapH\x00R\x03gap\x124\n" +
 	"\x06exited\x18\a \x01(\v2\x1a.dtmux.agent.v1.RunTrailerH\x00R\x06exited\x12J\n" +
 	"\vunreachable\x18\b \x01(\v2&.dtmux.controller.v1.TargetUnreachableH\x00R\vunreachable\x12>\n" +
-	"\askipped\x18\t \x01(\v2\".dtmux.controller.v1.TargetSkippedH\x00R\askipped\x12=\n" +
+	"\askipped\x18\t \x01(\v2\".dtmux.controller.v1.TargetSkippedH\x00R\askipped\x12B\n" +
+	"\tnot_asked\x18\v \x01(\v2#.dtmux.controller.v1.TargetNotAskedH\x00R\bnotAsked\x12=\n" +
 	"\asummary\x18\n" +
 	" \x01(\v2!.dtmux.controller.v1.FleetSummaryH\x00R\asummaryB\a\n" +
 	"\x05event\"J\n" +
@@ -1301,7 +1418,7 @@ func file_dtmux_controller_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_dtmux_controller_v1_fleet_proto_rawDescData
 }
 
-var file_dtmux_controller_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_dtmux_controller_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_dtmux_controller_v1_fleet_proto_goTypes = []any{
 	(*Selector)(nil),               // 0: dtmux.controller.v1.Selector
 	(*FleetExecRequest)(nil),       // 1: dtmux.controller.v1.FleetExecRequest
@@ -1310,57 +1427,59 @@ var file_dtmux_controller_v1_fleet_proto_goTypes = []any{
 	(*TargetStarted)(nil),          // 4: dtmux.controller.v1.TargetStarted
 	(*TargetUnreachable)(nil),      // 5: dtmux.controller.v1.TargetUnreachable
 	(*TargetSkipped)(nil),          // 6: dtmux.controller.v1.TargetSkipped
-	(*FleetSummary)(nil),           // 7: dtmux.controller.v1.FleetSummary
-	(*FleetEvent)(nil),             // 8: dtmux.controller.v1.FleetEvent
-	(*FleetExecResponse)(nil),      // 9: dtmux.controller.v1.FleetExecResponse
-	(*AttachFleetRunRequest)(nil),  // 10: dtmux.controller.v1.AttachFleetRunRequest
-	(*AttachFleetRunResponse)(nil), // 11: dtmux.controller.v1.AttachFleetRunResponse
-	(*ListFleetRunsRequest)(nil),   // 12: dtmux.controller.v1.ListFleetRunsRequest
-	(*FleetRunInfo)(nil),           // 13: dtmux.controller.v1.FleetRunInfo
-	(*ListFleetRunsResponse)(nil),  // 14: dtmux.controller.v1.ListFleetRunsResponse
-	(*v1.CommandSpec)(nil),         // 15: dtmux.agent.v1.CommandSpec
-	(*durationpb.Duration)(nil),    // 16: google.protobuf.Duration
-	(*v1.RunLimits)(nil),           // 17: dtmux.agent.v1.RunLimits
-	(*v1.RunOutput)(nil),           // 18: dtmux.agent.v1.RunOutput
-	(*v1.RunGap)(nil),              // 19: dtmux.agent.v1.RunGap
-	(*v1.RunTrailer)(nil),          // 20: dtmux.agent.v1.RunTrailer
-	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
+	(*TargetNotAsked)(nil),         // 7: dtmux.controller.v1.TargetNotAsked
+	(*FleetSummary)(nil),           // 8: dtmux.controller.v1.FleetSummary
+	(*FleetEvent)(nil),             // 9: dtmux.controller.v1.FleetEvent
+	(*FleetExecResponse)(nil),      // 10: dtmux.controller.v1.FleetExecResponse
+	(*AttachFleetRunRequest)(nil),  // 11: dtmux.controller.v1.AttachFleetRunRequest
+	(*AttachFleetRunResponse)(nil), // 12: dtmux.controller.v1.AttachFleetRunResponse
+	(*ListFleetRunsRequest)(nil),   // 13: dtmux.controller.v1.ListFleetRunsRequest
+	(*FleetRunInfo)(nil),           // 14: dtmux.controller.v1.FleetRunInfo
+	(*ListFleetRunsResponse)(nil),  // 15: dtmux.controller.v1.ListFleetRunsResponse
+	(*v1.CommandSpec)(nil),         // 16: dtmux.agent.v1.CommandSpec
+	(*durationpb.Duration)(nil),    // 17: google.protobuf.Duration
+	(*v1.RunLimits)(nil),           // 18: dtmux.agent.v1.RunLimits
+	(*v1.RunOutput)(nil),           // 19: dtmux.agent.v1.RunOutput
+	(*v1.RunGap)(nil),              // 20: dtmux.agent.v1.RunGap
+	(*v1.RunTrailer)(nil),          // 21: dtmux.agent.v1.RunTrailer
+	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
 }
 var file_dtmux_controller_v1_fleet_proto_depIdxs = []int32{
 	0,  // 0: dtmux.controller.v1.FleetExecRequest.selector:type_name -> dtmux.controller.v1.Selector
-	15, // 1: dtmux.controller.v1.FleetExecRequest.command:type_name -> dtmux.agent.v1.CommandSpec
-	16, // 2: dtmux.controller.v1.FleetExecRequest.timeout:type_name -> google.protobuf.Duration
-	16, // 3: dtmux.controller.v1.FleetExecRequest.target_timeout:type_name -> google.protobuf.Duration
-	16, // 4: dtmux.controller.v1.FleetExecRequest.retry_backoff:type_name -> google.protobuf.Duration
-	17, // 5: dtmux.controller.v1.FleetExecRequest.limits:type_name -> dtmux.agent.v1.RunLimits
-	16, // 6: dtmux.controller.v1.FleetExecRequest.idle_timeout:type_name -> google.protobuf.Duration
-	16, // 7: dtmux.controller.v1.FleetSummary.duration:type_name -> google.protobuf.Duration
+	16, // 1: dtmux.controller.v1.FleetExecRequest.command:type_name -> dtmux.agent.v1.CommandSpec
+	17, // 2: dtmux.controller.v1.FleetExecRequest.timeout:type_name -> google.protobuf.Duration
+	17, // 3: dtmux.controller.v1.FleetExecRequest.target_timeout:type_name -> google.protobuf.Duration
+	17, // 4: dtmux.controller.v1.FleetExecRequest.retry_backoff:type_name -> google.protobuf.Duration
+	18, // 5: dtmux.controller.v1.FleetExecRequest.limits:type_name -> dtmux.agent.v1.RunLimits
+	17, // 6: dtmux.controller.v1.FleetExecRequest.idle_timeout:type_name -> google.protobuf.Duration
+	17, // 7: dtmux.controller.v1.FleetSummary.duration:type_name -> google.protobuf.Duration
 	2,  // 8: dtmux.controller.v1.FleetEvent.started:type_name -> dtmux.controller.v1.FleetStarted
 	3,  // 9: dtmux.controller.v1.FleetEvent.queued:type_name -> dtmux.controller.v1.TargetQueued
 	4,  // 10: dtmux.controller.v1.FleetEvent.target_started:type_name -> dtmux.controller.v1.TargetStarted
-	18, // 11: dtmux.controller.v1.FleetEvent.output:type_name -> dtmux.agent.v1.RunOutput
-	19, // 12: dtmux.controller.v1.FleetEvent.gap:type_name -> dtmux.agent.v1.RunGap
-	20, // 13: dtmux.controller.v1.FleetEvent.exited:type_name -> dtmux.agent.v1.RunTrailer
+	19, // 11: dtmux.controller.v1.FleetEvent.output:type_name -> dtmux.agent.v1.RunOutput
+	20, // 12: dtmux.controller.v1.FleetEvent.gap:type_name -> dtmux.agent.v1.RunGap
+	21, // 13: dtmux.controller.v1.FleetEvent.exited:type_name -> dtmux.agent.v1.RunTrailer
 	5,  // 14: dtmux.controller.v1.FleetEvent.unreachable:type_name -> dtmux.controller.v1.TargetUnreachable
 	6,  // 15: dtmux.controller.v1.FleetEvent.skipped:type_name -> dtmux.controller.v1.TargetSkipped
-	7,  // 16: dtmux.controller.v1.FleetEvent.summary:type_name -> dtmux.controller.v1.FleetSummary
-	8,  // 17: dtmux.controller.v1.FleetExecResponse.event:type_name -> dtmux.controller.v1.FleetEvent
-	0,  // 18: dtmux.controller.v1.AttachFleetRunRequest.selector:type_name -> dtmux.controller.v1.Selector
-	8,  // 19: dtmux.controller.v1.AttachFleetRunResponse.event:type_name -> dtmux.controller.v1.FleetEvent
-	0,  // 20: dtmux.controller.v1.ListFleetRunsRequest.selector:type_name -> dtmux.controller.v1.Selector
-	21, // 21: dtmux.controller.v1.FleetRunInfo.started_at:type_name -> google.protobuf.Timestamp
-	13, // 22: dtmux.controller.v1.ListFleetRunsResponse.runs:type_name -> dtmux.controller.v1.FleetRunInfo
-	1,  // 23: dtmux.controller.v1.FleetService.FleetExec:input_type -> dtmux.controller.v1.FleetExecRequest
-	10, // 24: dtmux.controller.v1.FleetService.AttachFleetRun:input_type -> dtmux.controller.v1.AttachFleetRunRequest
-	12, // 25: dtmux.controller.v1.FleetService.ListFleetRuns:input_type -> dtmux.controller.v1.ListFleetRunsRequest
-	9,  // 26: dtmux.controller.v1.FleetService.FleetExec:output_type -> dtmux.controller.v1.FleetExecResponse
-	11, // 27: dtmux.controller.v1.FleetService.AttachFleetRun:output_type -> dtmux.controller.v1.AttachFleetRunResponse
-	14, // 28: dtmux.controller.v1.FleetService.ListFleetRuns:output_type -> dtmux.controller.v1.ListFleetRunsResponse
-	26, // [26:29] is the sub-list for method output_type
-	23, // [23:26] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	7,  // 16: dtmux.controller.v1.FleetEvent.not_asked:type_name -> dtmux.controller.v1.TargetNotAsked
+	8,  // 17: dtmux.controller.v1.FleetEvent.summary:type_name -> dtmux.controller.v1.FleetSummary
+	9,  // 18: dtmux.controller.v1.FleetExecResponse.event:type_name -> dtmux.controller.v1.FleetEvent
+	0,  // 19: dtmux.controller.v1.AttachFleetRunRequest.selector:type_name -> dtmux.controller.v1.Selector
+	9,  // 20: dtmux.controller.v1.AttachFleetRunResponse.event:type_name -> dtmux.controller.v1.FleetEvent
+	0,  // 21: dtmux.controller.v1.ListFleetRunsRequest.selector:type_name -> dtmux.controller.v1.Selector
+	22, // 22: dtmux.controller.v1.FleetRunInfo.started_at:type_name -> google.protobuf.Timestamp
+	14, // 23: dtmux.controller.v1.ListFleetRunsResponse.runs:type_name -> dtmux.controller.v1.FleetRunInfo
+	1,  // 24: dtmux.controller.v1.FleetService.FleetExec:input_type -> dtmux.controller.v1.FleetExecRequest
+	11, // 25: dtmux.controller.v1.FleetService.AttachFleetRun:input_type -> dtmux.controller.v1.AttachFleetRunRequest
+	13, // 26: dtmux.controller.v1.FleetService.ListFleetRuns:input_type -> dtmux.controller.v1.ListFleetRunsRequest
+	10, // 27: dtmux.controller.v1.FleetService.FleetExec:output_type -> dtmux.controller.v1.FleetExecResponse
+	12, // 28: dtmux.controller.v1.FleetService.AttachFleetRun:output_type -> dtmux.controller.v1.AttachFleetRunResponse
+	15, // 29: dtmux.controller.v1.FleetService.ListFleetRuns:output_type -> dtmux.controller.v1.ListFleetRunsResponse
+	27, // [27:30] is the sub-list for method output_type
+	24, // [24:27] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_dtmux_controller_v1_fleet_proto_init() }
@@ -1368,7 +1487,7 @@ func file_dtmux_controller_v1_fleet_proto_init() {
 	if File_dtmux_controller_v1_fleet_proto != nil {
 		return
 	}
-	file_dtmux_controller_v1_fleet_proto_msgTypes[8].OneofWrappers = []any{
+	file_dtmux_controller_v1_fleet_proto_msgTypes[9].OneofWrappers = []any{
 		(*FleetEvent_Started)(nil),
 		(*FleetEvent_Queued)(nil),
 		(*FleetEvent_TargetStarted)(nil),
@@ -1377,6 +1496,7 @@ func file_dtmux_controller_v1_fleet_proto_init() {
 		(*FleetEvent_Exited)(nil),
 		(*FleetEvent_Unreachable)(nil),
 		(*FleetEvent_Skipped)(nil),
+		(*FleetEvent_NotAsked)(nil),
 		(*FleetEvent_Summary)(nil),
 	}
 	type x struct{}
@@ -1385,7 +1505,7 @@ func file_dtmux_controller_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dtmux_controller_v1_fleet_proto_rawDesc), len(file_dtmux_controller_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
