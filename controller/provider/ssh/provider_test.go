@@ -1,6 +1,7 @@
 package ssh
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -238,14 +239,87 @@ func TestListGet(t *testing.T) {
 	if w, err := p.Get(ctx, "c"); err != nil || w.Attributes["destination"] != "hc" {
 		t.Fatalf("Get after reload: %+v %v", w, err)
 	}
-	// A broken file is an error, not an empty list.
+	// A broken file at startup fails it, with the reason; so does a
+	// missing one.
 	os.WriteFile(file, []byte("hosts: [{name: -bad, destination: h}]\n"), 0o600)
-	os.Chtimes(file, future.Add(time.Hour), future.Add(time.Hour))
-	if _, err := p.List(ctx); !errors.Is(err, provider.ErrInvalid) {
-		t.Fatalf("List of a broken file: %v", err)
+	if _, err := New(Config{HostsFile: file, Bootstrap: bootstrap.New(bootstrap.Config{})}); !errors.Is(err, provider.ErrInvalid) || !strings.Contains(err.Error(), `host "-bad": name must be`) {
+		t.Fatalf("New with a broken hosts file: %v", err)
 	}
 	if _, err := New(Config{HostsFile: filepath.Join(dir, "missing"), Bootstrap: bootstrap.New(bootstrap.Config{})}); err == nil {
 		t.Fatal("New with a missing hosts file succeeded")
+	}
+}
+
+// Once a good hosts file was read, a broken, empty or missing one (an
+// editor saving, a typo) keeps the last good list, with one warning per
+// bad version that says why; a good file is taken up again.
+func TestBadHostsFileKeepsLastGood(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "hosts.yaml")
+	var logs bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Warn})
+	write := func(data string, at time.Time) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(file, at, at)
+	}
+	at := time.Now()
+	write("hosts: [{name: a, destination: ha}, {name: b, destination: hb}]\n", at)
+	p, err := New(Config{HostsFile: file, Bootstrap: bootstrap.New(bootstrap.Config{}), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	names := func() string {
+		t.Helper()
+		ws, err := p.List(ctx)
+		if err != nil {
+			t.Fatalf("List: %v", err)
+		}
+		var n []string
+		for _, w := range ws {
+			n = append(n, w.Name)
+		}
+		return strings.Join(n, ",")
+	}
+	warnings := func() int { return strings.Count(logs.String(), "keeping the last good host list") }
+
+	for i, bad := range []struct{ data, why string }{
+		{"hosts: [{name: a, destination: ha}\n", "yaml"},                                    // mid-save
+		{"hosts: [{name: a, destination: ha, lables: {x: y}}]\n", "field lables not found"}, // a typo
+		{"", "hosts file is empty"},                                                         // truncated
+		{"", "no such file"},                                                                // removed
+	} {
+		at = at.Add(time.Minute)
+		if bad.why == "no such file" {
+			os.Remove(file)
+		} else {
+			write(bad.data, at)
+		}
+		for range 3 {
+			if got := names(); got != "a,b" {
+				t.Fatalf("bad file %d: List = %s, want the last good a,b", i, got)
+			}
+			if _, err := p.Endpoint(ctx, "b"); err != nil {
+				t.Fatalf("bad file %d: Endpoint(b): %v", i, err)
+			}
+		}
+		if got := warnings(); got != i+1 {
+			t.Fatalf("bad file %d: %d warnings, want one per bad version:\n%s", i, got, logs.String())
+		}
+		if !strings.Contains(logs.String(), bad.why) {
+			t.Errorf("bad file %d: the warning does not say %q:\n%s", i, bad.why, logs.String())
+		}
+	}
+	at = at.Add(time.Minute)
+	write("hosts: [{name: c, destination: hc}]\n", at)
+	if got := names(); got != "c" {
+		t.Fatalf("List after a good file = %s, want c", got)
+	}
+	if _, err := p.Get(ctx, "a"); !errors.Is(err, provider.ErrNotFound) {
+		t.Fatalf("Get(a) after it left the file: %v", err)
 	}
 }
 

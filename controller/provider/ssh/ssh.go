@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -24,7 +25,8 @@ import (
 // Config configures the provider.
 type Config struct {
 	// HostsFile is the YAML hosts file (see ParseHosts). It is read again
-	// on every List/Get/Endpoint when it changed.
+	// on every List/Get/Endpoint when it changed; once it was good, an
+	// unusable version keeps the last good hosts (see load).
 	HostsFile string
 	// Hosts, when set, is used instead of HostsFile (tests, embedding).
 	Hosts []Host
@@ -43,10 +45,25 @@ type Provider struct {
 	cfg Config
 	log hclog.Logger
 
-	mu      sync.Mutex
-	hosts   []Host    // guarded by mu
-	modTime time.Time // of HostsFile when read; guarded by mu
-	size    int64     // guarded by mu
+	mu    sync.Mutex
+	hosts []Host      // the last good list; guarded by mu
+	good  fileVersion // of HostsFile when hosts were read; guarded by mu
+	// bad is the version of HostsFile last found unusable (after a good
+	// one), warned about once and not read again; zero when the file is
+	// good. Guarded by mu.
+	bad fileVersion
+}
+
+// fileVersion tells versions of the hosts file apart, as well as a stat
+// can: modification time and size, or missing.
+type fileVersion struct {
+	modTime time.Time
+	size    int64
+	missing bool
+}
+
+func versionOf(st os.FileInfo) fileVersion {
+	return fileVersion{modTime: st.ModTime(), size: st.Size()}
 }
 
 // New returns the provider, reading the hosts file once to fail early.
@@ -73,33 +90,78 @@ func New(c Config) (*Provider, error) {
 }
 
 // load returns the hosts, reading the file again when it changed.
+//
+// Once a good file was read, an unusable one (a YAML typo, a file missing
+// or empty while an editor saves it) does not take the hosts away: every
+// call on them would fail, and `ws ls` with it, for what is usually a
+// moment. The last good list stays, and each unusable version is warned
+// about once, with the reason. Before a good file was read, there is no
+// list to keep: the error is returned (and fails startup).
 func (p *Provider) load() ([]Host, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cfg.Hosts != nil {
 		return p.hosts, nil
 	}
+	v, hosts, err := p.read()
+	switch {
+	case err == nil:
+		if p.bad != (fileVersion{}) {
+			p.log.Info("hosts file usable again", "file", p.cfg.HostsFile, "hosts", len(hosts))
+			p.bad = fileVersion{}
+		}
+		p.hosts, p.good = hosts, v
+		return hosts, nil
+	case p.hosts == nil:
+		return nil, err
+	}
+	if v != p.bad {
+		p.bad = v
+		p.log.Warn("hosts file unusable; keeping the last good host list", "file", p.cfg.HostsFile, "hosts", len(p.hosts), "error", err)
+	}
+	return p.hosts, nil
+}
+
+// read reads and parses the hosts file unless its version is the good or
+// the bad one already known: then it returns the good list, or errBad.
+// Called with mu held.
+func (p *Provider) read() (fileVersion, []Host, error) {
 	st, err := os.Stat(p.cfg.HostsFile)
 	if err != nil {
-		return nil, fmt.Errorf("hosts file: %w", err)
+		v := fileVersion{missing: true}
+		if v == p.bad {
+			return v, nil, errBad
+		}
+		return v, nil, fmt.Errorf("hosts file: %w", err)
 	}
-	if p.hosts != nil && st.ModTime().Equal(p.modTime) && st.Size() == p.size {
-		return p.hosts, nil
+	v := versionOf(st)
+	switch {
+	case p.hosts != nil && v == p.good:
+		return v, p.hosts, nil
+	case v == p.bad:
+		return v, nil, errBad
+	case v.size == 0 && p.hosts != nil:
+		// Truncated for a rewrite, most likely; an empty list is written
+		// "hosts: []".
+		return v, nil, errors.New("hosts file is empty (for no hosts, write \"hosts: []\")")
 	}
 	data, err := os.ReadFile(p.cfg.HostsFile)
 	if err != nil {
-		return nil, fmt.Errorf("hosts file: %w", err)
+		return v, nil, fmt.Errorf("hosts file: %w", err)
 	}
 	hosts, err := ParseHosts(data)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", p.cfg.HostsFile, err)
+		return v, nil, fmt.Errorf("%s: %w", p.cfg.HostsFile, err)
 	}
 	if hosts == nil {
 		hosts = []Host{}
 	}
-	p.hosts, p.modTime, p.size = hosts, st.ModTime(), st.Size()
-	return hosts, nil
+	return v, hosts, nil
 }
+
+// errBad says the hosts file is a version already found unusable (and
+// warned about).
+var errBad = errors.New("hosts file unusable (warned)")
 
 // Name implements provider.Provider.
 func (p *Provider) Name() string { return "ssh" }
