@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -85,7 +86,7 @@ func (a *App) runVersion(ctx context.Context, ws string) error {
 		fmt.Fprintf(a.Stdout, "controller at %s (version not reported)\n", c.Address)
 	}
 	if ag := v.Agent; ag != nil {
-		tmux := ag.TmuxVersion
+		tmux := strings.TrimPrefix(ag.TmuxVersion, "tmux ") // as tmux -V says it
 		if tmux == "" {
 			tmux = "unavailable: " + ag.TmuxError
 		}

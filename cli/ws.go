@@ -96,10 +96,15 @@ func agentStatus(s *controllerv1.AgentStatus) string {
 	}
 }
 
-// shortReason keeps a table cell readable: the error's first line, at
-// most 48 bytes (cut at a rune boundary).
+// shortReason keeps a table cell readable: the cause at the end of the
+// error's first line (what follows its last ": ", which is what ssh or
+// the kernel said), at most 48 bytes (cut at a rune boundary). -o json
+// has it all.
 func shortReason(s string) string {
 	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s)-i-2 >= 8 {
+		s = s[i+2:]
+	}
 	const max = 48
 	if len(s) <= max {
 		return s

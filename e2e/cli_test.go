@@ -430,6 +430,11 @@ func TestCLIWorkspaces(t *testing.T) {
 	if !strings.HasPrefix(r.stdout, "dtmux ") || !strings.Contains(r.stdout, "controller") {
 		t.Errorf("version: %q", r.stdout)
 	}
+	c.CreateWorkspace(t, "wv", nil)
+	r = mustCLI(t, c, "version", "--workspace", "wv")
+	if !regexp.MustCompile(`(?m)^agent \S+ in wv \(linux/\w+, tmux \d`).MatchString(r.stdout) {
+		t.Errorf("version --workspace: %q", r.stdout)
+	}
 }
 
 func TestCLINoController(t *testing.T) {
