@@ -307,53 +307,127 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 		_, err = a.Stdout.Write(trimTrailingBlankLines(resp.GetContent()))
 		return err
 	}
-	stream, err := agent.FollowSession(ctx, &agentv1.FollowSessionRequest{Target: target, Snapshot: true})
-	if err != nil {
-		return err
+	// Where the output got to, so that a follower can take the pane up
+	// again there when the hop or the agent goes away under it (a redial,
+	// an upgrade), as runs logs -f does. Offsets count from when the agent
+	// began to follow the pane: after a restart of the agent they start
+	// again, and what the pane printed meanwhile cannot be shown.
+	epoch := agentEpoch(ctx, agent)
+	req := &agentv1.FollowSessionRequest{Target: target, Snapshot: true}
+	var next uint64
+	var lost error // the loss being recovered from
+	var lostAt time.Time
+	for {
+		progress, err := a.followPane(ctx, agent, req, &next)
+		var x *ExitError
+		if err == nil || errors.As(err, &x) || ctx.Err() != nil {
+			return err
+		}
+		switch {
+		case lost == nil && !progress:
+			// The first attach failed: say why at once.
+			return a.paneLost(err, ws, target)
+		case progress:
+			if !isLostStream(err) {
+				return a.paneLost(err, ws, target)
+			}
+			lost, lostAt = err, time.Now()
+			fmt.Fprintf(a.Stderr, "dtmux: lost the stream of %s; taking it up again at offset %d\n", paneName(target), next)
+		case status.Code(err) == codes.NotFound:
+			fmt.Fprintf(a.Stderr, "dtmux: %s closed while the stream was lost\n", paneName(target))
+			return nil
+		case !isLostStream(err) || time.Since(lostAt) >= reattachFor:
+			// The workspace stopped, or the agent stays away: say what
+			// became of it.
+			return a.paneLost(lost, ws, target)
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(reattachEvery):
+		}
+		req = &agentv1.FollowSessionRequest{Target: target, FromOffset: next}
+		if e := agentEpoch(ctx, agent); e != "" && e != epoch {
+			epoch = e
+			req.FromOffset = 0 // from now
+			fmt.Fprintf(a.Stderr, "dtmux: the agent restarted: what %s printed meanwhile is not shown\n", paneName(target))
+		}
 	}
-	following := false
+}
+
+// followPane streams req's pane to stdout until its command ends (an
+// *ExitError with its status, or nil), keeping *next at the offset that
+// comes after what was shown. progress says whether anything came.
+func (a *App) followPane(ctx context.Context, agent agentv1.AgentServiceClient, req *agentv1.FollowSessionRequest, next *uint64) (progress bool, err error) {
+	stream, err := agent.FollowSession(ctx, req)
+	if err != nil {
+		return false, err
+	}
+	target := req.GetTarget()
 	for {
 		ev, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
-			return nil
+			return progress, nil
 		}
-		if following && status.Code(err) == codes.NotFound {
+		if progress && status.Code(err) == codes.NotFound {
 			// The window or session went away under the follower (killed,
 			// or closed when its command ended): that ends the output,
 			// as tail -f's does when told to stop.
 			fmt.Fprintf(a.Stderr, "dtmux: %s closed while following it (its command ended and its window closed, or it was killed)\n", paneName(target))
-			return nil
+			return progress, nil
 		}
 		if err != nil {
-			again := fmt.Sprintf("follow it again with: dtmux session logs %s %s -f", ws, paneName(target))
-			return a.lostError(err, ws, lostHints{
-				during:     "while following " + paneName(target),
-				controller: again,
-				agent:      "tmux outlives the agent: " + again,
-				removed:    "its sessions ended with it",
-			})
+			return progress, err
 		}
+		progress = true
 		switch {
 		case ev.GetSnapshot() != nil:
-			following = true
+			*next = ev.GetSnapshot().GetOffset()
 			if _, err := a.Stdout.Write(trimTrailingBlankLines(ev.GetSnapshot().GetContent())); err != nil {
-				return err
+				return progress, err
 			}
 		case ev.GetOutput() != nil:
-			if _, err := a.Stdout.Write(ev.GetOutput().GetData()); err != nil {
-				return err
+			o := ev.GetOutput()
+			*next = o.GetOffset() + uint64(len(o.GetData()))
+			if _, err := a.Stdout.Write(o.GetData()); err != nil {
+				return progress, err
 			}
 		case ev.GetGap() != nil:
 			g := ev.GetGap()
+			*next = g.GetOffset() + g.GetBytes()
 			fmt.Fprintf(a.Stderr, "dtmux: output lost at offset %d (%d bytes, %s)\n", g.GetOffset(), g.GetBytes(), g.GetReason())
 		case ev.GetExited() != nil:
 			x := ev.GetExited()
 			if x.GetSignal() != 0 {
-				return exitCode(128 + int(x.GetSignal()))
+				return progress, exitCode(128 + int(x.GetSignal()))
 			}
-			return exitCode(int(x.GetExitCode()))
+			return progress, exitCode(int(x.GetExitCode()))
 		}
 	}
+}
+
+// paneLost is the error of a follower whose stream broke for good.
+func (a *App) paneLost(err error, ws string, target *agentv1.PaneTarget) error {
+	again := fmt.Sprintf("follow it again with: dtmux session logs %s %s -f", ws, paneName(target))
+	return a.lostError(err, ws, lostHints{
+		during:     "while following " + paneName(target),
+		controller: again,
+		agent:      "tmux outlives the agent: " + again,
+		removed:    "its sessions ended with it",
+	})
+}
+
+// agentEpoch names the agent process serving a workspace now (its pid
+// and start), or "" when it cannot be asked: pane offsets hold only
+// within one.
+func agentEpoch(ctx context.Context, agent agentv1.AgentServiceClient) string {
+	ctx, cancel := context.WithTimeout(ctx, lostProbeTimeout)
+	defer cancel()
+	info, err := agent.GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d@%s", info.GetPid(), info.GetStartedAt().AsTime().Format(time.RFC3339Nano))
 }
 
 // paneName names a pane target as the CLI takes it: SESSION[:WINDOW].

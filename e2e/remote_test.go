@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -283,5 +285,39 @@ func TestRemoteSSHUpgradeKeepsDetachedRuns(t *testing.T) {
 	want, _ := os.ReadFile(filepath.Join(dir2, bootstrap.AgentName))
 	if !bytes.Equal(installed, want) {
 		t.Fatal("the second build was not installed")
+	}
+}
+
+// TestRemoteSSHSessionFollowerRidesThroughAHopKill: `session logs -f` takes
+// the pane up again where it was when the ssh hop dies under it (the
+// agent lives on): every line once, in order.
+func TestRemoteSSHSessionFollowerRidesThroughAHopKill(t *testing.T) {
+	c, srv := remoteController(t)
+	mustCLI(t, c, "session", "new", "web1", "dev", "--", "sh", "-c", `i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo line$i; sleep 0.05; done; exec sleep 1000`)
+	l := startCLI(t, c, "session", "logs", "web1", "dev", "-f")
+	time.Sleep(500 * time.Millisecond)
+	for _, pid := range bootstrap.SSHProcesses(srv.Config, "--stdio") {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for i := 0; !strings.Contains(l.rest.String(), "line60"); i++ {
+		if i == 600 {
+			t.Fatalf("follower after the hop's kill: %q; stderr %q", l.rest.String(), l.stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mustCLI(t, c, "session", "kill", "web1", "dev")
+	l.wait(t)
+	var got []int
+	for _, m := range regexp.MustCompile(`line(\d+)`).FindAllStringSubmatch(l.first+"\n"+l.rest.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		got = append(got, n)
+	}
+	for i, n := range got {
+		if n != i+1 {
+			t.Fatalf("lines followed: %v, want 1..60 once each", got)
+		}
+	}
+	if len(got) != 60 || !strings.Contains(l.stderr.String(), "taking it up again") {
+		t.Errorf("lines followed: %v; stderr %q", got, l.stderr.String())
 	}
 }
