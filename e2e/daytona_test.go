@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -195,7 +196,16 @@ func startDaytona(t *testing.T, o daytonaOptions) *daytonaEnv {
 		if err := os.MkdirAll(wrap, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		script := fmt.Sprintf("#!/bin/sh\nexec %s -F %s \"$@\"\n", real, d.srv.Config)
+		// A config given with -F (dtmux's for a sandbox, which includes
+		// the user's) includes it as the user's would be.
+		script := fmt.Sprintf(`#!/bin/sh
+prev=
+for a in "$@"; do
+	if [ "$prev" = -F ]; then printf 'Include %%s\n' %s >>"$a"; fi
+	prev=$a
+done
+exec %s -F %s "$@"
+`, d.srv.Config, real, d.srv.Config)
 		if err := os.WriteFile(filepath.Join(wrap, "ssh"), []byte(script), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -301,7 +311,15 @@ func (d *daytonaEnv) serveAPI(w http.ResponseWriter, r *http.Request) {
 }
 
 // hops are the ssh processes carrying an agent to this test's sshd.
-func (d *daytonaEnv) hops() []int { return bootstrap.SSHProcesses(d.srv.Config, "--stdio") }
+func (d *daytonaEnv) hops() []int {
+	pids := bootstrap.SSHProcesses(d.srv.Config, "--stdio")
+	for _, pid := range bootstrap.SSHProcesses(fmt.Sprintf("\x00%d\x00", d.srv.Port), "--stdio") {
+		if !slices.Contains(pids, pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
 
 // noSecrets fails when a secret shows in s.
 func noSecrets(t *testing.T, what, s string) {
@@ -639,9 +657,25 @@ func TestDaytonaSandboxes(t *testing.T) {
 		if n := d.mints.Load(); n != 1 {
 			t.Fatalf("want one token minted for one hop, got %d", n)
 		}
+		// The token is the login name, which any local user could read
+		// on a command line: it goes in a config file only the
+		// controller's user can read, gone once ssh has read it.
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", d.hops()[0]))
-		if !bytes.Contains(cmdline, []byte(d.srv.User+"@127.0.0.1")) {
-			t.Fatalf("hop does not log in with the token: %q", cmdline)
+		args := strings.Split(string(cmdline), "\x00")
+		if bytes.Contains(cmdline, []byte(d.srv.User+"@")) || slices.Contains(args, "-l") {
+			t.Fatalf("the token is on the hop's command line: %q", cmdline)
+		}
+		// (The last -F: the test's ssh stand-in puts its own first.)
+		i := -1
+		for j, a := range args {
+			if a == "-F" {
+				i = j
+			}
+		}
+		if i < 0 || i+1 >= len(args) {
+			t.Fatalf("hop without its login config: %q", cmdline)
+		} else if _, err := os.Stat(args[i+1]); !os.IsNotExist(err) {
+			t.Fatalf("the login config %s is still there: %v", args[i+1], err)
 		}
 		// The gateway drops stderr: the agent's goes to a file in the
 		// sandbox.

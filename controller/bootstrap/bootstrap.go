@@ -181,8 +181,10 @@ type probe struct {
 // or reports the remote platform and installed agent (probe returned).
 func (b *Bootstrapper) start(ctx context.Context, log hclog.Logger, workspace string, hop Hop, bins []binary) (net.Conn, probe, error) {
 	began := time.Now()
-	cmd := hop.Command(b.startScript(bins))
-	stderr := newStderrLog(log.Named("hop"))
+	cmd, configRead := hopCommand(hop, b.startScript(bins))
+	// ssh has read its config once the script speaks, or it has ended.
+	defer configRead()
+	stderr := newStderrLog(log.Named("hop"), redactions(hop))
 	cmd.Stderr = stderr
 	// Its own process group: terminal signals aimed at the controller do
 	// not reach it, and Close can kill whatever it spawned (ProxyCommand).
@@ -328,7 +330,8 @@ if [ "$s" != %s ]; then echo "checksum mismatch after upload (got '$s'; is sha25
 chmod 755 "$t"
 mv -f "$t" "$d/%s"
 `, remotePath(b.cfg.InstallDir), AgentName, AgentName, bin.size, bin.sum, AgentName)
-	cmd := hop.Command(script)
+	cmd, configRead := hopCommand(hop, script)
+	defer configRead() // after the upload ended
 	cmd.Stdin = io.LimitReader(f, bin.size)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -347,7 +350,7 @@ mv -f "$t" "$d/%s"
 		return ctx.Err()
 	}
 	if err != nil {
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(lastBytes(out.Bytes(), 2048)))
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(redact(lastBytes(out.Bytes(), 2048), redactions(hop))))
 	}
 	log.Info("agent installed", "dir", b.cfg.InstallDir, "sha256", short(bin.sum))
 	return nil

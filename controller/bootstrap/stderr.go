@@ -9,9 +9,10 @@ import (
 )
 
 // stderrLog logs a hop's stderr line by line and keeps the last few KiB
-// for error messages.
+// for error messages, with secrets (see redactions) replaced.
 type stderrLog struct {
-	log hclog.Logger
+	log     hclog.Logger
+	secrets []string
 
 	mu   sync.Mutex
 	buf  []byte // partial line; guarded by mu
@@ -20,7 +21,25 @@ type stderrLog struct {
 
 const stderrTail = 4096
 
-func newStderrLog(log hclog.Logger) *stderrLog { return &stderrLog{log: log} }
+func newStderrLog(log hclog.Logger, secrets []string) *stderrLog {
+	return &stderrLog{log: log, secrets: secrets}
+}
+
+// redactions is what hop's output must not show (SSH.User).
+func redactions(hop Hop) []string {
+	if r, ok := hop.(interface{ redact() []string }); ok {
+		return r.redact()
+	}
+	return nil
+}
+
+// redact replaces each secret in s.
+func redact(s string, secrets []string) string {
+	for _, x := range secrets {
+		s = strings.ReplaceAll(s, x, "[redacted]")
+	}
+	return s
+}
 
 func (s *stderrLog) Write(p []byte) (int, error) {
 	s.mu.Lock()
@@ -36,12 +55,12 @@ func (s *stderrLog) Write(p []byte) (int, error) {
 			break
 		}
 		if line := strings.TrimRight(string(s.buf[:i]), "\r"); line != "" {
-			s.log.Info(line)
+			s.log.Info(redact(line, s.secrets))
 		}
 		s.buf = s.buf[i+1:]
 	}
 	if len(s.buf) > stderrTail {
-		s.log.Info(string(s.buf))
+		s.log.Info(redact(string(s.buf), s.secrets))
 		s.buf = s.buf[:0]
 	}
 	return len(p), nil
@@ -51,7 +70,7 @@ func (s *stderrLog) Write(p []byte) (int, error) {
 func (s *stderrLog) tail() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t := strings.TrimSpace(string(s.last))
+	t := strings.TrimSpace(redact(string(s.last), s.secrets))
 	if t == "" {
 		return "(no output on stderr)"
 	}

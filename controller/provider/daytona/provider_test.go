@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -179,7 +181,20 @@ func (e *env) check(ctx context.Context, name string) error {
 	return err
 }
 
-func (e *env) hops() []int { return bootstrap.SSHProcesses(e.srv.Config, "--stdio") }
+// hops are the ssh processes carrying an agent to this test's sshd: the
+// daytona stand-in's (with the test's ssh config) and the sandbox
+// gateway's (with its port).
+func (e *env) hops() []int { return sshHops(e.srv) }
+
+func sshHops(srv *sshtest.Server) []int {
+	pids := bootstrap.SSHProcesses(srv.Config, "--stdio")
+	for _, pid := range bootstrap.SSHProcesses(fmt.Sprintf("\x00%d\x00", srv.Port), "--stdio") {
+		if !slices.Contains(pids, pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -221,7 +221,8 @@ func (p *Provider) sandboxEndpoint(ctx context.Context, name string) (provider.E
 			if p.cfg.KnownHostsFile != "" {
 				args = append(args, "-o", "UserKnownHostsFile="+p.cfg.KnownHostsFile)
 			}
-			hop := bootstrap.SSH{Binary: p.cfg.SSH, Args: args, Destination: user + "@" + host,
+			// The login name is the access token: off the command line.
+			hop := bootstrap.SSH{Binary: p.cfg.SSH, Args: args, Destination: host, User: user,
 				Label: fmt.Sprintf("daytona gateway %s for sandbox %s", host, name)}
 			return p.sandboxBoot().Dial(ctx, name, hop)
 		},
