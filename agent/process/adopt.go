@@ -22,10 +22,11 @@ import (
 // RUNNING again, `runs logs -f` follows it to its end, and kills, limits
 // and workspace stops reach it.
 //
-// What it cannot have: the run's exit status, since the new agent is not
-// the leader's parent (it learns of the exit through a pidfd), so such a
-// run ends AGENT_LOST with complete output and a detail that says so; its
-// timeouts (they were the old agent's timers); and the bytes an agent that
+// Its deadlines go on, counted from its start. What it cannot have: its
+// exit status, since the new agent is not the leader's parent (it learns
+// of the exit through a pidfd), so such a run ends AGENT_LOST with
+// complete output and a detail that says so (TIMED_OUT or KILLED when
+// this agent ends it); and the bytes an agent that
 // crashed had read and not yet spooled (at most one read), or that were
 // left in a pipe when the run ended while no agent was there to read them
 // (a pipe's buffer goes with its last holder). An agent stopping on its
@@ -108,6 +109,11 @@ func (m *Manager) adopt(info Info) (*Run, error) {
 	r.adopted = true
 	r.proc, r.reap = proc, func() (*os.ProcessState, error) { return nil, errNotChild }
 	r.startTicks.Store(info.StartTicks)
+	r.timeout, r.idleTimeout = info.Timeout, info.IdleTimeout
+	if info.Timeout > 0 {
+		// Counted from the run's start, as its first agent did.
+		r.timeoutLeft = max(info.Timeout-time.Since(info.StartedAt), time.Millisecond)
+	}
 	r.lastOutput.Store(time.Now().UnixNano())
 	close(r.ready)
 	m.mu.Lock()

@@ -386,6 +386,7 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	r.info.Labels = maps.Clone(spec.Labels)
 	r.info.Limits = limits
 	r.timeout, r.idleTimeout = spec.Timeout, spec.IdleTimeout
+	r.info.Timeout, r.info.IdleTimeout = spec.Timeout, spec.IdleTimeout
 	if spec.Owner && !spec.Detach {
 		r.own.active.Store(true)
 	}

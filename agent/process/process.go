@@ -166,6 +166,10 @@ type Info struct {
 	OutputFIFOs bool              `json:"output_fifos,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Limits      Limits            `json:"limits"`
+	// Timeout and IdleTimeout are the run's deadlines as given (0: none);
+	// an agent that adopts the run enforces them too.
+	Timeout     time.Duration `json:"timeout,omitempty"`
+	IdleTimeout time.Duration `json:"idle_timeout,omitempty"`
 	// StdoutBytes and StderrBytes count output so far.
 	StdoutBytes uint64 `json:"stdout_bytes"`
 	StderrBytes uint64 `json:"stderr_bytes"`

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/dtmux/dtmux/internal/tmuxserver"
 	"github.com/dtmux/dtmux/internal/transport"
@@ -417,12 +418,18 @@ until [ -e "$1/go2" ]; do sleep 0.01; done; echo done >&2; exit 3`
 	}
 	start(a.client, "crash-1", "sh", "-c", script, "sh", filepath.Join(gate, "crash"))
 	start(a.client, "crash-kill", "sh", "-c", "echo up; exec sleep 1000")
+	// Its deadline holds across the restart, counted from its start.
+	_, started := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{
+		Command: cmdSpec("sh", "-c", "echo up; exec sleep 1000"), RunId: "crash-deadline", Detach: true, Timeout: durationpb.New(3 * time.Second),
+	})
+	pids = append(pids, int(started.GetPid()))
 	os.Mkdir(filepath.Join(gate, "crash"), 0o700)
 	waitBytes(a.client, "crash-1", 1)
 	waitBytes(a.client, "crash-kill", 1)
+	waitBytes(a.client, "crash-deadline", 1)
 	fifos := filepath.Join(state, "runs", "*", "*.fifo")
-	if names, _ := filepath.Glob(fifos); len(names) != 4 {
-		t.Fatalf("named pipes of two runs: %v", names)
+	if names, _ := filepath.Glob(fifos); len(names) != 6 {
+		t.Fatalf("named pipes of three runs: %v", names)
 	}
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.exited
@@ -449,6 +456,9 @@ until [ -e "$1/go2" ]; do sleep 0.01; done; echo done >&2; exit 3`
 	}
 	if out, _, tr := follow(b.client, "crash-kill"); out != "up\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_KILLED {
 		t.Errorf("adopted run killed: %q %v", out, tr)
+	}
+	if out, _, tr := follow(b.client, "crash-deadline"); out != "up\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_TIMED_OUT || tr.GetDuration().AsDuration() > 10*time.Second {
+		t.Errorf("adopted run with a deadline: %q %v", out, tr)
 	}
 
 	// An agent that stops (SIGTERM) leaves its detached runs to the next.
