@@ -21,7 +21,7 @@ import (
 type remoteFlags struct {
 	hosts, agentDir, installDir string
 	daytonaBin, daytonaKeyFile  string
-	hopIdle                     time.Duration
+	hopIdle, uploadTimeout      time.Duration
 }
 
 func (r *remoteFlags) register(fs *flag.FlagSet) {
@@ -30,6 +30,7 @@ func (r *remoteFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.installDir, "agent-install-dir", bootstrap.DefaultInstallDir, "ssh/daytona: remote directory the agent is installed in")
 	fs.StringVar(&r.daytonaBin, "daytona", "daytona", "daytona provider: the daytona CLI")
 	fs.StringVar(&r.daytonaKeyFile, "daytona-api-key-file", "", "daytona provider: file holding the API key (default $DAYTONA_API_KEY; never a flag value)")
+	fs.DurationVar(&r.uploadTimeout, "agent-upload-timeout", bootstrap.DefaultUploadTimeout, "ssh/daytona: how long installing the agent (about 14 MB) may take over a slow link")
 	fs.DurationVar(&r.hopIdle, "hop-idle-timeout", 0, "ssh/daytona: close an idle hop after this long (daytona sandboxes default: under their auto-stop)")
 }
 
@@ -42,7 +43,10 @@ func (r *remoteFlags) bootstrapConfig(log hclog.Logger) (bootstrap.Config, error
 		}
 		dir = filepath.Dir(exe)
 	}
-	return bootstrap.Config{AgentDir: dir, InstallDir: r.installDir, Version: version.Version, Logger: log.Named("bootstrap")}, nil
+	if r.uploadTimeout <= 0 {
+		return bootstrap.Config{}, errors.New("--agent-upload-timeout must be positive")
+	}
+	return bootstrap.Config{AgentDir: dir, InstallDir: r.installDir, Version: version.Version, UploadTimeout: r.uploadTimeout, Logger: log.Named("bootstrap")}, nil
 }
 
 func newSSH(f *flags, log hclog.Logger) (provider.Provider, error) {
