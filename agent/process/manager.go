@@ -102,6 +102,10 @@ type Manager struct {
 	// memory (Config.OutputMemory less what they keep).
 	memLeft atomic.Int64
 
+	// sleep is the keeper of runs' named pipes (adopt.go); "" when there
+	// is none, and detached runs use pipes.
+	sleep string
+
 	// reapers wait for children the previous image could not hand over
 	// (Handed.ReapOnly, or a resume that failed); each ends when its child
 	// does, and nothing waits for them.
@@ -158,6 +162,10 @@ func NewManager(cfg Config) (*Manager, error) {
 		}
 		cfg.LimitHelper = []string{self, ExecLimitedCommand}
 	}
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		sleep = ""
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
@@ -168,6 +176,10 @@ func NewManager(cfg Config) (*Manager, error) {
 		stop:    make(chan struct{}),
 		runs:    map[string]*Run{},
 		writer:  newWriter(),
+		sleep:   sleep,
+	}
+	if sleep == "" {
+		m.log.Warn("no sleep command on PATH: detached runs will not outlive this agent", "error", err)
 	}
 	m.memLeft.Store(cfg.OutputMemory)
 	if err := os.MkdirAll(m.runsDir, 0o700); err != nil {
@@ -531,6 +543,7 @@ func (m *Manager) startProcess(r *Run, cmd *exec.Cmd, p *PTY, noStdin bool) erro
 				for _, f := range files {
 					f.Close()
 				}
+				r.endKeeper()
 				r.removeFIFOs()
 			}
 		}
@@ -998,6 +1011,10 @@ func (m *Manager) load(l loaded, now time.Time) *Run {
 	}
 	t := info.Trailer
 	if inFlight {
+		// Not adopted: what holds its pipes open goes, so that what it
+		// left behind gets SIGPIPE at its next write, as with pipes.
+		stopKeeper(info.KeeperPID, info.KeeperTicks)
+		info.KeeperPID = 0
 		detail := "the agent stopped while the run was in flight"
 		if !info.Detached {
 			detail += "; the run was attached and its client went with the agent, so its process group is hung up"

@@ -44,27 +44,41 @@ func childPipe(childReads bool) (r, w *os.File, err error) {
 	return os.NewFile(uintptr(p[0]), "|0"), os.NewFile(uintptr(p[1]), "|1"), nil
 }
 
-// childFIFO makes the named pipe at path that carries one output stream of
-// a detached run (see adopt.go), and returns the agent's end (read-only,
-// in Go's poller) and the child's (read-write, blocking). Holding both
-// directions, the child never writes into a pipe without a reader, so an
-// agent that goes away does not kill it with SIGPIPE: it blocks once the
-// pipe is full, until the next agent reads on.
+// childFIFO opens the named pipe at path that carries one output stream
+// of a detached run (see adopt.go): the agent's end (read-only, in Go's
+// poller) and the child's (write-only, blocking).
 func childFIFO(path string) (ours, child *os.File, err error) {
-	if err := unix.Mkfifo(path, 0o600); err != nil {
-		return nil, nil, &os.PathError{Op: "mkfifo", Path: path, Err: err}
-	}
 	if ours, err = openFIFO(path); err != nil {
-		os.Remove(path)
 		return nil, nil, err
 	}
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	// Non-blocking, the open does not wait for a reader (ours is one);
+	// the child writes in blocking mode.
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err == nil {
+		if err = unix.SetNonblock(fd, false); err != nil {
+			unix.Close(fd)
+		}
+	}
 	if err != nil {
 		ours.Close()
-		os.Remove(path)
 		return nil, nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
 	return ours, os.NewFile(uintptr(fd), path), nil
+}
+
+// keeperEnd opens a read end of a run's named pipe for its keeper: it
+// never reads, so blocking mode, outside Go's poller.
+func keeperEnd(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err == nil {
+		if err = unix.SetNonblock(fd, false); err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 // openFIFO opens the agent's end of a run's named pipe: read-only and

@@ -21,5 +21,8 @@ var errNoFIFO = errors.New("named pipes for run output are only used on Linux")
 // childFIFO is unsupported: detached runs use pipes.
 func childFIFO(string) (ours, child *os.File, err error) { return nil, nil, errNoFIFO }
 
+// keeperEnd is unsupported.
+func keeperEnd(string) (*os.File, error) { return nil, errNoFIFO }
+
 // openFIFO is unsupported.
 func openFIFO(string) (*os.File, error) { return nil, errNoFIFO }

@@ -166,6 +166,10 @@ type Info struct {
 	OutputFIFOs bool              `json:"output_fifos,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	Limits      Limits            `json:"limits"`
+	// KeeperPID and KeeperTicks (its start time) are the process that
+	// holds the named pipes open (see adopt.go); 0 when none.
+	KeeperPID   int    `json:"keeper_pid,omitempty"`
+	KeeperTicks uint64 `json:"keeper_ticks,omitempty"`
 	// Timeout and IdleTimeout are the run's deadlines as given (0: none);
 	// an agent that adopts the run enforces them too.
 	Timeout     time.Duration `json:"timeout,omitempty"`

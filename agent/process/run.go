@@ -72,6 +72,8 @@ type Run struct {
 	// adopted marks a run of an earlier agent taken over through its
 	// named pipes: not this agent's child (see adopt.go). Set before ready.
 	adopted bool
+	// keeperEnded is set once the keeper of its named pipes is gone.
+	keeperEnded atomic.Bool
 
 	stdinMu sync.Mutex // serialises writes and close of stdin
 
@@ -499,6 +501,9 @@ drain:
 	}
 	drainT.Stop()
 	r.closeOutputs()
+	// Whatever still holds the pipes gets SIGPIPE at its next write, as
+	// with pipes, rather than block for good.
+	r.endKeeper()
 	r.removeFIFOs()
 	// Readers reopen the spools read-only when they want them.
 	for _, s := range r.out {
@@ -563,9 +568,15 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 			reason, detail := r.killReason, r.killDetail
 			r.mu.Unlock()
 			t.Detail = adoptedDetail
-			if reason != ReasonUnknown {
+			switch {
+			case slices.Contains(exceeded, cgroup.LimitMemory):
+				t.Reason = ReasonLimitExceeded
+				t.Detail = fmt.Sprintf("memory_bytes limit %d exceeded", r.info.Limits.MemoryBytes)
+			case reason != ReasonUnknown:
 				// Whatever its status, the agent was ending it.
 				t.Reason, t.Detail = reason, detail
+			case slices.Contains(exceeded, cgroup.LimitPids):
+				t.Reason, t.Detail = ReasonLimitExceeded, r.pidsDetail()
 			}
 		}
 		return t

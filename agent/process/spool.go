@@ -249,6 +249,17 @@ func (s *spool) readEnd(f *os.File) (uint64, error) {
 	return binary.LittleEndian.Uint64(s.hdr[:]), nil
 }
 
+// mayHaveOverrun counts as evicted the oldest bytes of the ring that a
+// writer that died writing a chunk (up to readChunk past the recorded end)
+// may have overwritten, as loadSpool does for a run that was in flight.
+func (s *spool) mayHaveOverrun() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reach := s.end + readChunk; reach > s.limit {
+		s.start = max(s.start, min(reach-s.limit, s.end))
+	}
+}
+
 // loadSpool reads the spool header of a run from an earlier agent; the
 // file stays closed until a reader wants it. recorded is how many bytes
 // the run's record says the stream had. inFlight says the run was

@@ -34,6 +34,12 @@ func (m *Manager) Follow(ctx context.Context, t Target, snapshot bool, from uint
 	case from == 0:
 		f.Cursor = f.Buffer.NewCursor(f.Buffer.End())
 	default:
+		if end := f.Buffer.End(); from > end {
+			// Past what this agent has seen of the pane: an offset from
+			// an agent before it (offsets start again at a restart).
+			// From now, rather than wait for the stream to get there.
+			from = end
+		}
 		f.Cursor = f.Buffer.NewCursor(from)
 	}
 	return f, nil

@@ -417,6 +417,10 @@ until [ -e "$1/go2" ]; do sleep 0.01; done; echo done >&2; exit 3`
 		pids = append(pids, int(started.GetPid()))
 	}
 	start(a.client, "crash-1", "sh", "-c", script, "sh", filepath.Join(gate, "crash"))
+	// Ends while no agent runs: what it printed waits in its pipes, which
+	// their keeper holds for the next agent.
+	start(a.client, "crash-ended", "sh", "-c", `echo before; until [ -e "$1/go1" ]; do sleep 0.01; done
+i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "line $i"; done; exit 4`, "sh", filepath.Join(gate, "crash"))
 	start(a.client, "crash-kill", "sh", "-c", "echo up; exec sleep 1000")
 	// Its deadline holds across the restart, counted from its start.
 	_, started := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{
@@ -427,9 +431,10 @@ until [ -e "$1/go2" ]; do sleep 0.01; done; echo done >&2; exit 3`
 	waitBytes(a.client, "crash-1", 1)
 	waitBytes(a.client, "crash-kill", 1)
 	waitBytes(a.client, "crash-deadline", 1)
+	waitBytes(a.client, "crash-ended", 1)
 	fifos := filepath.Join(state, "runs", "*", "*.fifo")
-	if names, _ := filepath.Glob(fifos); len(names) != 6 {
-		t.Fatalf("named pipes of three runs: %v", names)
+	if names, _ := filepath.Glob(fifos); len(names) != 8 {
+		t.Fatalf("named pipes of four runs: %v", names)
 	}
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.exited
@@ -449,6 +454,9 @@ until [ -e "$1/go2" ]; do sleep 0.01; done; echo done >&2; exit 3`
 	}
 	if tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST || !strings.Contains(tr.GetDetail(), "exit status cannot be known") || tr.GetStdoutBytes() != uint64(want.Len()) {
 		t.Errorf("adopted run's trailer: %v", tr)
+	}
+	if out, _, tr := follow(b.client, "crash-ended"); out != want.String() || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST {
+		t.Errorf("a run that ended while no agent ran: stdout %d bytes (want %d), %v", len(out), want.Len(), tr)
 	}
 	// Kills reach an adopted run.
 	if _, err := b.client.SignalRun(ctxT(t), &agentv1.SignalRunRequest{RunId: "crash-kill", Signal: agentv1.Signal_SIGNAL_KILL}); err != nil {
