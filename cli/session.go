@@ -347,7 +347,13 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 		case <-time.After(reattachEvery):
 		}
 		req = &agentv1.FollowSessionRequest{Target: target, FromOffset: next}
-		if e := agentEpoch(ctx, agent); e != "" && e != epoch {
+		// (An offset from before a restart this misses is taken as
+		// "from now" by the agent.)
+		switch e := agentEpoch(ctx, agent); {
+		case e == "" || e == epoch:
+		case epoch == "":
+			epoch = e
+		default:
 			epoch = e
 			req.FromOffset = 0 // from now
 			fmt.Fprintf(a.Stderr, "dtmux: the agent restarted: what %s printed meanwhile is not shown\n", paneName(target))

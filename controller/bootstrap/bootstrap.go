@@ -317,7 +317,8 @@ func (b *Bootstrapper) upload(ctx context.Context, log hclog.Logger, hop Hop, bi
 	// mid-upload leaves sh with a short file and no stderr to write to
 	// (SIGPIPE), or a SIGHUP. Leftovers of a script killed outright
 	// (SIGKILL) older than an hour are swept (find -mmin: GNU, busybox).
-	script := fmt.Sprintf(`set -e
+	script := fmt.Sprintf(`echo >&2
+set -e
 d=%s
 mkdir -p "$d"
 find "$d" -maxdepth 1 -name '.%s.*' -mmin +60 -exec rm -f {} + 2>/dev/null || true
@@ -331,10 +332,12 @@ chmod 755 "$t"
 mv -f "$t" "$d/%s"
 `, remotePath(b.cfg.InstallDir), AgentName, AgentName, bin.size, bin.sum, AgentName)
 	cmd, configRead := hopCommand(hop, script)
-	defer configRead() // after the upload ended
+	defer configRead() // at the latest
 	cmd.Stdin = io.LimitReader(f, bin.size)
 	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	// The script speaks first thing (a newline): ssh has read its config.
+	w := &firstWrite{w: &out, first: configRead}
+	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 2 * time.Second
 	if err := cmd.Start(); err != nil {
@@ -350,10 +353,22 @@ mv -f "$t" "$d/%s"
 		return ctx.Err()
 	}
 	if err != nil {
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(redact(lastBytes(out.Bytes(), 2048), redactions(hop))))
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(lastBytes([]byte(redact(out.String(), redactions(hop))), 2048)))
 	}
 	log.Info("agent installed", "dir", b.cfg.InstallDir, "sha256", short(bin.sum))
 	return nil
+}
+
+// firstWrite is w, calling first (once) before the first write.
+type firstWrite struct {
+	w     io.Writer
+	first func()
+	once  sync.Once
+}
+
+func (f *firstWrite) Write(p []byte) (int, error) {
+	f.once.Do(f.first)
+	return f.w.Write(p)
 }
 
 // startScript checks the installed agent against the binary for the

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 )
 
@@ -62,7 +63,7 @@ func (h SSH) command(script string) (*exec.Cmd, func()) {
 	}
 	userArgs, cleanup := h.Args, func() {}
 	if h.User != "" {
-		path, rest, err := userConfig(h.User, h.Args)
+		path, rest, err := userConfig(h.User, h.Destination, h.Args)
 		if err != nil {
 			// ssh says what is wrong with a config it cannot read.
 			path, rest = "/nonexistent/dtmux: "+err.Error(), h.Args
@@ -84,9 +85,10 @@ func (h SSH) command(script string) (*exec.Cmd, func()) {
 // out of the args returned, or the user's and the system's) into a file
 // only this user can read, and returns its path. (ssh closes the
 // descriptors it inherits, so a pipe cannot carry it.)
-func userConfig(user string, args []string) (string, []string, error) {
-	if strings.ContainsAny(user, " \t\r\n\"\\") {
-		return "", nil, errors.New("a login name with blanks or quotes")
+func userConfig(user, host string, args []string) (string, []string, error) {
+	// Nothing ssh_config would read as a quote, a comment, an expansion.
+	if !loginName.MatchString(user) || !loginName.MatchString(host) {
+		return "", nil, errors.New("a login name or host that is not plain letters, digits and . _ - +")
 	}
 	includes := []string{"~/.ssh/config", "/etc/ssh/ssh_config"}
 	var rest []string
@@ -104,8 +106,9 @@ func userConfig(user string, args []string) (string, []string, error) {
 		rest = append(rest, a)
 	}
 	var sb strings.Builder
-	// ssh keeps the first value it reads: this one.
-	fmt.Fprintf(&sb, "Host *\n  User %s\n", user)
+	// ssh keeps the first value it reads: this one, for this host only
+	// (not a ProxyJump host, which reads this config too).
+	fmt.Fprintf(&sb, "Host %s\n  User %s\nHost *\n", host, user)
 	for _, inc := range includes {
 		if inc == "none" {
 			continue
@@ -131,6 +134,9 @@ func userConfig(user string, args []string) (string, []string, error) {
 	}
 	return f.Name(), rest, nil
 }
+
+// loginName is what userConfig puts in a config file.
+var loginName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
 
 // hopCommand is hop.Command(script), and what to undo once the process
 // has read its config: the caller calls done after the process's first

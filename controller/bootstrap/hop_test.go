@@ -36,7 +36,8 @@ func TestSSHUserStaysOffTheCommandLine(t *testing.T) {
 	}
 	conf, _ := os.ReadFile(path)
 	abs, _ := filepath.Abs("my.conf")
-	if !strings.HasPrefix(string(conf), "Host *\n  User "+token+"\n") || !strings.Contains(string(conf), `Include "`+abs+`"`) {
+	// For the gateway only: a ProxyJump host reads this config too.
+	if !strings.HasPrefix(string(conf), "Host gw.example\n  User "+token+"\nHost *\n") || !strings.Contains(string(conf), `Include "`+abs+`"`) {
 		t.Errorf("config:\n%s", conf)
 	}
 	done()
@@ -50,6 +51,15 @@ func TestSSHUserStaysOffTheCommandLine(t *testing.T) {
 	conf, _ = os.ReadFile(cmd.Args[slices.Index(cmd.Args, "-F")+1])
 	if !strings.Contains(string(conf), `Include "~/.ssh/config"`) || !strings.Contains(string(conf), `Include "/etc/ssh/ssh_config"`) {
 		t.Errorf("config:\n%s", conf)
+	}
+
+	// Nothing ssh_config would read as anything but a name.
+	for _, bad := range []string{"#tok", "tok'x", "tok%h", "tok${X}", "a b"} {
+		cmd, done := SSH{Destination: "gw", User: bad}.command("true")
+		done()
+		if strings.Contains(strings.Join(cmd.Args, " "), "dtmux-ssh-") {
+			t.Errorf("login name %q went into a config: %q", bad, cmd.Args)
+		}
 	}
 
 	s := newStderrLog(hclog.NewNullLogger(), redactions(h))

@@ -46,7 +46,12 @@ func (s *stderrLog) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	s.last = append(s.last, p...)
 	if len(s.last) > stderrTail {
-		s.last = s.last[len(s.last)-stderrTail:]
+		// Whole lines only: a cut line could show part of a secret.
+		cut := s.last[len(s.last)-stderrTail:]
+		if i := bytes.IndexByte(cut, '\n'); i >= 0 {
+			cut = cut[i+1:]
+		}
+		s.last = append([]byte(nil), cut...)
 	}
 	s.buf = append(s.buf, p...)
 	for {

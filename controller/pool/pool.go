@@ -353,24 +353,35 @@ func dialer(network, addr string) func(ctx context.Context) (net.Conn, error) {
 
 // boundedDial opens one connection, holding a slot of the dial semaphore.
 func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Context) (net.Conn, error)) (net.Conn, error) {
-	select {
-	case p.dial <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { <-p.dial }()
+	// Under way from here (settle waits for it), also while it waits for
+	// a slot.
 	e.mu.Lock()
 	e.dialing++
 	close(e.dialStarted)
 	e.dialStarted = make(chan struct{})
 	e.mu.Unlock()
-	c, err := dial(ctx)
+	var c net.Conn
+	var err error
+	dialled := false
+	select {
+	case p.dial <- struct{}{}:
+		dialled = true
+		c, err = dial(ctx)
+		<-p.dial
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
 	e.mu.Lock()
 	e.dialing--
-	e.dialErr = err
+	if dialled {
+		e.dialErr = err
+	}
 	close(e.dialEnded)
 	e.dialEnded = make(chan struct{})
 	e.mu.Unlock()
+	if !dialled {
+		return nil, err
+	}
 	if err != nil {
 		e.setErr(err.Error())
 		p.log.Debug("dial failed", "workspace", e.name, "error", err)
@@ -436,7 +447,7 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 
 // restartGrace is how long a call waits for an agent that was reached
 // before to come back.
-const restartGrace = 1500 * time.Millisecond
+const restartGrace = 3 * time.Second
 
 // freshAttemptWait bounds the wait for grpc to start a new connection
 // attempt after its backoff was reset.
@@ -460,6 +471,9 @@ func settle(ctx context.Context, e *entry) {
 		e.mu.Lock()
 		started, ended, dialing := e.dialStarted, e.dialEnded, e.dialing > 0
 		e.mu.Unlock()
+		if cc.GetState() != connectivity.TransientFailure {
+			return // it got through meanwhile
+		}
 		// pick_first stays in TRANSIENT_FAILURE until it is Ready, so the
 		// attempt shows as a dial that starts and ends: one per call, or
 		// the one under way (an install can take minutes), which callers
@@ -748,7 +762,12 @@ func (p *Pool) evictIdle(now time.Time) {
 			continue
 		}
 		idle := e.idle
-		failing := e.cc.GetState() == connectivity.TransientFailure
+		e.mu.Lock()
+		dialing := e.dialing > 0
+		e.mu.Unlock()
+		// Not while a dial is under way: an install over a slow link
+		// that its caller gave up waiting for would start over.
+		failing := !dialing && e.cc.GetState() == connectivity.TransientFailure
 		if failing && (idle < 0 || idle > p.cfg.FailingIdleTimeout) {
 			idle = p.cfg.FailingIdleTimeout
 		}
