@@ -105,7 +105,9 @@ func (r *Run) startKeeper() error {
 	cmd := exec.Command(r.m.sleep, "2147483647")
 	cmd.ExtraFiles = files
 	cmd.Dir = "/"
-	cmd.Env = []string{}
+	// As a run's processes are marked, so that stopping a workspace whose
+	// agent is gone ends it too (its own group keeps it out of groupAlive).
+	cmd.Env = []string{"DTMUX_WORKSPACE=" + r.m.cfg.Workspace, "DTMUX_RUN_ID=" + r.info.ID}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start the keeper of its named pipes: %w", err)
