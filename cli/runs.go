@@ -150,6 +150,7 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 		return ev, nil
 	}
 	var lostAt time.Time
+	wait := reattachEvery
 	for attached := false; ; attached = true {
 		var trailer *agentv1.RunTrailer
 		stream, err = agent.AttachRun(ctx, req)
@@ -173,7 +174,7 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 		retry := attached || going
 		if retry && (received || lostAt.IsZero()) {
 			// Output flowed since the last loss: a new one.
-			lostAt, received = time.Now(), false
+			lostAt, received, wait = time.Now(), false, reattachEvery
 			if req.GetFollow() && isLostStream(err) {
 				fmt.Fprintf(a.Stderr, "dtmux: lost the stream of run %s; reattaching at stdout byte %d, stderr byte %d\n", req.GetRunId(), next[0], next[1])
 			}
@@ -191,17 +192,24 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 		select {
 		case <-ctx.Done():
 			return err
-		case <-time.After(reattachEvery):
+		case <-time.After(wait):
 		}
+		wait = nextReattach(wait)
 	}
 }
 
-// A follower that lost its stream reattaches every reattachEvery, for up
-// to reattachFor (an agent upgrade or a hop's redial takes seconds).
+// A follower that lost its stream reattaches after reattachEvery, then
+// less and less often (each try may be an ssh login for the controller),
+// for up to reattachFor (an agent upgrade or a hop's redial takes
+// seconds).
 var (
 	reattachEvery = 200 * time.Millisecond
 	reattachFor   = time.Minute
 )
+
+// nextReattach is the wait after wait between tries: 1.5 times longer,
+// up to 3 s.
+func nextReattach(wait time.Duration) time.Duration { return min(wait*3/2, 3*time.Second) }
 
 // streamIndex is 0 for stdout, 1 for stderr.
 func streamIndex(s agentv1.Stream) int {

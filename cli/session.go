@@ -317,6 +317,7 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 	var next uint64
 	var lost error // the loss being recovered from
 	var lostAt time.Time
+	wait := reattachEvery
 	for {
 		progress, err := a.followPane(ctx, agent, req, &next)
 		var x *ExitError
@@ -331,7 +332,7 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 			if !isLostStream(err) {
 				return a.paneLost(err, ws, target)
 			}
-			lost, lostAt = err, time.Now()
+			lost, lostAt, wait = err, time.Now(), reattachEvery
 			fmt.Fprintf(a.Stderr, "dtmux: lost the stream of %s; taking it up again at offset %d\n", paneName(target), next)
 		case status.Code(err) == codes.NotFound:
 			fmt.Fprintf(a.Stderr, "dtmux: %s closed while the stream was lost\n", paneName(target))
@@ -344,8 +345,9 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 		select {
 		case <-ctx.Done():
 			return err
-		case <-time.After(reattachEvery):
+		case <-time.After(wait):
 		}
+		wait = nextReattach(wait)
 		req = &agentv1.FollowSessionRequest{Target: target, FromOffset: next}
 		// (An offset from before a restart this misses is taken as
 		// "from now" by the agent.)

@@ -162,6 +162,15 @@ var errNotChild = errors.New("not this agent's child")
 // itself.
 const adoptedDetail = "the agent restarted while the run was in flight; its output was taken up again where that agent left it, to its end, but its exit status cannot be known (the new agent is not the process's parent)"
 
+// adoptedLoss is added to the trailer detail of a run adopted from an
+// agent that crashed: the one read it may have lost.
+func (r *Run) adoptedLoss() string {
+	if !r.mayHaveLost {
+		return ""
+	}
+	return fmt.Sprintf("the agent before crashed: up to %d bytes it had read may be missing right before stdout byte %d or stderr byte %d", readChunk, r.lossAt[0], r.lossAt[1])
+}
+
 // adopt takes over run info, left in flight by an earlier agent with its
 // output in named pipes (see above), when its process group still runs.
 func (m *Manager) adopt(info Info) (*Run, error) {
@@ -193,7 +202,14 @@ func (m *Manager) adopt(info Info) (*Run, error) {
 	// Only a marker of a process to signal (by its group); its pidfd
 	// would stay open as long as the run is kept.
 	proc.Release()
-	info.State, info.Trailer = StateRunning, nil
+	if !info.Released {
+		// The agent before crashed, maybe between reading a chunk and
+		// spooling it: the trailer says where bytes may be missing.
+		_, r.lossAt[0] = r.out[0].bounds()
+		_, r.lossAt[1] = r.out[1].bounds()
+		r.mayHaveLost = true
+	}
+	info.State, info.Trailer, info.Released = StateRunning, nil, false
 	r.info = info
 	r.adopted = true
 	r.proc, r.reap = proc, func() (*os.ProcessState, error) { return nil, errNotChild }

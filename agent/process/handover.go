@@ -230,6 +230,7 @@ func (r *Run) unwatch() bool {
 // seals its spools and records it for the agent (or image) that takes it
 // over.
 func (r *Run) release() {
+	r.released.Store(true)
 	r.closeOutputs()
 	r.stdinMu.Lock()
 	if r.stdin != nil && r.ptmx == nil {

@@ -1015,6 +1015,9 @@ func (m *Manager) load(l loaded, now time.Time) *Run {
 		// left behind gets SIGPIPE at its next write, as with pipes.
 		stopKeeper(info.KeeperPID, info.KeeperTicks)
 		info.KeeperPID = 0
+		for _, name := range streamNames {
+			os.Remove(filepath.Join(dir, name+".fifo"))
+		}
 		detail := "the agent stopped while the run was in flight"
 		if !info.Detached {
 			detail += "; the run was attached and its client went with the agent, so its process group is hung up"
@@ -1047,7 +1050,9 @@ func (m *Manager) load(l loaded, now time.Time) *Run {
 	info.Trailer = nil
 	r.info = info
 	r.trailer = t
-	r.orphan = t.Reason == ReasonAgentLost && info.PID > 0
+	// An orphan's group may run on; one gone already at load never ran on
+	// after the restart (a PTY's hangup, a run that ended meanwhile).
+	r.orphan = t.Reason == ReasonAgentLost && info.PID > 0 && (!inFlight || m.groupAlive(info))
 	return r
 }
 

@@ -170,6 +170,9 @@ type Info struct {
 	// holds the named pipes open (see adopt.go); 0 when none.
 	KeeperPID   int    `json:"keeper_pid,omitempty"`
 	KeeperTicks uint64 `json:"keeper_ticks,omitempty"`
+	// Released says an agent let go of the run in flight with every byte
+	// it had read spooled (a stop or an upgrade, not a crash).
+	Released bool `json:"released,omitempty"`
 	// Timeout and IdleTimeout are the run's deadlines as given (0: none);
 	// an agent that adopts the run enforces them too.
 	Timeout     time.Duration `json:"timeout,omitempty"`

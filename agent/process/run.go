@@ -72,8 +72,15 @@ type Run struct {
 	// adopted marks a run of an earlier agent taken over through its
 	// named pipes: not this agent's child (see adopt.go). Set before ready.
 	adopted bool
+	// mayHaveLost and lossAt say where an adopted run's output may miss
+	// what a crashed agent read (adopt.go). Set before ready.
+	mayHaveLost bool
+	lossAt      [2]uint64
 	// keeperEnded is set once the keeper of its named pipes is gone.
 	keeperEnded atomic.Bool
+	// released is set once this agent let go of the run with every byte
+	// it read spooled (Info.Released).
+	released atomic.Bool
 
 	stdinMu sync.Mutex // serialises writes and close of stdin
 
@@ -129,6 +136,7 @@ func (r *Run) snapshot(withTrailer bool) Info {
 	}
 	in.AttachedClients = r.clients
 	r.mu.Unlock()
+	in.Released = r.released.Load()
 	if in.Trailer != nil && r.orphan {
 		in.Trailer.Detail = r.orphanDetail(in.Trailer.Detail)
 	}
@@ -578,6 +586,7 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 			case slices.Contains(exceeded, cgroup.LimitPids):
 				t.Reason, t.Detail = ReasonLimitExceeded, r.pidsDetail()
 			}
+			t.Detail = joinDetail(t.Detail, r.adoptedLoss())
 		}
 		return t
 	}

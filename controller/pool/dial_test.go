@@ -61,8 +61,10 @@ func TestSlowDialGetsItsEndpointsConnectTimeout(t *testing.T) {
 
 // Calls to an agent that is down fail with one dial each (shared by
 // calls at the same time), not with grpc's backoff schedule of dials
-// while each waits; unused, the failing connection is closed (no
-// redials with nobody asking) and keeps its last error for its status.
+// while each waits; calls that keep coming (a follower retrying) get
+// dials spaced out like a backoff, each an ssh login; unused, the failing
+// connection is closed (no redials with nobody asking) and keeps its last
+// error for its status.
 func TestDownAgentCostsOneDialPerCallAndIsLetGo(t *testing.T) {
 	sock := filepath.Join(sockDir(t), "none.sock")
 	var dials, lookups atomic.Int64
@@ -80,6 +82,13 @@ func TestDownAgentCostsOneDialPerCallAndIsLetGo(t *testing.T) {
 	}
 	if n := dials.Load(); n > 2*calls {
 		t.Errorf("%d calls dialled %d times", calls, n)
+	}
+	n0, tight := dials.Load(), 0
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); tight++ {
+		p.Conn(ctx, "down")
+	}
+	if n := dials.Load() - n0; n > 15 {
+		t.Errorf("%d calls in a tight loop for 1.5 s dialled %d times", tight, n)
 	}
 
 	// Callers at the same time share the provider lookup.

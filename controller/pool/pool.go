@@ -144,6 +144,8 @@ type entry struct {
 	lastErrAt   time.Time
 	dialErr     error         // the last dial's failure, nil after a dial succeeded
 	dialing     int           // dials under way
+	failures    int           // dials failed in a row
+	dialAt      time.Time     // when the last dial started
 	dialStarted chan struct{} // closed and replaced when a dial starts
 	dialEnded   chan struct{} // closed and replaced when a dial ends
 	everReached bool
@@ -357,6 +359,7 @@ func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Cont
 	// a slot.
 	e.mu.Lock()
 	e.dialing++
+	e.dialAt = time.Now()
 	close(e.dialStarted)
 	e.dialStarted = make(chan struct{})
 	e.mu.Unlock()
@@ -375,6 +378,10 @@ func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Cont
 	e.dialing--
 	if dialled {
 		e.dialErr = err
+		e.failures++
+		if err == nil {
+			e.failures = 0
+		}
 	}
 	close(e.dialEnded)
 	e.dialEnded = make(chan struct{})
@@ -453,6 +460,21 @@ const restartGrace = 3 * time.Second
 // attempt after its backoff was reset.
 const freshAttemptWait = 2 * time.Second
 
+// retrySpacing is how long after the start of the last dial a call may
+// start another, after failures dials in a row failed: at once after one
+// (an agent that just came back is reached by the next call), then from
+// 250 ms doubling to 5 s.
+func retrySpacing(failures int) time.Duration {
+	if failures < 2 {
+		return 0
+	}
+	d := 250 * time.Millisecond
+	for i := 2; i < failures && d < 5*time.Second; i++ {
+		d *= 2
+	}
+	return min(d, 5*time.Second)
+}
+
 // resolveTimeout bounds one provider lookup (a daytona CLI call).
 const resolveTimeout = 30 * time.Second
 
@@ -477,8 +499,16 @@ func settle(ctx context.Context, e *entry) {
 		// pick_first stays in TRANSIENT_FAILURE until it is Ready, so the
 		// attempt shows as a dial that starts and ends: one per call, or
 		// the one under way (an install can take minutes), which callers
-		// at the same time share.
+		// at the same time share. Calls that keep coming to an agent that
+		// keeps failing (a follower retrying) fail at once between dials
+		// spaced out like a backoff: an ssh login each.
 		if !dialing {
+			e.mu.Lock()
+			wait := retrySpacing(e.failures) - time.Since(e.dialAt)
+			e.mu.Unlock()
+			if wait > 0 {
+				return
+			}
 			cc.ResetConnectBackoff()
 			select {
 			case <-started:
