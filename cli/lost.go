@@ -81,3 +81,25 @@ func (a *App) lostError(err error, ws string, h lostHints) error {
 	}
 	return &ExitError{Code: ExitFailure, Msg: msg}
 }
+
+// agentAway reports whether the controller answers and says ws is
+// started or coming back (a local workspace whose agent died is being
+// restarted), so that a follower that cannot reach its agent yet waits
+// for it, as tail -F waits for its file, rather than give up at once.
+func (a *App) agentAway(ws string) bool {
+	c, err := a.Workspaces()
+	if err != nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lostProbeTimeout)
+	defer cancel()
+	resp, err := c.GetWorkspace(ctx, &controllerv1.GetWorkspaceRequest{Name: ws})
+	st := resp.GetWorkspace().GetState()
+	return err == nil && (st == controllerv1.WorkspaceState_WORKSPACE_STATE_PENDING || st == controllerv1.WorkspaceState_WORKSPACE_STATE_STARTED)
+}
+
+// waitingNote is what a follower says when it waits for an agent it could
+// not reach yet.
+func waitingNote(ws string, err error) string {
+	return fmt.Sprintf("dtmux: cannot reach the agent of workspace %s yet (%s); waiting for it for up to %s\n", ws, status.Convert(err).Message(), reattachFor)
+}

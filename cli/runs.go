@@ -172,6 +172,10 @@ func (a *App) runRunsLogs(ctx context.Context, ws string, req *agentv1.AttachRun
 		// Only a stream that got going is taken up again: a first attach
 		// that fails (no controller, no such run) says why at once.
 		retry := attached || going
+		if !retry && req.GetFollow() && isLostStream(err) && a.agentAway(ws) {
+			retry, lostAt = true, time.Now()
+			fmt.Fprint(a.Stderr, waitingNote(ws, err))
+		}
 		if retry && (received || lostAt.IsZero()) {
 			// Output flowed since the last loss: a new one.
 			lostAt, received, wait = time.Now(), false, reattachEvery

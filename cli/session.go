@@ -318,13 +318,18 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 	var lost error // the loss being recovered from
 	var lostAt time.Time
 	wait := reattachEvery
+	shown := false // the snapshot came
 	for {
 		progress, err := a.followPane(ctx, agent, req, &next)
+		shown = shown || progress
 		var x *ExitError
 		if err == nil || errors.As(err, &x) || ctx.Err() != nil {
 			return err
 		}
 		switch {
+		case lost == nil && !progress && isLostStream(err) && a.agentAway(ws):
+			lost, lostAt = err, time.Now()
+			fmt.Fprint(a.Stderr, waitingNote(ws, err))
 		case lost == nil && !progress:
 			// The first attach failed: say why at once.
 			return a.paneLost(err, ws, target)
@@ -349,6 +354,9 @@ func (a *App) runSessionLogs(ctx context.Context, ws string, target *agentv1.Pan
 		}
 		wait = nextReattach(wait)
 		req = &agentv1.FollowSessionRequest{Target: target, FromOffset: next}
+		if !shown {
+			req = &agentv1.FollowSessionRequest{Target: target, Snapshot: true}
+		}
 		// (An offset from before a restart this misses is taken as
 		// "from now" by the agent.)
 		switch e := agentEpoch(ctx, agent); {

@@ -1298,3 +1298,52 @@ func TestCLIRunsLogsFollowsAcrossAgentRestart(t *testing.T) {
 		t.Errorf("follower printed %d lines, want 30", len(lines)+1)
 	}
 }
+
+// TestCLIRunsLogsFollowWaitsForARestartingAgent: `runs logs -f` started
+// while the workspace's agent is down (a local workspace restarts it, with
+// a backoff after crashes in a row) waits for it and then follows the run
+// to its end, rather than give up at once with a misleading reason.
+func TestCLIRunsLogsFollowWaitsForARestartingAgent(t *testing.T) {
+	c := StartController(t, ControllerOptions{})
+	c.CreateWorkspace(t, "w1", nil)
+	gate := filepath.Join(t.TempDir(), "gate")
+	run := strings.TrimSpace(mustCLI(t, c, "exec", "-d", "w1", "--", "sh", "-c",
+		`echo first; until [ -e "$1" ]; do sleep 0.05; done; echo last`, "sh", gate).stdout)
+	pidFile := filepath.Join(c.StateDir, "workspaces", "w1", "agent.pid")
+	agentPID := func() int {
+		b, _ := os.ReadFile(pidFile)
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		return pid
+	}
+	// Crashes in a row: the restarts back off (100 ms, 200 ms, 400 ms...),
+	// the last by 6.4 s, longer than the controller's own wait for an
+	// agent it reached before.
+	var l *liveCLI
+	const crashes = 8
+	for i := 0; i < crashes; i++ {
+		pid := agentPID()
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		if i == crashes-1 {
+			l = startCLI(t, c, "runs", "logs", "w1", run, "-f")
+			break
+		}
+		eventually(t, "the agent restarted", func() string {
+			if p := agentPID(); p == pid || p == 0 || !processAlive(p) {
+				return "not yet"
+			}
+			return ""
+		})
+	}
+	if l.first != "first" {
+		t.Fatalf("follower's first line %q; stderr %q", l.first, l.stderr.String())
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code := l.wait(t)
+	if lines := l.stdoutLines(); len(lines) != 1 || lines[0] != "last" || code != 255 || !strings.Contains(l.stderr.String(), "exit status cannot be known") {
+		t.Errorf("follower of a run whose agent was down: %q, exit %d, stderr %q", lines, code, l.stderr.String())
+	}
+}
