@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -165,10 +167,18 @@ const adoptedDetail = "the agent restarted while the run was in flight; its outp
 // adoptedLoss is added to the trailer detail of a run adopted from an
 // agent that crashed: the one read it may have lost.
 func (r *Run) adoptedLoss() string {
-	if !r.mayHaveLost {
+	if len(r.info.Losses) == 0 {
 		return ""
 	}
-	return fmt.Sprintf("the agent before crashed: up to %d bytes it had read may be missing right before stdout byte %d or stderr byte %d", readChunk, r.lossAt[0], r.lossAt[1])
+	var at []string
+	for _, l := range r.info.Losses {
+		at = append(at, fmt.Sprintf("stdout byte %d or stderr byte %d", l[0], l[1]))
+	}
+	what := "the agent before crashed"
+	if len(at) > 1 {
+		what = fmt.Sprintf("agents before crashed %d times", len(at))
+	}
+	return fmt.Sprintf("%s: up to %d bytes each had read may be missing right before %s", what, readChunk, strings.Join(at, "; before "))
 }
 
 // adopt takes over run info, left in flight by an earlier agent with its
@@ -205,9 +215,9 @@ func (m *Manager) adopt(info Info) (*Run, error) {
 	if !info.Released {
 		// The agent before crashed, maybe between reading a chunk and
 		// spooling it: the trailer says where bytes may be missing.
-		_, r.lossAt[0] = r.out[0].bounds()
-		_, r.lossAt[1] = r.out[1].bounds()
-		r.mayHaveLost = true
+		_, out := r.out[0].bounds()
+		_, errb := r.out[1].bounds()
+		info.Losses = append(slices.Clone(info.Losses), [2]uint64{out, errb})
 	}
 	info.State, info.Trailer, info.Released = StateRunning, nil, false
 	r.info = info

@@ -173,6 +173,9 @@ type Info struct {
 	// Released says an agent let go of the run in flight with every byte
 	// it had read spooled (a stop or an upgrade, not a crash).
 	Released bool `json:"released,omitempty"`
+	// Losses are the stdout and stderr offsets at which agents that
+	// crashed while the run was in flight may have lost a read each.
+	Losses [][2]uint64 `json:"losses,omitempty"`
 	// Timeout and IdleTimeout are the run's deadlines as given (0: none);
 	// an agent that adopts the run enforces them too.
 	Timeout     time.Duration `json:"timeout,omitempty"`

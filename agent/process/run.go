@@ -72,10 +72,6 @@ type Run struct {
 	// adopted marks a run of an earlier agent taken over through its
 	// named pipes: not this agent's child (see adopt.go). Set before ready.
 	adopted bool
-	// mayHaveLost and lossAt say where an adopted run's output may miss
-	// what a crashed agent read (adopt.go). Set before ready.
-	mayHaveLost bool
-	lossAt      [2]uint64
 	// keeperEnded is set once the keeper of its named pipes is gone.
 	keeperEnded atomic.Bool
 	// released is set once this agent let go of the run with every byte
@@ -645,8 +641,11 @@ func (r *Run) classify(waitErr error, exceeded []string) Trailer {
 }
 
 func joinDetail(a, b string) string {
-	if a == "" {
+	switch {
+	case a == "":
 		return b
+	case b == "":
+		return a
 	}
 	return a + "; " + b
 }

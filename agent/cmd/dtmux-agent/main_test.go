@@ -422,6 +422,9 @@ until [ -e "$1/go2" ]; do sleep 0.01; done; echo done >&2; exit 3`
 	start(a.client, "crash-ended", "sh", "-c", `echo before; until [ -e "$1/go1" ]; do sleep 0.01; done
 i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "line $i"; done; exit 4`, "sh", filepath.Join(gate, "crash"))
 	start(a.client, "crash-kill", "sh", "-c", "echo up; exec sleep 1000")
+	// Across the crash and then the stop below: the crash's possible loss
+	// is remembered through the stop.
+	start(a.client, "crash-then-stop", "sh", "-c", `echo up; until [ -e "$1/go3" ]; do sleep 0.01; done`, "sh", gate)
 	// Its deadline holds across the restart, counted from its start.
 	_, started := execStart(t, a.client, ctxT(t), &agentv1.ExecStart{
 		Command: cmdSpec("sh", "-c", "echo up; exec sleep 1000"), RunId: "crash-deadline", Detach: true, Timeout: durationpb.New(3 * time.Second),
@@ -432,9 +435,10 @@ i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "line $i"; done; exit 4`, "sh", f
 	waitBytes(a.client, "crash-kill", 1)
 	waitBytes(a.client, "crash-deadline", 1)
 	waitBytes(a.client, "crash-ended", 1)
+	waitBytes(a.client, "crash-then-stop", 1)
 	fifos := filepath.Join(state, "runs", "*", "*.fifo")
-	if names, _ := filepath.Glob(fifos); len(names) != 8 {
-		t.Fatalf("named pipes of four runs: %v", names)
+	if names, _ := filepath.Glob(fifos); len(names) != 10 {
+		t.Fatalf("named pipes of five runs: %v", names)
 	}
 	a.cmd.Process.Signal(syscall.SIGKILL)
 	<-a.exited
@@ -483,8 +487,13 @@ i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "line $i"; done; exit 4`, "sh", f
 	c := startAgent(t, state)
 	waitBytes(c.client, "stop-1", 1)
 	touch("stop/go2")
-	if out, errOut, tr := follow(c.client, "stop-1"); out != want.String() || errOut != "done\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST || strings.Contains(tr.GetDetail(), "may be missing") {
+	if out, errOut, tr := follow(c.client, "stop-1"); out != want.String() || errOut != "done\n" || tr.GetReason() != agentv1.ExitReason_EXIT_REASON_AGENT_LOST ||
+		strings.Contains(tr.GetDetail(), "may be missing") || strings.HasSuffix(tr.GetDetail(), "; ") {
 		t.Errorf("after a stop: stdout %d bytes (want %d), stderr %q, %v", len(out), want.Len(), errOut, tr)
+	}
+	touch("go3")
+	if out, _, tr := follow(c.client, "crash-then-stop"); out != "up\n" || !strings.Contains(tr.GetDetail(), "the agent before crashed: up to 1048576 bytes each had read may be missing right before stdout byte 3 or stderr byte 0") {
+		t.Errorf("a run adopted after a crash, then after a stop: %q %v", out, tr)
 	}
 	// Their named pipes went with them.
 	if names, _ := filepath.Glob(fifos); len(names) != 0 {
