@@ -131,12 +131,12 @@ func (r *Run) endKeeper() {
 // stopKeeper kills keeper pid, started at ticks, and reaps it when it is
 // this process's child.
 func stopKeeper(pid int, ticks uint64) {
-	if pid <= 0 {
+	// Only the keeper itself (a zombie of ours counts): a pid reused since
+	// may be another run's leader, whose status its supervisor reaps.
+	if !keeperAlive(pid, ticks) {
 		return
 	}
-	if keeperAlive(pid, ticks) {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
+	syscall.Kill(pid, syscall.SIGKILL)
 	reap(pid) // ECHILD at once when it is not a child
 }
 
