@@ -20,8 +20,8 @@ import (
 // each: when the agent goes away (a crash, a SIGKILL, a stop and a later
 // start), no pipe is ever without a reader, so the run does not die of
 // SIGPIPE at its next write as it did with pipes. It goes on, and once it
-// has filled a pipe (64 KiB) it blocks in write until an agent reads
-// again. The next agent finds it in the journal with its process group (or
+// has filled a pipe (64 KiB, or 1 MiB once grown for bulk output) it
+// blocks in write until an agent reads again. The next agent finds it in the journal with its process group (or
 // its keeper) alive, opens the pipes again and copies on into the spools
 // from where their headers say the last agent stopped: the run is RUNNING
 // again, `runs logs -f` follows it to its end, and kills, limits, deadlines
@@ -37,7 +37,8 @@ import (
 // of the exit through a pidfd), so such a run ends AGENT_LOST with
 // complete output and a detail that says so (TIMED_OUT, KILLED or
 // LIMIT_EXCEEDED when this agent ended it or a limit did); and the bytes
-// an agent that crashed had read and not yet spooled (at most one read).
+// an agent that crashed had read and not yet spooled (at most one read:
+// reads from named pipes stay at 64 KiB for that).
 // An agent stopping on its own (SIGTERM) spools what it read before it
 // exits, so a stop and a start lose nothing. A PTY cannot be reopened;
 // such runs stay as orphan.go says.
@@ -178,7 +179,7 @@ func (r *Run) adoptedLoss() string {
 	if len(at) > 1 {
 		what = fmt.Sprintf("agents before crashed %d times", len(at))
 	}
-	return fmt.Sprintf("%s: up to %d bytes each had read may be missing right before %s", what, readChunk, strings.Join(at, "; before "))
+	return fmt.Sprintf("%s: up to %d bytes each had read may be missing right before %s", what, firstChunk, strings.Join(at, "; before "))
 }
 
 // adopt takes over run info, left in flight by an earlier agent with its

@@ -696,6 +696,7 @@ func (r *Run) copyOutput(k int, f *os.File, s *spool) {
 	// process writes faster than we read), which cuts the syscalls and
 	// wake-ups per byte of bulk output by 16.
 	buf := make([]byte, firstChunk)
+	grown := false
 	_, end := s.bounds() // only this goroutine writes
 	for {
 		n, err := f.Read(buf)
@@ -710,9 +711,14 @@ func (r *Run) copyOutput(k int, f *os.File, s *spool) {
 				p = p[w:]
 				_, end = s.bounds()
 			}
-			if n == len(buf) && len(buf) < readChunk {
+			if n == len(buf) && !grown {
 				growPipe(f, readChunk)
-				buf = make([]byte, readChunk)
+				grown = true
+				// A named pipe's reads stay small: a crash loses at most
+				// the one read it had not spooled (adopt.go).
+				if !r.info.OutputFIFOs {
+					buf = make([]byte, readChunk)
+				}
 			}
 		}
 		if err != nil {

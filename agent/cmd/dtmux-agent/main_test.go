@@ -492,7 +492,7 @@ i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "line $i"; done; exit 4`, "sh", f
 		t.Errorf("after a stop: stdout %d bytes (want %d), stderr %q, %v", len(out), want.Len(), errOut, tr)
 	}
 	touch("go3")
-	if out, _, tr := follow(c.client, "crash-then-stop"); out != "up\n" || !strings.Contains(tr.GetDetail(), "the agent before crashed: up to 1048576 bytes each had read may be missing right before stdout byte 3 or stderr byte 0") {
+	if out, _, tr := follow(c.client, "crash-then-stop"); out != "up\n" || !strings.Contains(tr.GetDetail(), "the agent before crashed: up to 65536 bytes each had read may be missing right before stdout byte 3 or stderr byte 0") {
 		t.Errorf("a run adopted after a crash, then after a stop: %q %v", out, tr)
 	}
 	// Their named pipes went with them.
