@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -193,7 +192,6 @@ func (m *Manager) adopt(info Info) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
-	r.info.OutputFIFOs = true
 	for k := range streamNames {
 		f, err := openFIFO(r.fifoPath(k))
 		if err != nil {
@@ -220,23 +218,10 @@ func (m *Manager) adopt(info Info) (*Run, error) {
 		_, errb := r.out[1].bounds()
 		info.Losses = append(slices.Clone(info.Losses), [2]uint64{out, errb})
 	}
-	info.State, info.Trailer, info.Released = StateRunning, nil, false
-	r.info = info
+	info.Released = false
 	r.adopted = true
 	r.proc, r.reap = proc, func() (*os.ProcessState, error) { return nil, errNotChild }
-	r.startTicks.Store(info.StartTicks)
-	r.timeout, r.idleTimeout = info.Timeout, info.IdleTimeout
-	if info.Timeout > 0 {
-		// Counted from the run's start, as its first agent did.
-		r.timeoutLeft = max(info.Timeout-time.Since(info.StartedAt), time.Millisecond)
-	}
-	r.lastOutput.Store(time.Now().UnixNano())
-	close(r.ready)
-	m.mu.Lock()
-	m.running++
-	m.mu.Unlock()
-	r.watch()
-	m.writer.add(r)
+	m.goOn(r, info)
 	r.log.Info("run taken over from an earlier agent through its named pipes", "pid", info.PID)
 	return r, nil
 }

@@ -296,13 +296,26 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 			r.input = r.stdin
 		}
 	}
+	if info.Timeout == 0 && info.IdleTimeout == 0 {
+		// Handed over by a build that did not record them with the run.
+		info.Timeout, info.IdleTimeout = h.Timeout, h.IdleTimeout
+	}
+	r.proc, r.reap = proc, proc.Wait
+	m.goOn(r, info)
+	r.log.Info("run taken over from the previous image of this agent", "pid", h.PID)
+	return r, nil
+}
+
+// goOn makes r, reopened with info (its process and reap set), a running
+// run of this manager: its deadlines counted from its start, its
+// supervisor and output copies started.
+func (m *Manager) goOn(r *Run, info Info) {
 	info.State, info.Trailer = StateRunning, nil
 	r.info = info
-	r.proc, r.reap = proc, proc.Wait
 	r.startTicks.Store(info.StartTicks)
-	r.timeout, r.idleTimeout = h.Timeout, h.IdleTimeout
-	if h.Timeout > 0 {
-		r.timeoutLeft = max(h.Timeout-time.Since(info.StartedAt), time.Millisecond)
+	r.timeout, r.idleTimeout = info.Timeout, info.IdleTimeout
+	if info.Timeout > 0 {
+		r.timeoutLeft = max(info.Timeout-time.Since(info.StartedAt), time.Millisecond)
 	}
 	r.lastOutput.Store(time.Now().UnixNano())
 	close(r.ready)
@@ -311,8 +324,6 @@ func (m *Manager) resume(info Info, h Handed) (*Run, error) {
 	m.mu.Unlock()
 	r.watch()
 	m.writer.add(r)
-	r.log.Info("run taken over from the previous image of this agent", "pid", h.PID)
-	return r, nil
 }
 
 // reopen makes the Run of info, a run of an earlier agent or image that

@@ -51,25 +51,25 @@ func childFIFO(path string) (ours, child *os.File, err error) {
 	if ours, err = openFIFO(path); err != nil {
 		return nil, nil, err
 	}
-	// Non-blocking, the open does not wait for a reader (ours is one);
-	// the child writes in blocking mode.
-	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err == nil {
-		if err = unix.SetNonblock(fd, false); err != nil {
-			unix.Close(fd)
-		}
-	}
-	if err != nil {
+	// The child writes in blocking mode.
+	if child, err = openBlocking(path, unix.O_WRONLY); err != nil {
 		ours.Close()
-		return nil, nil, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, nil, err
 	}
-	return ours, os.NewFile(uintptr(fd), path), nil
+	return ours, child, nil
 }
 
 // keeperEnd opens a read end of a run's named pipe for its keeper: it
 // never reads, so blocking mode, outside Go's poller.
-func keeperEnd(path string) (*os.File, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+func keeperEnd(path string) (*os.File, error) { return openBlocking(path, unix.O_RDONLY) }
+
+// openBlocking opens an end (mode O_RDONLY or O_WRONLY) of the named pipe
+// at path for a process other than the agent, in blocking mode. The open
+// itself does not block: a write end is opened where a read end is open
+// already (the agent's), and a non-blocking open never waits for the other
+// end.
+func openBlocking(path string, mode int) (*os.File, error) {
+	fd, err := unix.Open(path, mode|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
 	if err == nil {
 		if err = unix.SetNonblock(fd, false); err != nil {
 			unix.Close(fd)
