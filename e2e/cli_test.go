@@ -1255,13 +1255,22 @@ func TestCLIRunsLogsFollowsAcrossAgentRestart(t *testing.T) {
 	c := StartController(t, ControllerOptions{})
 	c.CreateWorkspace(t, "w1", nil)
 	gate := filepath.Join(t.TempDir(), "gate")
+	// It pauses after line 10 until told to go on: the agent is killed
+	// then, with no output read and not yet spooled (a crash in the middle
+	// of a copy may lose that one read, and the run's end says so:
+	// TestRestartAdoptsDetachedRuns); lines 11-30 come while it is away.
 	run := strings.TrimSpace(mustCLI(t, c, "exec", "-d", "w1", "--", "sh", "-c",
-		`i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo line$i; sleep 0.05; done; until [ -e "$1" ]; do sleep 0.05; done; exit 3`, "sh", gate).stdout)
+		`i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo line$i; if [ $i = 10 ]; then until [ -e "$1.mid" ]; do sleep 0.02; done; fi; sleep 0.05; done; until [ -e "$1" ]; do sleep 0.05; done; exit 3`, "sh", gate).stdout)
 	l := startCLI(t, c, "runs", "logs", "w1", run, "-f")
 	if l.first != "line1" {
 		t.Fatalf("follower's first line %q", l.first)
 	}
-	time.Sleep(300 * time.Millisecond)
+	for i := 0; !strings.Contains(l.rest.String(), "line10\n"); i++ {
+		if i == 600 {
+			t.Fatalf("follower before the kill: %q", l.rest.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	pidFile := filepath.Join(c.StateDir, "workspaces", "w1", "agent.pid")
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -1272,6 +1281,9 @@ func TestCLIRunsLogsFollowsAcrossAgentRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gate+".mid", nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; !strings.Contains(l.rest.String(), "line30\n"); i++ {
