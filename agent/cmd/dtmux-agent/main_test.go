@@ -65,6 +65,7 @@ func TestVersionAndBadFlags(t *testing.T) {
 		{[]string{"--listen", "ftp://x"}, "unknown scheme"},
 		{[]string{"--stdio", "--log-level", "loud"}, "unknown log level"},
 		{[]string{"--stdio", "--max-runs", "0"}, "must be positive"},
+		{[]string{"--stdio", "--max-procs", "0"}, "must be positive"},
 	}
 	for _, tt := range tests {
 		cmd := exec.Command(agentBin, append(tt.args, "--state-dir", t.TempDir())...)
