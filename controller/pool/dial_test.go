@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,5 +111,34 @@ func TestDownAgentCostsOneDialPerCallAndIsLetGo(t *testing.T) {
 	time.Sleep(time.Second)
 	if d := dials.Load() - n; d != 0 {
 		t.Errorf("%d dials with nobody asking", d)
+	}
+}
+
+// A failed dial is not retried in the background while nobody calls: for
+// an ssh hop each retry was a refused login (twelve in the 30 s before
+// the connection was let go, for one command), or another upload over a
+// link too slow for it. The next call dials again, with the real reason.
+func TestFailedDialIsNotRetriedWithNobodyAsking(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "none.sock")
+	var dials atomic.Int64
+	p := newPool(t, Config{Resolve: func(ctx context.Context, name string) (provider.Endpoint, error) {
+		return countingEndpoint(sock, &dials, 0), nil
+	}})
+	ctx := ctxT(t)
+	if _, err := p.Conn(ctx, "down"); err == nil {
+		t.Fatal("a call to a down agent succeeded")
+	}
+	n := dials.Load()
+	// grpc's backoff (100 ms, x1.6) would have dialled about six times.
+	time.Sleep(2 * time.Second)
+	if d := dials.Load() - n; d != 0 {
+		t.Errorf("%d dials in 2 s with nobody asking", d)
+	}
+	_, err := p.Conn(ctx, "down")
+	if err == nil || dials.Load() == n {
+		t.Fatalf("the next call: err %v after %d dials, want a fresh dial that fails", err, dials.Load()-n)
+	}
+	if want := "no such file"; !strings.Contains(err.Error(), want) {
+		t.Errorf("the next call's error %q does not say %q", err, want)
 	}
 }

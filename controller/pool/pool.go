@@ -354,10 +354,22 @@ func dialer(network, addr string) func(ctx context.Context) (net.Conn, error) {
 }
 
 // boundedDial opens one connection, holding a slot of the dial semaphore.
+//
+// After a failed dial, grpc retries in the background on its own backoff
+// (100 ms growing to 10 s): for an ssh hop, a refused login a few seconds
+// apart (fail2ban bans after five), or an agent upload sent again and
+// again over the slow link whose timeout it exceeded. A connection is
+// dialled for a call that waits for it (settle starts that attempt), so
+// such a retry, with no call in flight on the connection, fails at once
+// with the last dial's error and dials nothing.
 func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Context) (net.Conn, error)) (net.Conn, error) {
+	e.mu.Lock()
+	if last := e.dialErr; last != nil && e.active.Load() == 0 {
+		e.mu.Unlock()
+		return nil, last
+	}
 	// Under way from here (settle waits for it), also while it waits for
 	// a slot.
-	e.mu.Lock()
 	e.dialing++
 	e.dialAt = time.Now()
 	close(e.dialStarted)
