@@ -72,6 +72,11 @@ type Config struct {
 	FailingIdleTimeout time.Duration
 	// DialOptions are added to every connection (tests, tuning).
 	DialOptions []grpc.DialOption
+	// CurrentKey, when set, says cheaply which endpoint key a workspace
+	// has now, or provider.ErrNotFound (provider.KeyReporter): a
+	// connection whose workspace is gone is closed, one whose endpoint
+	// changed is redialled, before a call reuses it and at each sweep.
+	CurrentKey func(name string) (string, error)
 }
 
 // Status is the pool's view of one workspace's agent. Three cases read
@@ -136,6 +141,7 @@ type entry struct {
 	connect time.Duration // how long a caller waits for a connection attempt
 	active  atomic.Int64
 	used    atomic.Int64 // unix nanos of the last call start or end
+	stale   atomic.Bool  // the workspace's endpoint changed (Config.CurrentKey)
 
 	mu          sync.Mutex
 	version     string
@@ -235,8 +241,11 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	e := p.entries[name]
 	p.mu.Unlock()
 	if e != nil {
+		if err := p.current(e); err != nil {
+			return nil, err
+		}
 		st := e.cc.GetState()
-		if e != failed && st != connectivity.TransientFailure && st != connectivity.Shutdown {
+		if e != failed && st != connectivity.TransientFailure && st != connectivity.Shutdown && !e.stale.Load() {
 			return e, nil
 		}
 	}
@@ -259,6 +268,7 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 		return cur, nil // someone else replaced it meanwhile
 	}
 	if cur != nil && cur.key == ep.Key && cur.cc.GetState() != connectivity.Shutdown {
+		cur.stale.Store(false)
 		return cur, nil
 	}
 	ne, err := p.newEntry(name, ep)
@@ -283,6 +293,25 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	p.wg.Add(1)
 	go p.watch(ne)
 	return ne, nil
+}
+
+// current checks e against its workspace's endpoint now (CurrentKey):
+// when the workspace is gone, e is closed and the error returned; when
+// its endpoint changed, e is marked stale, for entry to replace.
+func (p *Pool) current(e *entry) error {
+	if p.cfg.CurrentKey == nil {
+		return nil
+	}
+	key, err := p.cfg.CurrentKey(e.name)
+	switch {
+	case errors.Is(err, provider.ErrNotFound):
+		p.log.Info("workspace gone: closing its connection", "workspace", e.name)
+		p.evict(e.name, e)
+		return err
+	case err == nil && key != e.key:
+		e.stale.Store(true)
+	}
+	return nil
 }
 
 // newEntry builds a (not yet connected) client for ep. Callers hold p.mu.
@@ -765,6 +794,7 @@ func (p *Pool) janitor() {
 				t.Reset(time.Until(next))
 			}
 		case <-t.C:
+			p.evictGone()
 			p.evictIdle(time.Now())
 			next = time.Now().Add(p.sweepPeriod())
 			t.Reset(time.Until(next))
@@ -794,6 +824,27 @@ func (p *Pool) sweepPeriod() time.Duration {
 		period = 10 * time.Millisecond
 	}
 	return period
+}
+
+// evictGone closes the connections of workspaces that are gone, and of
+// those whose endpoint changed that no call uses (Config.CurrentKey): a
+// host removed from the hosts file keeps no ssh process.
+func (p *Pool) evictGone() {
+	if p.cfg.CurrentKey == nil {
+		return
+	}
+	p.mu.Lock()
+	entries := make([]*entry, 0, len(p.entries))
+	for _, e := range p.entries {
+		entries = append(entries, e)
+	}
+	p.mu.Unlock()
+	for _, e := range entries {
+		if p.current(e) == nil && e.stale.Load() && e.active.Load() == 0 {
+			p.log.Info("endpoint changed: closing the old connection", "workspace", e.name)
+			p.evict(e.name, e)
+		}
+	}
 }
 
 func (p *Pool) evictIdle(now time.Time) {

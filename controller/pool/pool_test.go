@@ -366,3 +366,68 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A workspace edited or removed at its provider (a host in the ssh hosts
+// file) while its connection is healthy: the next call goes to the new
+// endpoint, or says the workspace is gone, instead of reusing the old hop;
+// and a gone workspace's idle connection is closed without a call.
+func TestCurrentKeyRedialsEditedAndClosesRemoved(t *testing.T) {
+	dir := sockDir(t)
+	a, b := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
+	serve(t, a, "va") // stays up: only the provider's answer changes
+	serve(t, b, "vb")
+	var cur atomic.Value // the socket path, "" when the workspace is gone
+	cur.Store(a)
+	key := func(name string) (string, error) {
+		if cur.Load().(string) == "" {
+			return "", fmt.Errorf("%w: %q", provider.ErrNotFound, name)
+		}
+		return cur.Load().(string), nil
+	}
+	p := newPool(t, Config{
+		FailingIdleTimeout: 100 * time.Millisecond, // sweeps every 50 ms
+		CurrentKey:         key,
+		Resolve: func(ctx context.Context, name string) (provider.Endpoint, error) {
+			k, err := key(name)
+			if err != nil {
+				return provider.Endpoint{}, err
+			}
+			ep := unixEndpoint(k)
+			ep.Key = k
+			return ep, nil
+		},
+	})
+	ctx := ctxT(t)
+	version := func() string {
+		t.Helper()
+		cc, err := p.Conn(ctx, "w")
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := agentv1.NewAgentServiceClient(cc).GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.GetVersion()
+	}
+	if v := version(); v != "va" {
+		t.Fatalf("first call reached %q", v)
+	}
+	cur.Store(b)
+	if v := version(); v != "vb" {
+		t.Errorf("after the endpoint changed, the next call reached %q, want vb", v)
+	}
+	cur.Store("")
+	if _, err := p.Conn(ctx, "w"); !errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("after the workspace went, Conn: %v, want ErrNotFound", err)
+	}
+	if n := p.Len(); n != 0 {
+		t.Errorf("%d connections held for a workspace that is gone", n)
+	}
+
+	// Gone while idle: the sweep closes it.
+	cur.Store(a)
+	version()
+	cur.Store("")
+	waitFor(t, "the gone workspace's idle connection closed", func() bool { return p.Len() == 0 })
+}

@@ -101,6 +101,17 @@ type Endpoint struct {
 	Key string
 }
 
+// KeyReporter is implemented by providers that can say, as cheaply as a
+// stat and without a lookup that costs (a CLI call), whether a workspace
+// is still there and which endpoint Key it has now. The pool asks before
+// it reuses a connection, and now and then for idle ones, so that a host
+// edited or removed in the ssh hosts file is not reached over its old hop.
+type KeyReporter interface {
+	// EndpointKey returns the Key Endpoint would return for name, or
+	// ErrNotFound.
+	EndpointKey(name string) (string, error)
+}
+
 // Provider is a source of workspaces.
 type Provider interface {
 	// Name is "local", "ssh", "daytona" or "static".

@@ -208,12 +208,16 @@ func run(args []string) error {
 			log.Warn("close provider", "error", err)
 		}
 	}()
-	pl := pool.New(pool.Config{
+	pcfg := pool.Config{
 		Resolve:            prov.Endpoint,
 		Logger:             log,
 		IdleTimeout:        f.idleTimeout,
 		MaxConcurrentDials: f.maxDials,
-	})
+	}
+	if kr, ok := prov.(provider.KeyReporter); ok {
+		pcfg.CurrentKey = kr.EndpointKey
+	}
+	pl := pool.New(pcfg)
 	defer pl.Close()
 
 	srv := rpcserver.New(cfg)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -329,3 +330,68 @@ func readLog(t *testing.T, srv *sshtest.Server) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// An edit of the hosts file reaches a hop that is open and healthy: a host
+// moved is reached at its new destination by the next call (the old hop
+// closed), a host removed is not found and keeps no ssh process.
+func TestEditedHostsFileReachesOpenHops(t *testing.T) {
+	srvA := sshtest.Start(t, sshtest.Options{})
+	srvB := sshtest.Start(t, sshtest.Options{})
+	file := filepath.Join(t.TempDir(), "hosts.yaml")
+	version := 0
+	write := func(hosts ...Host) {
+		t.Helper()
+		var sb strings.Builder
+		sb.WriteString("hosts:\n")
+		for _, h := range hosts {
+			fmt.Fprintf(&sb, "  - {name: %s, destination: %q, ssh_args: [%s]}\n", h.Name, h.Destination, `"`+strings.Join(h.SSHArgs, `", "`)+`"`)
+		}
+		if err := os.WriteFile(file, []byte(sb.String()), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		version++ // a new modification time, however fast the edits
+		at := time.Now().Add(time.Duration(version) * time.Hour)
+		os.Chtimes(file, at, at)
+	}
+	write(host("web1", srvA))
+	p, err := New(Config{HostsFile: file, Bootstrap: bootstrap.New(bootstrap.Config{AgentDir: agents(t)}), Logger: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := pool.New(pool.Config{Resolve: p.Endpoint, CurrentKey: p.EndpointKey})
+	t.Cleanup(func() { pl.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	if err := check(ctx, pl, "web1"); err != nil {
+		t.Fatal(err)
+	}
+	if hops := bootstrap.SSHProcesses(srvA.Config, "--stdio"); len(hops) != 1 {
+		t.Fatalf("hops to A: %v, want one", hops)
+	}
+	write(host("web1", srvB))
+	if err := check(ctx, pl, "web1"); err != nil {
+		t.Fatalf("call after web1 moved to B: %v", err)
+	}
+	if hops := bootstrap.SSHProcesses(srvB.Config, "--stdio"); len(hops) != 1 {
+		t.Errorf("hops to B after the move: %v, want one", hops)
+	}
+	waitGoneHops(t, srvA, "the hop to web1's old destination")
+
+	write()
+	if err := check(ctx, pl, "web1"); !errors.Is(err, provider.ErrNotFound) {
+		t.Errorf("call after web1 was removed: %v, want not found", err)
+	}
+	waitGoneHops(t, srvB, "the hop of the removed host")
+}
+
+func waitGoneHops(t *testing.T, srv *sshtest.Server, what string) {
+	t.Helper()
+	for range 100 {
+		if len(bootstrap.SSHProcesses(srv.Config, "--stdio")) == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Errorf("%s is still running: %v", what, bootstrap.SSHProcesses(srv.Config, "--stdio"))
+}

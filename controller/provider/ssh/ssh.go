@@ -250,15 +250,30 @@ func (p *Provider) Endpoint(ctx context.Context, name string) (provider.Endpoint
 		Destination: h.Destination,
 		Label:       fmt.Sprintf("ssh %s (host %s)", h.Destination, h.Name),
 	}
-	sum := sha256.Sum256([]byte(h.Destination + "\x00" + strings.Join(h.SSHArgs, "\x00")))
 	return provider.Endpoint{
 		Dial: func(ctx context.Context) (net.Conn, error) {
 			return p.cfg.Bootstrap.Dial(ctx, h.Name, hop)
 		},
-		Key:            "ssh:" + h.Name + ":" + hex.EncodeToString(sum[:8]),
+		Key:            endpointKey(h),
 		IdleTimeout:    p.cfg.IdleTimeout,
 		ConnectTimeout: p.cfg.Bootstrap.AttemptTimeout(),
 	}, nil
+}
+
+// EndpointKey implements provider.KeyReporter: the hosts file is read
+// again only when it changed.
+func (p *Provider) EndpointKey(name string) (string, error) {
+	h, err := p.host(name)
+	if err != nil {
+		return "", err
+	}
+	return endpointKey(h), nil
+}
+
+// endpointKey changes with whatever ssh is run with for h.
+func endpointKey(h Host) string {
+	sum := sha256.Sum256([]byte(h.Destination + "\x00" + strings.Join(h.SSHArgs, "\x00")))
+	return "ssh:" + h.Name + ":" + hex.EncodeToString(sum[:8])
 }
 
 // Close implements provider.Provider; the pool owns the hops.
