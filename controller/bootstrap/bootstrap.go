@@ -305,8 +305,8 @@ func (h *hopProc) exitErr() error {
 
 // upload installs bin: head -c SIZE, not cat, so that a gateway that never
 // passes on EOF cannot hang it; checksum verified before the atomic rename.
-func (b *Bootstrapper) upload(ctx context.Context, log hclog.Logger, hop Hop, bin binary) error {
-	ctx, cancel := context.WithTimeout(ctx, b.cfg.UploadTimeout)
+func (b *Bootstrapper) upload(parent context.Context, log hclog.Logger, hop Hop, bin binary) error {
+	ctx, cancel := context.WithTimeout(parent, b.cfg.UploadTimeout)
 	defer cancel()
 	f, err := os.Open(bin.path)
 	if err != nil {
@@ -350,10 +350,13 @@ mv -f "$t" "$d/%s"
 	case <-ctx.Done():
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-done
+		if parent.Err() == nil {
+			return fmt.Errorf("%d bytes took longer than the upload timeout, %s (the controller's --agent-upload-timeout)", bin.size, b.cfg.UploadTimeout)
+		}
 		return ctx.Err()
 	}
 	if err != nil {
-		return fmt.Errorf("%v: %s", err, strings.TrimSpace(lastBytes([]byte(redact(out.String(), redactions(hop))), 2048)))
+		return fmt.Errorf("%v: %s", err, oneLine(redact(out.String(), redactions(hop))))
 	}
 	log.Info("agent installed", "dir", b.cfg.InstallDir, "sha256", short(bin.sum))
 	return nil
@@ -558,11 +561,4 @@ func short(sum string) string {
 		return sum[:12]
 	}
 	return sum
-}
-
-func lastBytes(b []byte, n int) string {
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
 }

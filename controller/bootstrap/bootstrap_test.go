@@ -278,11 +278,12 @@ func TestInterruptedUploadLeavesNoPartialFile(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	b := New(Config{AgentDir: stub(t), UploadTimeout: 2 * time.Second})
-	if conn, err := b.Dial(ctx, "ws1", hop); err == nil || !strings.Contains(err.Error(), "install agent") {
+	if conn, err := b.Dial(ctx, "ws1", hop); err == nil || !strings.Contains(err.Error(), "install agent") ||
+		!strings.Contains(err.Error(), "took longer than the upload timeout, 2s (the controller's --agent-upload-timeout)") {
 		if conn != nil {
 			conn.Close()
 		}
-		t.Fatalf("an upload that cannot finish: %v", err)
+		t.Fatalf("an upload that cannot finish: %v, want it to name the timeout", err)
 	}
 	dir := filepath.Join(srv.Home, ".dtmux", "bin")
 	for i := 0; ; i++ {

@@ -71,13 +71,43 @@ func (s *stderrLog) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// tail is the last of what the hop printed, or a placeholder.
+// tail is the last of what the hop printed, on one line (see oneLine),
+// or a placeholder.
 func (s *stderrLog) tail() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t := strings.TrimSpace(redact(string(s.last), s.secrets))
+	t := oneLine(redact(string(s.last), s.secrets))
 	if t == "" {
 		return "(no output on stderr)"
 	}
 	return t
+}
+
+// tailLines is how many of a hop's last lines an error quotes.
+const tailLines = 3
+
+// oneLine puts what a hop printed on one line for an error message: its
+// last few lines joined with "; ", without carriage returns, and without
+// ssh's notices that come with every new host key ("Warning: Permanently
+// added ... to the list of known hosts."), which would hide the reason
+// (ws ls shows the text after the last ": ") unless there is nothing else.
+func oneLine(text string) string {
+	var lines, notices []string
+	for _, l := range strings.Split(text, "\n") {
+		l = strings.TrimSpace(strings.ReplaceAll(l, "\r", ""))
+		switch {
+		case l == "":
+		case strings.HasPrefix(l, "Warning: Permanently added "):
+			notices = append(notices, l)
+		default:
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		lines = notices
+	}
+	if len(lines) > tailLines {
+		lines = lines[len(lines)-tailLines:]
+	}
+	return strings.Join(lines, "; ")
 }
