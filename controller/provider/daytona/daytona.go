@@ -199,10 +199,10 @@ func (p *Provider) run(ctx context.Context, args ...string) ([]byte, error) {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	verb := strings.Join(firstWords(args, 2), " ")
 	if p.log.IsTrace() {
-		p.log.Trace("daytona", "args", strings.Join(args, " "))
+		p.log.Trace("daytona", "args", redactUserinfo(strings.Join(args, " ")))
 	}
 	err := cmd.Run()
-	msg := cliMessage(stderr.String())
+	msg := redactUserinfo(cliMessage(stderr.String()))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("daytona %s: %w", verb, ctx.Err())

@@ -164,7 +164,7 @@ func legacyWorkspaces(in []legacyWorkspace) []provider.Workspace {
 		attr("image", w.Image)
 		attr("user", w.User)
 		if w.Repository != nil {
-			attr("repository", w.Repository.URL)
+			attr("repository", redactUserinfo(w.Repository.URL))
 			attr("branch", w.Repository.Branch)
 		}
 		var target string
@@ -206,7 +206,7 @@ func legacyWorkspaces(in []legacyWorkspace) []provider.Workspace {
 			attr("image", p.Image)
 			attr("user", p.User)
 			if p.Repository != nil {
-				attr("repository", p.Repository.URL)
+				attr("repository", redactUserinfo(p.Repository.URL))
 				attr("branch", p.Repository.Branch)
 			}
 		default:
@@ -341,4 +341,14 @@ func parseSSHCommand(s string) (user, host, port string, err error) {
 		return "", "", "", fmt.Errorf("unexpected sshCommand destination")
 	}
 	return user, host, port, nil
+}
+
+// userinfoRE matches the credentials of a URL (https://user:token@host).
+var userinfoRE = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@`)
+
+// redactUserinfo hides the credentials a repository URL may carry (a
+// token as user or password), wherever s shows one: a private repository
+// is often given as https://x-access-token:TOKEN@github.com/o/r.git.
+func redactUserinfo(s string) string {
+	return userinfoRE.ReplaceAllString(s, "${1}[redacted]@")
 }

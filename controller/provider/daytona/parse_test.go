@@ -71,7 +71,9 @@ func TestErrorDetail(t *testing.T) {
 // No secret ever reaches a Workspace: apiKey and envVars are not decoded.
 func TestNoSecrets(t *testing.T) {
 	in := `[{"apiKey":"SECRET-KEY","envVars":{"TOKEN":"SECRET-ENV"},"id":"abc","name":"w","state":{"name":"started"},
-	  "projects":[{"name":"p","envVars":{"X":"SECRET-ENV2"}}]}]`
+	  "repository":{"url":"https://x-access-token:SECRET-TOKEN@github.com/o/priv.git"},
+	  "projects":[{"name":"p","envVars":{"X":"SECRET-ENV2"}}]},
+	 {"id":"def","name":"v","projects":[{"name":"p","repository":{"url":"https://SECRET-TOKEN2@github.com/o/priv.git"}}]}]`
 	ws, err := ParseList([]byte(in))
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +81,9 @@ func TestNoSecrets(t *testing.T) {
 	s := strings.ToLower(strings.Join(flatten(ws), " "))
 	if strings.Contains(s, "secret") {
 		t.Fatalf("a secret leaked into %s", s)
+	}
+	if got, want := ws[1].Attributes["repository"], "https://[redacted]@github.com/o/priv.git"; got != want {
+		t.Errorf("repository %q, want %q", got, want)
 	}
 }
 
