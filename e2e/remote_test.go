@@ -321,3 +321,86 @@ func TestRemoteSSHSessionFollowerRidesThroughAHopKill(t *testing.T) {
 		t.Errorf("lines followed: %v; stderr %q", got, l.stderr.String())
 	}
 }
+
+// A host reached with ssh -A: runs use the ssh agent the controller's
+// side forwards, also after the hop was redialled (sshd removes the
+// socket of the session that ended; runs inherited it from the daemon
+// that session started), and so does a tmux session's shell.
+func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
+	srv := remoteServer(t)
+	sock := filepath.Join(shortTempDir(t), "agent.sock")
+	agent := exec.Command("ssh-agent", "-D", "-a", sock)
+	if err := agent.Start(); err != nil {
+		t.Skipf("ssh-agent: %v", err)
+	}
+	t.Cleanup(func() { agent.Process.Kill(); agent.Wait() })
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i == 100 {
+			t.Fatal("ssh-agent did not make its socket")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	hosts := filepath.Join(shortTempDir(t), "hosts.yaml")
+	args := `["` + strings.Join(append(srv.Args(), "-A"), `","`) + `"]`
+	yaml := fmt.Sprintf("hosts:\n  - {name: web1, destination: %q, ssh_args: %s}\n", srv.Destination(), args)
+	if err := os.WriteFile(hosts, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := StartController(t, ControllerOptions{Provider: "ssh", Args: []string{"--hosts", hosts, "--agent-dir", testbin.Dir(t)},
+		Env: []string{"SSH_AUTH_SOCK=" + sock}})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	a := c.Agent("web1")
+	// ssh-add -l: 1 when it reached an agent with no keys, 2 when it
+	// reached none.
+	agentReached := func(when string) {
+		t.Helper()
+		out, errb, tr, err := Exec(ctx, a, nil, "ssh-add", "-l")
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		if tr.GetExitCode() != 1 {
+			t.Errorf("%s: ssh-add -l exit %d: %s%s, want the forwarded agent (no identities)", when, tr.GetExitCode(), out, errb)
+		}
+	}
+	agentReached("first hop")
+	for range 2 {
+		hops := bootstrap.SSHProcesses(srv.Config, "--stdio")
+		if len(hops) != 1 {
+			t.Fatalf("hops %v, want one", hops)
+		}
+		syscall.Kill(hops[0], syscall.SIGKILL)
+		var err error
+		for range 50 {
+			if _, _, _, err = Exec(ctx, a, nil, "true"); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			t.Fatalf("no redial: %v", err)
+		}
+		agentReached("after a redial")
+	}
+
+	// A tmux session started now, whose server the first hop's daemon
+	// started.
+	mustCLI(t, c, "session", "new", "web1", "agentcheck", "--", "sh", "-c", `ssh-add -l >/dev/null 2>&1; echo "rc=$?"; exec sleep 1000`)
+	defer mustCLI(t, c, "session", "kill", "web1", "agentcheck")
+	for i := 0; ; i++ {
+		out := mustCLI(t, c, "session", "capture", "web1", "agentcheck").stdout
+		if strings.Contains(out, "rc=") {
+			if !strings.Contains(out, "rc=1") {
+				t.Errorf("a session's shell: ssh-add -l said %q, want the forwarded agent (rc=1)", strings.TrimSpace(out))
+			}
+			break
+		}
+		if i == 100 {
+			t.Fatalf("session printed %q", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

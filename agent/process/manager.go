@@ -68,6 +68,10 @@ type Config struct {
 	// files. Output of attached runs stays in memory up to 64 KiB per
 	// stream, and is recorded with the run when it ends.
 	OutputMemory int64
+	// Env, when set, gives entries (KEY=VALUE) every run's environment
+	// gets at its start, after the agent's own and before the run's
+	// (Spec.Env wins): the forwarded ssh agent (package sshauth).
+	Env func() []string
 	// MaxRuns caps the runs running at once (256).
 	MaxRuns int
 	// KillGrace, HangupGrace and DrainGrace: see the Default constants.
@@ -415,6 +419,9 @@ func (m *Manager) spawn(r *Run, spec Spec) error {
 	}
 
 	env := os.Environ()
+	if m.cfg.Env != nil {
+		env = append(env, m.cfg.Env()...)
+	}
 	for _, k := range sortedKeys(spec.Env) {
 		env = append(env, k+"="+spec.Env[k])
 	}

@@ -40,6 +40,9 @@ type Config struct {
 	// SHELL, USER, LOGNAME of the agent, and LANG=C.UTF-8). Panes inherit
 	// it.
 	Env []string
+	// ExtraEnv is added to the default Env (when Env is not set): the
+	// forwarded ssh agent (package sshauth).
+	ExtraEnv []string
 	// PaneHelper is the command prefix that runs a session run's command
 	// and keeps the pane's process until tmux has read all the command
 	// wrote (the agent's own executable and PaneExecCommand; see there).
@@ -95,7 +98,7 @@ func New(cfg Config) *Manager {
 	}
 	env := cfg.Env
 	if env == nil {
-		env = defaultEnv()
+		env = append(defaultEnv(), cfg.ExtraEnv...)
 	}
 	return &Manager{
 		cfg:     cfg,

@@ -30,6 +30,7 @@ import (
 	"github.com/dtmux/dtmux/agent/cgroup"
 	"github.com/dtmux/dtmux/agent/daemon"
 	"github.com/dtmux/dtmux/agent/process"
+	"github.com/dtmux/dtmux/agent/sshauth"
 	"github.com/dtmux/dtmux/agent/tmux"
 	"github.com/dtmux/dtmux/internal/logging"
 	"github.com/dtmux/dtmux/internal/rpcserver"
@@ -250,6 +251,7 @@ func run(args []string) error {
 		MaxRuns:    f.maxRuns,
 		Cgroups:    cgroups,
 		Handover:   takeHandover(log),
+		Env:        func() []string { return sshauth.Env(f.stateDir) },
 		Logger:     log,
 	})
 	if err != nil {
@@ -269,6 +271,7 @@ func run(args []string) error {
 		HistoryLimit: f.tmuxHistory,
 		WorkDir:      f.workdir,
 		PaneHelper:   paneHelper,
+		ExtraEnv:     sshauth.Env(f.stateDir),
 		Logger:       log,
 	})
 	_ = sessions.Start(ctx) // logged by the manager; Err() keeps the reason

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/dtmux/dtmux/agent/daemon"
+	"github.com/dtmux/dtmux/agent/sshauth"
 )
 
 // connectTimeout bounds finding, replacing or starting the daemon.
@@ -46,6 +47,11 @@ func runStdio(log hclog.Logger, f *flags, args []string) error {
 	state, err := filepath.Abs(f.stateDir)
 	if err != nil {
 		return err
+	}
+	// Before the daemon may start: it and its tmux server take the link
+	// up when it is there.
+	if err := sshauth.Update(state, os.Getenv("SSH_AUTH_SOCK")); err != nil {
+		log.Warn("runs will not get this hop's ssh agent", "error", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
 	defer cancel()
