@@ -112,6 +112,11 @@ func statusLine(st *status.Status, addr string) string {
 	case codes.PermissionDenied:
 		return "permission denied: " + msg
 	case codes.Unimplemented:
+		// A provider that cannot do something (create an ssh host) says
+		// so itself.
+		if strings.HasPrefix(msg, "not supported") {
+			return msg
+		}
 		return "not implemented by the server: " + msg
 	case codes.DeadlineExceeded:
 		return "deadline exceeded: " + msg

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
+	controllerv1 "github.com/dtmux/dtmux/proto/dtmux/controller/v1"
 )
 
 func TestRenderRuns(t *testing.T) {
@@ -140,5 +141,30 @@ func TestRequestTooLarge(t *testing.T) {
 	recv := status.Error(codes.ResourceExhausted, "grpc: received message larger than max (5000000 vs. 4194304)")
 	if got := ErrorCode(recv); got != ExitFailure {
 		t.Errorf("received too large: exit %d, want %d", got, ExitFailure)
+	}
+}
+
+// A provider that cannot do something says so once, not behind "not
+// implemented by the server".
+func TestUnsupportedByProviderSaysItOnce(t *testing.T) {
+	err := status.Error(codes.Unimplemented, "not supported by this provider: ssh hosts are listed in the hosts file")
+	if got, want := errorLine(err, ""), "dtmux: not supported by this provider: ssh hosts are listed in the hosts file"; got != want {
+		t.Errorf("line %q, want %q", got, want)
+	}
+	if got := errorLine(status.Error(codes.Unimplemented, "unknown method Frob"), ""); got != "dtmux: not implemented by the server: unknown method Frob" {
+		t.Errorf("line %q", got)
+	}
+}
+
+// An error state's detail is shown once, without the state word again.
+func TestWorkspaceStateDetail(t *testing.T) {
+	for _, tt := range []struct{ detail, want string }{
+		{"error: devcontainer build failed: exit 1", "error (devcontainer build failed: exit 1)"},
+		{"build failed", "error (build failed)"},
+	} {
+		w := &controllerv1.Workspace{State: controllerv1.WorkspaceState_WORKSPACE_STATE_ERROR, StateDetail: tt.detail}
+		if got := workspaceState(w); got != tt.want {
+			t.Errorf("detail %q: %q, want %q", tt.detail, got, tt.want)
+		}
 	}
 }

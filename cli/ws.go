@@ -74,7 +74,10 @@ func renderWorkspaces(a *App, wss []*controllerv1.Workspace) error {
 func workspaceState(w *controllerv1.Workspace) string {
 	s := strings.ToLower(strings.TrimPrefix(w.GetState().String(), "WORKSPACE_STATE_"))
 	if w.GetState() == controllerv1.WorkspaceState_WORKSPACE_STATE_ERROR && w.GetStateDetail() != "" {
-		s += " (" + clip(w.GetStateDetail()) + ")"
+		// The provider's detail may start with its own state word, the
+		// same one ("error: devcontainer build failed").
+		d := strings.TrimPrefix(w.GetStateDetail(), s+": ")
+		s += " (" + clip(d) + ")"
 	}
 	return s
 }

@@ -52,7 +52,7 @@ func ParseHosts(data []byte) ([]Host, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("%w: hosts file: %v", provider.ErrInvalid, err)
+		return nil, fmt.Errorf("%w: hosts file: %s", provider.ErrInvalid, yamlError(err))
 	}
 	seen := map[string]bool{}
 	for i, h := range f.Hosts {
@@ -72,7 +72,7 @@ func ParseHosts(data []byte) ([]Host, error) {
 		}
 		for k := range h.Labels {
 			if !labelRE.MatchString(k) {
-				return nil, fmt.Errorf("%w: %s: label key %q", provider.ErrInvalid, where, k)
+				return nil, fmt.Errorf("%w: %s: label key %q: want an optional DNS prefix and '/', then up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit", provider.ErrInvalid, where, k)
 			}
 		}
 		for _, a := range h.SSHArgs {
@@ -83,4 +83,23 @@ func ParseHosts(data []byte) ([]Host, error) {
 		seen[h.Name] = true
 	}
 	return f.Hosts, nil
+}
+
+// yamlTypeRE matches the Go types yaml.v3 names in its errors.
+var yamlTypeRE = regexp.MustCompile(` in type [A-Za-z0-9_.\[\]*]+`)
+
+// yamlError is err on one line, without Go type names: yaml.v3 lists each
+// mistake on a line of its own ("yaml: unmarshal errors:\n  line 4: field
+// bogus not found in type ssh.Host").
+func yamlError(err error) string {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	msg = strings.Replace(msg, "unmarshal errors:\n", "", 1)
+	msg = yamlTypeRE.ReplaceAllString(msg, "")
+	var parts []string
+	for _, l := range strings.Split(msg, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
 }

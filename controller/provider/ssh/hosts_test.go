@@ -42,7 +42,9 @@ func TestParseHosts(t *testing.T) {
 		{name: "no destination", in: "hosts: [{name: a}]", wantErr: "destination is required"},
 		{name: "option as destination", in: "hosts: [{name: a, destination: -oProxyCommand=x}]", wantErr: "not a host"},
 		{name: "space in destination", in: "hosts: [{name: a, destination: 'h x'}]", wantErr: "not a host"},
-		{name: "unknown field", in: "hosts: [{name: a, destination: h, port: 22}]", wantErr: "port"},
+		{name: "unknown field", in: "hosts: [{name: a, destination: h, port: 22}]", wantErr: "hosts file: line 1: field port not found"},
+		{name: "two unknown fields", in: "hosts:\n  - {name: a, destination: h, port: 22}\n  - {name: b, destination: h, user: x}\n",
+			wantErr: "hosts file: line 2: field port not found; line 3: field user not found"},
 		{name: "bad label", in: "hosts: [{name: a, destination: h, labels: {'a b': c}}]", wantErr: "label key"},
 		{name: "not yaml", in: "hosts: [", wantErr: "hosts file"},
 	}
@@ -50,8 +52,9 @@ func TestParseHosts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseHosts([]byte(tt.in))
 			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, provider.ErrInvalid) {
-					t.Fatalf("want ErrInvalid containing %q, got %v", tt.wantErr, err)
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, provider.ErrInvalid) ||
+					strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "ssh.Host") {
+					t.Fatalf("want one line of ErrInvalid containing %q, got %q", tt.wantErr, err)
 				}
 				return
 			}
