@@ -322,16 +322,17 @@ func TestRemoteSSHSessionFollowerRidesThroughAHopKill(t *testing.T) {
 	}
 }
 
-// A host reached with ssh -A: runs use the ssh agent the controller's
-// side forwards, also after the hop was redialled (sshd removes the
-// socket of the session that ended; runs inherited it from the daemon
-// that session started), and so does a tmux session's shell.
+// A host reached with ssh -A: runs and tmux sessions use the ssh agent
+// the controller's side forwards, also when -A came after the agent
+// daemon was started, and after the hop was redialled (sshd removes the
+// socket of a session that ended, and runs inherited the first hop's);
+// once no hop forwards one, runs get no SSH_AUTH_SOCK.
 func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 	srv := remoteServer(t)
 	sock := filepath.Join(shortTempDir(t), "agent.sock")
 	agent := exec.Command("ssh-agent", "-D", "-a", sock)
 	if err := agent.Start(); err != nil {
-		t.Skipf("ssh-agent: %v", err)
+		t.Fatalf("ssh-agent: %v", err)
 	}
 	t.Cleanup(func() { agent.Process.Kill(); agent.Wait() })
 	for i := 0; ; i++ {
@@ -344,29 +345,43 @@ func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	hosts := filepath.Join(shortTempDir(t), "hosts.yaml")
-	args := `["` + strings.Join(append(srv.Args(), "-A"), `","`) + `"]`
-	yaml := fmt.Sprintf("hosts:\n  - {name: web1, destination: %q, ssh_args: %s}\n", srv.Destination(), args)
-	if err := os.WriteFile(hosts, []byte(yaml), 0o600); err != nil {
-		t.Fatal(err)
+	edits := 0
+	writeHosts := func(extra ...string) {
+		t.Helper()
+		args := `["` + strings.Join(append(srv.Args(), extra...), `","`) + `"]`
+		yaml := fmt.Sprintf("hosts:\n  - {name: web1, destination: %q, ssh_args: %s}\n", srv.Destination(), args)
+		if err := os.WriteFile(hosts, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		edits++ // a new modification time, however fast the edits
+		at := time.Now().Add(time.Duration(edits) * time.Hour)
+		os.Chtimes(hosts, at, at)
 	}
+	writeHosts()
 	c := StartController(t, ControllerOptions{Provider: "ssh", Args: []string{"--hosts", hosts, "--agent-dir", testbin.Dir(t)},
 		Env: []string{"SSH_AUTH_SOCK=" + sock}})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	a := c.Agent("web1")
-	// ssh-add -l: 1 when it reached an agent with no keys, 2 when it
-	// reached none.
-	agentReached := func(when string) {
+	// What a run sees: ssh-add -l exits 1 when it reached an agent with no
+	// keys, 2 when it reached none.
+	probe := func() string {
 		t.Helper()
-		out, errb, tr, err := Exec(ctx, a, nil, "ssh-add", "-l")
+		out, _, _, err := Exec(ctx, a, nil, "sh", "-c", `ssh-add -l >/dev/null 2>&1; echo "rc=$? sock=[$SSH_AUTH_SOCK]"`)
 		if err != nil {
-			t.Fatalf("%s: %v", when, err)
+			t.Fatal(err)
 		}
-		if tr.GetExitCode() != 1 {
-			t.Errorf("%s: ssh-add -l exit %d: %s%s, want the forwarded agent (no identities)", when, tr.GetExitCode(), out, errb)
-		}
+		return strings.TrimSpace(string(out))
 	}
-	agentReached("first hop")
+	if got := probe(); !strings.HasPrefix(got, "rc=2 sock=[]") {
+		t.Errorf("a hop without -A: %s, want no agent and no SSH_AUTH_SOCK", got)
+	}
+	// -A from now on: the edit redials; the daemon, and its tmux server,
+	// stay the ones started without an agent.
+	writeHosts("-A")
+	if got := probe(); !strings.HasPrefix(got, "rc=1") {
+		t.Errorf("after -A was added: %s, want the forwarded agent", got)
+	}
 	for range 2 {
 		hops := bootstrap.SSHProcesses(srv.Config, "--stdio")
 		if len(hops) != 1 {
@@ -383,11 +398,11 @@ func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no redial: %v", err)
 		}
-		agentReached("after a redial")
+		if got := probe(); !strings.HasPrefix(got, "rc=1") {
+			t.Errorf("after a redial: %s, want the forwarded agent", got)
+		}
 	}
-
-	// A tmux session started now, whose server the first hop's daemon
-	// started.
+	// A tmux session's shell.
 	mustCLI(t, c, "session", "new", "web1", "agentcheck", "--", "sh", "-c", `ssh-add -l >/dev/null 2>&1; echo "rc=$?"; exec sleep 1000`)
 	defer mustCLI(t, c, "session", "kill", "web1", "agentcheck")
 	for i := 0; ; i++ {
@@ -402,5 +417,18 @@ func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 			t.Fatalf("session printed %q", out)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	// -A gone: once the last forwarding hop's session is over, no run
+	// gets a dead SSH_AUTH_SOCK.
+	writeHosts()
+	for i := 0; ; i++ {
+		got := probe()
+		if strings.HasPrefix(got, "rc=2 sock=[]") {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("after -A was removed: %s, want no SSH_AUTH_SOCK", got)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

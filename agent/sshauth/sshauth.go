@@ -49,11 +49,11 @@ func Update(stateDir, sock string) error {
 }
 
 // Env is the environment entry that gives a run the forwarded agent of
-// stateDir's newest hop: SSH_AUTH_SOCK=<link> once some hop forwarded one,
-// else nothing.
+// stateDir's newest hop: SSH_AUTH_SOCK=<link> while the link leads to a
+// socket, else nothing (no hop forwarded one, or its session is over).
 func Env(stateDir string) []string {
 	link := LinkPath(stateDir)
-	if _, err := os.Lstat(link); err != nil || len(link) > maxSocketPath {
+	if st, err := os.Stat(link); err != nil || st.Mode().Type() != os.ModeSocket || len(link) > maxSocketPath {
 		return nil
 	}
 	return []string{"SSH_AUTH_SOCK=" + link}

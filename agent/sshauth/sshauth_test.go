@@ -1,37 +1,60 @@
 package sshauth
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 )
 
+// listen makes a unix socket at path, as sshd does for a forwarded agent.
+func listen(t *testing.T, path string) net.Listener {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 func TestUpdateAndEnv(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "state")
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "state")
 	if env := Env(dir); env != nil {
 		t.Fatalf("no hop forwarded an agent yet, Env = %q", env)
 	}
 	if err := Update(dir, ""); err != nil || Env(dir) != nil {
 		t.Fatalf("a hop without an agent: err %v, Env %q", err, Env(dir))
 	}
-	for _, sock := range []string{"/tmp/ssh-a/agent.1", "/tmp/ssh-b/agent.2"} {
+	want := []string{"SSH_AUTH_SOCK=" + LinkPath(dir)}
+	var last net.Listener
+	for _, name := range []string{"a.sock", "b.sock"} {
+		sock := filepath.Join(tmp, name)
+		last = listen(t, sock)
 		if err := Update(dir, sock); err != nil {
 			t.Fatal(err)
 		}
 		if got, _ := os.Readlink(LinkPath(dir)); got != sock {
 			t.Errorf("link points at %q, want the newest hop's %q", got, sock)
 		}
-		if env := Env(dir); !slices.Equal(env, []string{"SSH_AUTH_SOCK=" + LinkPath(dir)}) {
-			t.Errorf("Env = %q", env)
+		if env := Env(dir); !slices.Equal(env, want) {
+			t.Errorf("Env = %q, want %q", env, want)
 		}
 	}
 	// A hop without an agent leaves the last one's.
 	if err := Update(dir, ""); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := os.Readlink(LinkPath(dir)); got != "/tmp/ssh-b/agent.2" {
-		t.Errorf("link after a hop without an agent: %q", got)
+	if env := Env(dir); !slices.Equal(env, want) {
+		t.Errorf("after a hop without an agent: Env = %q, want %q", env, want)
+	}
+	// Once that hop's session is over (sshd removes its socket), runs get
+	// no SSH_AUTH_SOCK rather than a dead one.
+	last.Close()
+	if env := Env(dir); env != nil {
+		t.Errorf("with the socket gone: Env = %q", env)
 	}
 	if left, _ := filepath.Glob(LinkPath(dir) + ".new.*"); len(left) != 0 {
 		t.Errorf("temporary links left: %v", left)

@@ -38,7 +38,7 @@ func TestRespawnGivesPipe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.mustClient(t, "p").respawn(ctx(t), p.ID, respawnLine(p.ID, cmd, m.cwd(cmd), argv)); err != nil {
+	if err := m.mustClient(t, "p").respawn(ctx(t), p.ID, m.respawnLine(p.ID, cmd, argv)); err != nil {
 		t.Fatalf("respawn of a dead pane without a pipe: %v", err)
 	}
 	if p2 := waitDead(t, m, "p"); p2.Exit.Code != 9 {

@@ -40,9 +40,10 @@ type Config struct {
 	// SHELL, USER, LOGNAME of the agent, and LANG=C.UTF-8). Panes inherit
 	// it.
 	Env []string
-	// ExtraEnv is added to the default Env (when Env is not set): the
+	// RunEnv, when set, gives entries (KEY=VALUE) that every command a
+	// pane starts gets at its start, under the command's own: the
 	// forwarded ssh agent (package sshauth).
-	ExtraEnv []string
+	RunEnv func() []string
 	// PaneHelper is the command prefix that runs a session run's command
 	// and keeps the pane's process until tmux has read all the command
 	// wrote (the agent's own executable and PaneExecCommand; see there).
@@ -98,7 +99,7 @@ func New(cfg Config) *Manager {
 	}
 	env := cfg.Env
 	if env == nil {
-		env = append(defaultEnv(), cfg.ExtraEnv...)
+		env = defaultEnv()
 	}
 	return &Manager{
 		cfg:     cfg,

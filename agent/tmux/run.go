@@ -178,7 +178,7 @@ func (r *run) start(ctx context.Context, win string, argv []string) error {
 		// The helper enforces the deadline itself: it outlives the agent.
 		argv = append(slices.Clone(h), paneExecArgs(r.deadline, r.grace(), argv)...)
 	}
-	respawn := respawnLine(r.pane, r.spec.Command, r.m.cwd(r.spec.Command), argv)
+	respawn := r.m.respawnLine(r.pane, r.spec.Command, argv)
 	blocks, err = r.c.CommandN(ctx, respawn+" ; display-message -p -t "+quoteWord(r.pane)+" "+quoteWord("#{pane_pid}"), 2, nil)
 	if err != nil {
 		return fmt.Errorf("start command: %w", err)

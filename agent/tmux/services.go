@@ -197,7 +197,7 @@ func (m *Manager) ApplyServices(ctx context.Context, session string, specs []Ser
 			res[i].Action = "unchanged"
 		}
 		if res[i].Action != "unchanged" {
-			if err := c.respawn(ctx, p.ID, respawnLine(p.ID, s.Command, m.cwd(s.Command), argvs[i])); err != nil {
+			if err := c.respawn(ctx, p.ID, m.respawnLine(p.ID, s.Command, argvs[i])); err != nil {
 				return nil, fmt.Errorf("service %q: %w", s.Name, err)
 			}
 		}
@@ -297,7 +297,7 @@ func (m *Manager) RestartService(ctx context.Context, session, name string) (Ser
 	if err != nil {
 		return ServiceStatus{}, err
 	}
-	if err := c.respawn(ctx, p.ID, respawnLine(p.ID, spec.Command, m.cwd(spec.Command), argv)); err != nil {
+	if err := c.respawn(ctx, p.ID, m.respawnLine(p.ID, spec.Command, argv)); err != nil {
 		return ServiceStatus{}, fmt.Errorf("restart %q: %w", name, err)
 	}
 	all, err := m.listServices(ctx, c, session, stored)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -184,7 +185,7 @@ func (m *Manager) CreateSession(ctx context.Context, spec SessionSpec) (Session,
 		c, err = m.client(ctx, name)
 	}
 	if err == nil {
-		err = c.respawn(ctx, pane, respawnLine(pane, spec.Command, m.cwd(spec.Command), argv))
+		err = c.respawn(ctx, pane, m.respawnLine(pane, spec.Command, argv))
 	}
 	if err != nil {
 		_, _ = m.run(context.Background(), nil, "kill-session", "-t", "="+name)
@@ -293,8 +294,23 @@ func quoteArgv(argv []string) []string {
 	return out
 }
 
-func respawnLine(pane string, cmd Command, cwd string, argv []string) string {
-	words := append([]string{"respawn-pane", "-k", "-t", quoteWord(pane)}, windowArgs(cmd, cwd)...)
+// respawnLine is the control line that starts argv, the prepared form of
+// cmd, in pane: in cmd's working directory, with the environment
+// Config.RunEnv gives now under cmd's own.
+func (m *Manager) respawnLine(pane string, cmd Command, argv []string) string {
+	if m.cfg.RunEnv != nil {
+		if extra := m.cfg.RunEnv(); len(extra) > 0 {
+			env := make(map[string]string, len(cmd.Env)+len(extra))
+			for _, kv := range extra {
+				if k, v, ok := strings.Cut(kv, "="); ok {
+					env[k] = v
+				}
+			}
+			maps.Copy(env, cmd.Env)
+			cmd.Env = env
+		}
+	}
+	words := append([]string{"respawn-pane", "-k", "-t", quoteWord(pane)}, windowArgs(cmd, m.cwd(cmd))...)
 	words = append(words, "--")
 	return line(append(words, quoteArgv(argv)...)...)
 }

@@ -271,7 +271,7 @@ func run(args []string) error {
 		HistoryLimit: f.tmuxHistory,
 		WorkDir:      f.workdir,
 		PaneHelper:   paneHelper,
-		ExtraEnv:     sshauth.Env(f.stateDir),
+		RunEnv:       func() []string { return sshauth.Env(f.stateDir) },
 		Logger:       log,
 	})
 	_ = sessions.Start(ctx) // logged by the manager; Err() keeps the reason

@@ -53,6 +53,9 @@ func runStdio(log hclog.Logger, f *flags, args []string) error {
 	if err := sshauth.Update(state, os.Getenv("SSH_AUTH_SOCK")); err != nil {
 		log.Warn("runs will not get this hop's ssh agent", "error", err)
 	}
+	// A daemon started here would pass this hop's socket, gone with the
+	// hop, on to every run: they get the link instead.
+	os.Unsetenv("SSH_AUTH_SOCK")
 	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
 	defer cancel()
 	conn, err := daemon.Connect(ctx, daemon.Config{
