@@ -168,3 +168,23 @@ func TestWorkspaceStateDetail(t *testing.T) {
 		}
 	}
 }
+
+// ws ls shows an agent's failure by its cause: the last part of the
+// reason, with the one before it when both fit.
+func TestShortReason(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{`workspace "b": agent unreachable: ssh root@h (host b) exited before the agent started (exit status 255): command-line: line 0: Bad configuration option: nosuchoption`,
+			"Bad configuration option: nosuchoption"},
+		{`workspace "b": agent unreachable: ssh root@127.0.0.1 (host b) exited before the agent started (exit status 255): root@127.0.0.1: Permission denied (publickey).`,
+			"Permission denied (publickey)."},
+		{`workspace "b": agent unreachable: ssh h (host b) exited before the agent started (exit status 255): ssh: connect to host 10.255.255.1 port 22: Connection timed out`,
+			"Connection timed out"},
+		{`install agent over ssh h (host b): exit status 1: mkdir: cannot create directory '/proc/nope': No such file or directory`,
+			"No such file or directory"},
+		{"connection refused", "connection refused"},
+	} {
+		if got := shortReason(tt.in); got != tt.want {
+			t.Errorf("shortReason(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

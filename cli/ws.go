@@ -104,11 +104,18 @@ func agentStatus(s *controllerv1.AgentStatus) string {
 // the kernel said), at most 48 bytes (cut at a rune boundary). -o json
 // has it all.
 func shortReason(s string) string {
-	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
-	if i := strings.LastIndex(s, ": "); i >= 0 && len(s)-i-2 >= 8 {
-		s = s[i+2:]
-	}
 	const max = 48
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	// The cause is the last ": "-separated part; one word is what the
+	// part before it is about ("Bad configuration option: nosuchoption",
+	// not "nosuchoption").
+	if i := strings.LastIndex(s, ": "); i >= 0 && len(s)-i-2 >= 8 {
+		last := s[i+2:]
+		if j := strings.LastIndex(s[:i], ": "); !strings.Contains(last, " ") && len(s)-j-2 <= max {
+			last = s[j+2:]
+		}
+		s = last
+	}
 	if len(s) <= max {
 		return s
 	}

@@ -42,18 +42,23 @@ func TestParseHosts(t *testing.T) {
 		{name: "no destination", in: "hosts: [{name: a}]", wantErr: "destination is required"},
 		{name: "option as destination", in: "hosts: [{name: a, destination: -oProxyCommand=x}]", wantErr: "not a host"},
 		{name: "space in destination", in: "hosts: [{name: a, destination: 'h x'}]", wantErr: "not a host"},
-		{name: "unknown field", in: "hosts: [{name: a, destination: h, port: 22}]", wantErr: "hosts file: line 1: field port not found"},
+		{name: "unknown field", in: "hosts: [{name: a, destination: h, port: 22}]", wantErr: "line 1: field port not found"},
 		{name: "two unknown fields", in: "hosts:\n  - {name: a, destination: h, port: 22}\n  - {name: b, destination: h, user: x}\n",
-			wantErr: "hosts file: line 2: field port not found; line 3: field user not found"},
+			wantErr: "line 2: field port not found; line 3: field user not found"},
+		{name: "hosts a map", in: "hosts: {name: b, destination: x}\n", wantErr: "line 1: a map where a list of hosts belongs"},
+		{name: "ssh_args a string", in: "hosts:\n  - {name: a, destination: h, ssh_args: -p 22}\n", wantErr: "line 2: a string -p 22 where a list of strings belongs"},
+		{name: "labels a list", in: "hosts:\n  - {name: a, destination: h, labels: [x, y]}\n", wantErr: "line 2: a list where a map of strings belongs"},
+		{name: "nested label", in: "hosts:\n  - {name: a, destination: h, labels: {k: {n: 1}}}\n", wantErr: "line 2: a map where a string belongs"},
 		{name: "bad label", in: "hosts: [{name: a, destination: h, labels: {'a b': c}}]", wantErr: "label key"},
-		{name: "not yaml", in: "hosts: [", wantErr: "hosts file"},
+		{name: "not yaml", in: "hosts: [", wantErr: "line 1: did not find expected node content"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := ParseHosts([]byte(tt.in))
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, provider.ErrInvalid) ||
-					strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "ssh.Host") {
+					strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "ssh.Host") || strings.Contains(err.Error(), "!!") ||
+					strings.Contains(err.Error(), "[]string") || strings.Contains(err.Error(), "invalid argument") {
 					t.Fatalf("want one line of ErrInvalid containing %q, got %q", tt.wantErr, err)
 				}
 				return

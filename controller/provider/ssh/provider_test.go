@@ -233,6 +233,15 @@ func TestListGet(t *testing.T) {
 	if _, err := p.Create(ctx, provider.CreateOptions{Name: "c"}); !errors.Is(err, provider.ErrUnsupported) {
 		t.Fatalf("Create: %v", err)
 	}
+	if _, err := p.Stop(ctx, "a"); !errors.Is(err, provider.ErrUnsupported) {
+		t.Fatalf("Stop: %v", err)
+	}
+	if _, err := p.Stop(ctx, "zz"); !errors.Is(err, provider.ErrNotFound) {
+		t.Fatalf("Stop of an unknown host: %v, want not found", err)
+	}
+	if err := p.Delete(ctx, "zz", true); !errors.Is(err, provider.ErrNotFound) {
+		t.Fatalf("Delete of an unknown host: %v, want not found", err)
+	}
 	// The file is read again when it changes.
 	os.WriteFile(file, []byte("hosts: [{name: c, destination: hc}]\n"), 0o600)
 	future := time.Now().Add(time.Hour)

@@ -222,18 +222,28 @@ func (p *Provider) Create(context.Context, provider.CreateOptions) (provider.Wor
 	return provider.Workspace{}, fmt.Errorf("%w: ssh hosts are listed in the hosts file", provider.ErrUnsupported)
 }
 
-// Delete is unsupported: hosts come from the file.
-func (p *Provider) Delete(context.Context, string, bool) error {
+// Delete is unsupported: hosts come from the file. An unknown name is
+// not found, as everywhere.
+func (p *Provider) Delete(_ context.Context, name string, _ bool) error {
+	if _, err := p.host(name); err != nil {
+		return err
+	}
 	return fmt.Errorf("%w: ssh hosts are listed in the hosts file", provider.ErrUnsupported)
 }
 
 // Start is unsupported.
-func (p *Provider) Start(context.Context, string, time.Duration) (provider.Workspace, error) {
+func (p *Provider) Start(_ context.Context, name string, _ time.Duration) (provider.Workspace, error) {
+	if _, err := p.host(name); err != nil {
+		return provider.Workspace{}, err
+	}
 	return provider.Workspace{}, fmt.Errorf("%w: ssh hosts cannot be started", provider.ErrUnsupported)
 }
 
 // Stop is unsupported.
-func (p *Provider) Stop(context.Context, string) (provider.Workspace, error) {
+func (p *Provider) Stop(_ context.Context, name string) (provider.Workspace, error) {
+	if _, err := p.host(name); err != nil {
+		return provider.Workspace{}, err
+	}
 	return provider.Workspace{}, fmt.Errorf("%w: ssh hosts cannot be stopped", provider.ErrUnsupported)
 }
 
