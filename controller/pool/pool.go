@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -123,6 +124,9 @@ type Pool struct {
 	// lookups are the provider lookups in flight, by workspace. Guarded
 	// by mu.
 	lookups map[string]*lookup
+	// draining are connections replaced (their endpoint changed) while
+	// calls were under way on them, closed once those end. Guarded by mu.
+	draining []*entry
 }
 
 // failure is a connection's last error.
@@ -281,7 +285,13 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	delete(p.failed, name)
 	if cur != nil {
 		p.log.Debug("endpoint changed, redialling", "workspace", name)
-		cur.cc.Close()
+		if cur.active.Load() > 0 && cur.cc.GetState() == connectivity.Ready {
+			// Calls under way on the old endpoint (an attached exec)
+			// finish there; the sweep closes it once they have.
+			p.draining = append(p.draining, cur)
+		} else {
+			cur.cc.Close()
+		}
 	}
 	p.entries[name] = ne
 	if ne.idle != p.cfg.IdleTimeout {
@@ -796,6 +806,7 @@ func (p *Pool) janitor() {
 		case <-t.C:
 			p.evictGone()
 			p.evictIdle(time.Now())
+			p.closeDrained()
 			next = time.Now().Add(p.sweepPeriod())
 			t.Reset(time.Until(next))
 		}
@@ -824,6 +835,23 @@ func (p *Pool) sweepPeriod() time.Duration {
 		period = 10 * time.Millisecond
 	}
 	return period
+}
+
+// closeDrained closes the replaced connections no call uses any more.
+func (p *Pool) closeDrained() {
+	p.mu.Lock()
+	var done []*entry
+	p.draining = slices.DeleteFunc(p.draining, func(e *entry) bool {
+		if e.active.Load() > 0 && e.cc.GetState() != connectivity.Shutdown {
+			return false
+		}
+		done = append(done, e)
+		return true
+	})
+	p.mu.Unlock()
+	for _, e := range done {
+		e.cc.Close()
+	}
 }
 
 // evictGone closes the connections of workspaces that are gone, and of
@@ -895,15 +923,21 @@ func (p *Pool) Close() error {
 		return nil
 	}
 	p.closed = true
-	entries := p.entries
-	p.entries = nil
+	ccs := make([]*grpc.ClientConn, 0, len(p.entries)+len(p.draining))
+	for _, e := range p.entries {
+		ccs = append(ccs, e.cc)
+	}
+	for _, e := range p.draining {
+		ccs = append(ccs, e.cc)
+	}
+	p.entries, p.draining = nil, nil
 	p.reached = nil
 	p.failed = nil
 	p.mu.Unlock()
 	p.cancel()
 	var errs []error
-	for _, e := range entries {
-		if err := e.cc.Close(); err != nil {
+	for _, cc := range ccs {
+		if err := cc.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -413,10 +414,26 @@ func TestCurrentKeyRedialsEditedAndClosesRemoved(t *testing.T) {
 	if v := version(); v != "va" {
 		t.Fatalf("first call reached %q", v)
 	}
+	// A call under way on the old endpoint (an attached exec) finishes
+	// there; its connection is closed once it has.
+	oldCC, err := p.Conn(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, endStream := context.WithCancel(ctx)
+	if _, err := agentv1.NewAgentServiceClient(oldCC).Exec(sctx); err != nil {
+		t.Fatal(err)
+	}
 	cur.Store(b)
 	if v := version(); v != "vb" {
 		t.Errorf("after the endpoint changed, the next call reached %q, want vb", v)
 	}
+	time.Sleep(200 * time.Millisecond) // four sweeps
+	if s := oldCC.GetState(); s == connectivity.Shutdown {
+		t.Error("the old endpoint's connection was closed under a call")
+	}
+	endStream()
+	waitFor(t, "the old endpoint's connection closed once its call ended", func() bool { return oldCC.GetState() == connectivity.Shutdown })
 	cur.Store("")
 	if _, err := p.Conn(ctx, "w"); !errors.Is(err, provider.ErrNotFound) {
 		t.Errorf("after the workspace went, Conn: %v, want ErrNotFound", err)
