@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
@@ -98,10 +99,18 @@ func TestStopWorkspaceKillsRuns(t *testing.T) {
 	pl := pool.New(pool.Config{Resolve: prov.Endpoint, Logger: log})
 	t.Cleanup(func() { pl.Close() })
 	// A provider that never stops or deletes (ssh hosts, static agents)
-	// fails the call and leaves the runs alone.
+	// fails the call and leaves the runs, and the connection they use,
+	// alone.
+	cc, err := pl.Conn(ctxFor(t, ""), "w")
+	if err != nil {
+		t.Fatal(err)
+	}
 	_, err = NewWorkspaceService(fixedProvider{prov}, pl, log).StopWorkspace(ctxFor(t, ""), &controllerv1.StopWorkspaceRequest{Name: "w"})
 	if status.Code(err) != codes.Unimplemented {
 		t.Fatalf("stop on a fixed provider: %v, want Unimplemented", err)
+	}
+	if s := cc.GetState(); s == connectivity.Shutdown {
+		t.Error("a stop that cannot happen closed the workspace's connection")
 	}
 	agent.mu.Lock()
 	n := len(agent.killed)

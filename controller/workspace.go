@@ -103,7 +103,10 @@ func (s *WorkspaceService) DeleteWorkspace(ctx context.Context, req *controllerv
 		}
 	}
 	s.killRuns(ctx, req.GetName(), "workspace deleted")
-	s.pool.Evict(req.GetName())
+	if provider.ManagesLifecycle(s.prov) {
+		// Not for a provider that refuses (ssh hosts): calls on it go on.
+		s.pool.Evict(req.GetName())
+	}
 	if err := s.prov.Delete(ctx, req.GetName(), req.GetForce()); err != nil {
 		return nil, toStatus(s.log, req.GetName(), err)
 	}
@@ -131,7 +134,9 @@ func (s *WorkspaceService) StopWorkspace(ctx context.Context, req *controllerv1.
 	}
 	s.killRuns(ctx, req.GetName(), "workspace stopped")
 	w, err := s.prov.Stop(ctx, req.GetName())
-	s.pool.Evict(req.GetName())
+	if provider.ManagesLifecycle(s.prov) {
+		s.pool.Evict(req.GetName())
+	}
 	if err != nil {
 		return nil, toStatus(s.log, req.GetName(), err)
 	}

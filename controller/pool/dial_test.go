@@ -125,15 +125,7 @@ func TestFailedDialIsNotRetriedWithNobodyAsking(t *testing.T) {
 		return countingEndpoint(sock, &dials, 0), nil
 	}})
 	ctx := ctxT(t)
-	if _, err := p.Conn(ctx, "down"); err == nil {
-		t.Fatal("a call to a down agent succeeded")
-	}
-	n := dials.Load()
-	// grpc's backoff (100 ms, x1.6) would have dialled about six times.
-	time.Sleep(2 * time.Second)
-	if d := dials.Load() - n; d != 0 {
-		t.Errorf("%d dials in 2 s with nobody asking", d)
-	}
+	n := oneCallThenNoDials(t, p, "down", &dials)
 	_, err := p.Conn(ctx, "down")
 	if err == nil || dials.Load() == n {
 		t.Fatalf("the next call: err %v after %d dials, want a fresh dial that fails", err, dials.Load()-n)
@@ -141,4 +133,35 @@ func TestFailedDialIsNotRetriedWithNobodyAsking(t *testing.T) {
 	if want := "no such file"; !strings.Contains(err.Error(), want) {
 		t.Errorf("the next call's error %q does not say %q", err, want)
 	}
+}
+
+// A dial that works to a connection that then fails (the hop's agent gone
+// before the handshake) is not redialled in the background either.
+func TestBrokenConnectionIsNotRedialledWithNobodyAsking(t *testing.T) {
+	var dials atomic.Int64
+	p := newPool(t, Config{ConnectTimeout: time.Second, Resolve: func(ctx context.Context, name string) (provider.Endpoint, error) {
+		return provider.Endpoint{Key: "broken", Dial: func(ctx context.Context) (net.Conn, error) {
+			dials.Add(1)
+			ours, theirs := net.Pipe()
+			theirs.Close() // the far end is gone at once
+			return ours, nil
+		}}, nil
+	}})
+	oneCallThenNoDials(t, p, "broken", &dials)
+}
+
+// oneCallThenNoDials makes one call to ws, which must fail, and checks that
+// nothing is dialled for 2 s after it; it returns the dials made so far.
+func oneCallThenNoDials(t *testing.T, p *Pool, ws string, dials *atomic.Int64) int64 {
+	t.Helper()
+	if _, err := p.Conn(ctxT(t), ws); err == nil {
+		t.Fatalf("a call to %s succeeded", ws)
+	}
+	n := dials.Load()
+	// grpc's backoff (100 ms, x1.6) would have dialled about six times.
+	time.Sleep(2 * time.Second)
+	if d := dials.Load() - n; d != 0 {
+		t.Errorf("%d dials in 2 s with nobody asking", d)
+	}
+	return n
 }

@@ -4,6 +4,7 @@
 package pool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -153,6 +154,7 @@ type entry struct {
 	lastErr     string
 	lastErrAt   time.Time
 	dialErr     error         // the last dial's failure, nil after a dial succeeded
+	dialled     bool          // a dial was made
 	dialing     int           // dials under way
 	failures    int           // dials failed in a row
 	dialAt      time.Time     // when the last dial started
@@ -232,10 +234,10 @@ func (p *Pool) Conn(ctx context.Context, name string) (*grpc.ClientConn, error) 
 	return e2.cc, nil
 }
 
-// entry returns the workspace's entry, creating it (and replacing a
-// failing one whose endpoint changed) as needed. When failed is the
-// current entry, the provider is asked again even if the connection is
-// not in failure yet.
+// entry returns the workspace's entry, creating it (and replacing one
+// that is failing or stale, when its endpoint changed) as needed. When
+// failed is the current entry, the provider is asked again even if the
+// connection is not in failure yet.
 func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, error) {
 	p.mu.Lock()
 	if p.closed {
@@ -253,8 +255,9 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 			return e, nil
 		}
 	}
-	// No entry, or a failing one: ask the provider afresh, so that a
-	// stopped or deleted workspace says so and a moved agent is redialled.
+	// No entry, or a failing or stale one: ask the provider afresh, so
+	// that a stopped or deleted workspace says so and a moved agent is
+	// redialled.
 	ep, err := p.resolve(ctx, name)
 	if err != nil {
 		if e != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
@@ -316,12 +319,34 @@ func (p *Pool) current(e *entry) error {
 	switch {
 	case errors.Is(err, provider.ErrNotFound):
 		p.log.Info("workspace gone: closing its connection", "workspace", e.name)
-		p.evict(e.name, e)
+		p.retire(e)
 		return err
-	case err == nil && key != e.key:
-		e.stale.Store(true)
+	case err == nil && key != "":
+		e.stale.Store(key != e.key)
 	}
 	return nil
+}
+
+// retire takes e out of the pool: new calls do not get it, and it is
+// closed now, or once the calls under way on it (an attached exec) have
+// ended (closeDrained).
+func (p *Pool) retire(e *entry) {
+	p.mu.Lock()
+	if p.entries[e.name] != e {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.entries, e.name)
+	delete(p.reached, e.name)
+	delete(p.failed, e.name)
+	drain := e.active.Load() > 0 && e.cc.GetState() == connectivity.Ready
+	if drain {
+		p.draining = append(p.draining, e)
+	}
+	p.mu.Unlock()
+	if !drain {
+		e.cc.Close()
+	}
 }
 
 // newEntry builds a (not yet connected) client for ep. Callers hold p.mu.
@@ -394,19 +419,26 @@ func dialer(network, addr string) func(ctx context.Context) (net.Conn, error) {
 
 // boundedDial opens one connection, holding a slot of the dial semaphore.
 //
-// After a failed dial, grpc retries in the background on its own backoff
-// (100 ms growing to 10 s): for an ssh hop, a refused login a few seconds
-// apart (fail2ban bans after five), or an agent upload sent again and
-// again over the slow link whose timeout it exceeded. A connection is
-// dialled for a call that waits for it (settle starts that attempt), so
-// such a retry, with no call in flight on the connection, fails at once
-// with the last dial's error and dials nothing.
+// After a failed connection attempt, grpc retries in the background on its
+// own backoff (100 ms growing to 10 s): for an ssh hop, a refused login a
+// few seconds apart (fail2ban bans after five), or an agent upload sent
+// again and again over the slow link whose timeout it exceeded. After the
+// first dial, a connection is dialled only for a call that waits for it
+// (settle starts that attempt): a retry with no call in flight on the
+// connection fails at once with the last error and dials nothing.
 func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Context) (net.Conn, error)) (net.Conn, error) {
 	e.mu.Lock()
-	if last := e.dialErr; last != nil && e.active.Load() == 0 {
+	if e.dialled && e.active.Load() == 0 {
+		last := e.dialErr
+		if last == nil {
+			// The dial worked, the connection did not (a handshake, a
+			// hop that died at once).
+			last = errors.New(cmp.Or(e.lastErr, "the connection to the agent was lost"))
+		}
 		e.mu.Unlock()
 		return nil, last
 	}
+	e.dialled = true
 	// Under way from here (settle waits for it), also while it waits for
 	// a slot.
 	e.dialing++
@@ -762,7 +794,8 @@ func (p *Pool) Len() int {
 }
 
 // Evict closes the workspace's connection, if any (after a stop or
-// delete), and forgets its agent's version. Calls in flight on it fail.
+// delete), and any it replaced that calls still used, and forgets its
+// agent's version. Calls in flight on them fail.
 func (p *Pool) Evict(name string) { p.evict(name, nil) }
 
 // evict is Evict, of entry e only when e is set: not of a new entry that
@@ -777,9 +810,22 @@ func (p *Pool) evict(name string, e *entry) {
 	delete(p.entries, name)
 	delete(p.reached, name)
 	delete(p.failed, name)
+	var drained []*entry
+	if e == nil {
+		p.draining = slices.DeleteFunc(p.draining, func(d *entry) bool {
+			if d.name == name {
+				drained = append(drained, d)
+				return true
+			}
+			return false
+		})
+	}
 	p.mu.Unlock()
 	if cur != nil {
 		cur.cc.Close()
+	}
+	for _, d := range drained {
+		d.cc.Close()
 	}
 }
 

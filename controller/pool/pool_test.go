@@ -416,14 +416,20 @@ func TestCurrentKeyRedialsEditedAndClosesRemoved(t *testing.T) {
 	}
 	// A call under way on the old endpoint (an attached exec) finishes
 	// there; its connection is closed once it has.
-	oldCC, err := p.Conn(ctx, "w")
-	if err != nil {
-		t.Fatal(err)
+	// callUnderWay starts a call that lasts until the returned func.
+	callUnderWay := func() (*grpc.ClientConn, func()) {
+		t.Helper()
+		cc, err := p.Conn(ctx, "w")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, end := context.WithCancel(ctx)
+		if _, err := agentv1.NewAgentServiceClient(cc).Exec(sctx); err != nil {
+			t.Fatal(err)
+		}
+		return cc, end
 	}
-	sctx, endStream := context.WithCancel(ctx)
-	if _, err := agentv1.NewAgentServiceClient(oldCC).Exec(sctx); err != nil {
-		t.Fatal(err)
-	}
+	oldCC, endStream := callUnderWay()
 	cur.Store(b)
 	if v := version(); v != "vb" {
 		t.Errorf("after the endpoint changed, the next call reached %q, want vb", v)
@@ -434,6 +440,9 @@ func TestCurrentKeyRedialsEditedAndClosesRemoved(t *testing.T) {
 	}
 	endStream()
 	waitFor(t, "the old endpoint's connection closed once its call ended", func() bool { return oldCC.GetState() == connectivity.Shutdown })
+	// Gone with a call under way on it: new calls are refused, that one
+	// finishes (a host commented out for a moment, an editor mid-save).
+	ccB, endStream2 := callUnderWay()
 	cur.Store("")
 	if _, err := p.Conn(ctx, "w"); !errors.Is(err, provider.ErrNotFound) {
 		t.Errorf("after the workspace went, Conn: %v, want ErrNotFound", err)
@@ -441,6 +450,12 @@ func TestCurrentKeyRedialsEditedAndClosesRemoved(t *testing.T) {
 	if n := p.Len(); n != 0 {
 		t.Errorf("%d connections held for a workspace that is gone", n)
 	}
+	time.Sleep(200 * time.Millisecond) // four sweeps
+	if s := ccB.GetState(); s == connectivity.Shutdown {
+		t.Error("the gone workspace's connection was closed under a call")
+	}
+	endStream2()
+	waitFor(t, "the gone workspace's connection closed once its call ended", func() bool { return ccB.GetState() == connectivity.Shutdown })
 
 	// Gone while idle: the sweep closes it.
 	cur.Store(a)
