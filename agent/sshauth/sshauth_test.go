@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -22,8 +23,8 @@ func listen(t *testing.T, path string) net.Listener {
 func TestUpdateAndEnv(t *testing.T) {
 	tmp := t.TempDir()
 	dir := filepath.Join(tmp, "state")
-	if env := Env(dir); env != nil {
-		t.Fatalf("no hop forwarded an agent yet, Env = %q", env)
+	if env := Env(dir); env != nil || Managed(dir) {
+		t.Fatalf("no hop forwarded an agent yet, Env = %q, Managed %v", env, Managed(dir))
 	}
 	if err := Update(dir, ""); err != nil || Env(dir) != nil {
 		t.Fatalf("a hop without an agent: err %v, Env %q", err, Env(dir))
@@ -53,8 +54,15 @@ func TestUpdateAndEnv(t *testing.T) {
 	// Once that hop's session is over (sshd removes its socket), runs get
 	// no SSH_AUTH_SOCK rather than a dead one.
 	last.Close()
-	if env := Env(dir); env != nil {
-		t.Errorf("with the socket gone: Env = %q", env)
+	if env := Env(dir); env != nil || !Managed(dir) {
+		t.Errorf("with the socket gone: Env = %q, Managed %v", env, Managed(dir))
+	}
+	// A relative state dir gives an absolute link: runs start elsewhere.
+	if p := LinkPath("rel"); !filepath.IsAbs(p) {
+		t.Errorf("LinkPath(rel) = %q", p)
+	}
+	if err := Update(filepath.Join(tmp, strings.Repeat("d", 120)), "/tmp/s"); err == nil {
+		t.Error("a link too long for a socket path was accepted silently")
 	}
 	if left, _ := filepath.Glob(LinkPath(dir) + ".new.*"); len(left) != 0 {
 		t.Errorf("temporary links left: %v", left)

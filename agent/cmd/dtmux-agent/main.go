@@ -196,6 +196,12 @@ func run(args []string) error {
 	if f.stdio {
 		return runStdio(log, f, args)
 	}
+	if sshauth.Managed(f.stateDir) {
+		// Hops forward the ssh agent through the link (sshauth.Env);
+		// the socket this daemon inherited, of the hop that started it
+		// (or of an older build's), is not to be passed on.
+		os.Unsetenv("SSH_AUTH_SOCK")
+	}
 
 	// Before anything is started: no run may inherit an ignored SIGHUP.
 	defer resetIgnoredSignals(log)()
