@@ -182,6 +182,8 @@ func TestShortReason(t *testing.T) {
 		{`install agent over ssh h (host b): exit status 1: mkdir: cannot create directory '/proc/nope': No such file or directory`,
 			"No such file or directory"},
 		{"connection refused", "connection refused"},
+		{"Bad configuration option: nosuchoption", "Bad configuration option: nosuchoption"},
+		{"dial unix /run/x.sock: ECONNREFUSED", "dial unix /run/x.sock: ECONNREFUSED"},
 	} {
 		if got := shortReason(tt.in); got != tt.want {
 			t.Errorf("shortReason(%q) = %q, want %q", tt.in, got, tt.want)

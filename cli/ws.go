@@ -111,8 +111,14 @@ func shortReason(s string) string {
 	// not "nosuchoption").
 	if i := strings.LastIndex(s, ": "); i >= 0 && len(s)-i-2 >= 8 {
 		last := s[i+2:]
-		if j := strings.LastIndex(s[:i], ": "); !strings.Contains(last, " ") && len(s)-j-2 <= max {
-			last = s[j+2:]
+		if !strings.Contains(last, " ") {
+			from := 0
+			if j := strings.LastIndex(s[:i], ": "); j >= 0 {
+				from = j + 2
+			}
+			if len(s)-from <= max {
+				last = s[from:]
+			}
 		}
 		s = last
 	}

@@ -92,6 +92,14 @@ const tailLines = 3
 // added ... to the list of known hosts."), which would hide the reason
 // (ws ls shows the text after the last ": ") unless there is nothing else.
 func oneLine(text string) string {
+	// The last few KiB: an upload's output can be megabytes (a tty
+	// echoing the binary back).
+	if len(text) > stderrTail {
+		text = text[len(text)-stderrTail:]
+		if i := strings.IndexByte(text, '\n'); i >= 0 {
+			text = text[i+1:]
+		}
+	}
 	var lines, notices []string
 	for _, l := range strings.Split(text, "\n") {
 		l = strings.TrimSpace(strings.ReplaceAll(l, "\r", ""))

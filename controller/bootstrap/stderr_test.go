@@ -1,6 +1,9 @@
 package bootstrap
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // A hop's stderr quoted in an error is one line, and ssh's notice about a
 // new host key does not hide the reason (ws ls shows what follows the
@@ -14,6 +17,7 @@ func TestOneLine(t *testing.T) {
 		{"a\nb\r\n\n c \nd\n", "b; c; d"},
 		{"ssh: connect to host 127.0.0.1 port 1: Connection refused\r\n", "ssh: connect to host 127.0.0.1 port 1: Connection refused"},
 		{"\r\n \n", ""},
+		{strings.Repeat("x", 1<<20) + "\nthe end\n", "the end"},
 	} {
 		if got := oneLine(tt.in); got != tt.want {
 			t.Errorf("oneLine(%q) = %q, want %q", tt.in, got, tt.want)

@@ -184,7 +184,7 @@ func legacyWorkspaces(in []legacyWorkspace) []provider.Workspace {
 			ws.State = legacyState(w.State.Name)
 			ws.StateDetail = w.State.Name
 			if w.State.Error != "" {
-				ws.StateDetail += ": " + w.State.Error
+				ws.StateDetail += ": " + redactUserinfo(w.State.Error)
 			}
 		case len(w.Projects) > 0:
 			// v0.20–v0.51 have no status: a project with uptime > 0 runs
@@ -244,7 +244,7 @@ func sandboxWorkspace(s sandbox) provider.Workspace {
 		ws.Name = s.ID
 	}
 	if s.ErrorReason != "" {
-		ws.StateDetail += ": " + s.ErrorReason
+		ws.StateDetail += ": " + redactUserinfo(s.ErrorReason)
 	}
 	for k, v := range s.Labels {
 		ws.Labels[k] = v
@@ -344,7 +344,7 @@ func parseSSHCommand(s string) (user, host, port string, err error) {
 }
 
 // userinfoRE matches the credentials of a URL (https://user:token@host).
-var userinfoRE = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@`)
+var userinfoRE = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]+@`)
 
 // redactUserinfo hides the credentials a repository URL may carry (a
 // token as user or password), wherever s shows one: a private repository

@@ -70,10 +70,11 @@ func TestErrorDetail(t *testing.T) {
 
 // No secret ever reaches a Workspace: apiKey and envVars are not decoded.
 func TestNoSecrets(t *testing.T) {
-	in := `[{"apiKey":"SECRET-KEY","envVars":{"TOKEN":"SECRET-ENV"},"id":"abc","name":"w","state":{"name":"started"},
+	in := `[{"apiKey":"SECRET-KEY","envVars":{"TOKEN":"SECRET-ENV"},"id":"abc","name":"w",
+	  "state":{"name":"error","error":"failed to clone https://x-access-token:SECRET-TOKEN3@github.com/o/priv.git"},
 	  "repository":{"url":"https://x-access-token:SECRET-TOKEN@github.com/o/priv.git"},
 	  "projects":[{"name":"p","envVars":{"X":"SECRET-ENV2"}}]},
-	 {"id":"def","name":"v","projects":[{"name":"p","repository":{"url":"https://SECRET-TOKEN2@github.com/o/priv.git"}}]}]`
+	 {"id":"def","name":"v","projects":[{"name":"p","repository":{"url":"https://u:SECRET@TOKEN2@github.com/o/priv.git"}}]}]`
 	ws, err := ParseList([]byte(in))
 	if err != nil {
 		t.Fatal(err)
@@ -82,8 +83,13 @@ func TestNoSecrets(t *testing.T) {
 	if strings.Contains(s, "secret") {
 		t.Fatalf("a secret leaked into %s", s)
 	}
-	if got, want := ws[1].Attributes["repository"], "https://[redacted]@github.com/o/priv.git"; got != want {
-		t.Errorf("repository %q, want %q", got, want)
+	for _, w := range ws {
+		if got, want := w.Attributes["repository"], "https://[redacted]@github.com/o/priv.git"; got != want {
+			t.Errorf("%s: repository %q, want %q", w.Name, got, want)
+		}
+	}
+	if strings.Contains(s, "token2") || strings.Contains(s, "token3") {
+		t.Errorf("a token leaked into %s", s)
 	}
 }
 
