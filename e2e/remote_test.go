@@ -329,8 +329,9 @@ func TestRemoteSSHSessionFollowerRidesThroughAHopKill(t *testing.T) {
 // once no hop forwards one, runs get no SSH_AUTH_SOCK.
 func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 	srv := remoteServer(t)
+	testbin.RequireTool(t, "ssh-add") // in the workspace's runs
 	sock := filepath.Join(shortTempDir(t), "agent.sock")
-	agent := exec.Command("ssh-agent", "-D", "-a", sock)
+	agent := exec.Command(testbin.RequireTool(t, "ssh-agent"), "-D", "-a", sock)
 	if err := agent.Start(); err != nil {
 		t.Fatalf("ssh-agent: %v", err)
 	}
