@@ -90,7 +90,8 @@ const tailLines = 3
 // last few lines joined with "; ", without carriage returns, and without
 // ssh's notices that come with every new host key ("Warning: Permanently
 // added ... to the list of known hosts."), which would hide the reason
-// (ws ls shows the text after the last ": ") unless there is nothing else.
+// (ws ls shows the text after the last ": ") unless there is nothing else,
+// and without the usage text a command prints after its complaint.
 func oneLine(text string) string {
 	// The last few KiB: an upload's output can be megabytes (a tty
 	// echoing the binary back).
@@ -103,6 +104,11 @@ func oneLine(text string) string {
 	var lines, notices []string
 	for _, l := range strings.Split(text, "\n") {
 		l = strings.TrimSpace(strings.ReplaceAll(l, "\r", ""))
+		if strings.HasPrefix(l, "usage: ") && len(lines) > 0 {
+			// A command's usage after its complaint ("unknown option
+			// -- -"): the complaint is the reason.
+			break
+		}
 		switch {
 		case l == "":
 		case strings.HasPrefix(l, "Warning: Permanently added "):

@@ -17,6 +17,7 @@ func TestOneLine(t *testing.T) {
 		{"a\nb\r\n\n c \nd\n", "b; c; d"},
 		{"ssh: connect to host 127.0.0.1 port 1: Connection refused\r\n", "ssh: connect to host 127.0.0.1 port 1: Connection refused"},
 		{"\r\n \n", ""},
+		{"unknown option -- -\nusage: ssh [-46AaCfGgKkMNnqsTtVvXxYy] [-B bind_interface]\n           [-b bind_address] [-c cipher_spec]\n", "unknown option -- -"},
 		{strings.Repeat("x", 1<<20) + "\nthe end\n", "the end"},
 	} {
 		if got := oneLine(tt.in); got != tt.want {

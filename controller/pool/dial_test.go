@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/connectivity"
+
 	"github.com/dtmux/dtmux/controller/provider"
+	agentv1 "github.com/dtmux/dtmux/proto/dtmux/agent/v1"
 )
 
 // countingEndpoint dials the unix socket at sock through Dial (as a hop
@@ -164,4 +167,34 @@ func oneCallThenNoDials(t *testing.T, p *Pool, ws string, dials *atomic.Int64) i
 		t.Errorf("%d dials in 2 s with nobody asking", d)
 	}
 	return n
+}
+
+// A call to a hop whose agent was reached before and fails now costs one
+// dial: the grace that waits for a restarting local agent would have
+// logged in over ssh every 100 ms for 3 s (a refused key: eight logins).
+func TestHopReachedBeforeCostsOneDialPerCall(t *testing.T) {
+	sock := filepath.Join(sockDir(t), "a.sock")
+	stop := serve(t, sock, "v1")
+	var dials atomic.Int64
+	p := newPool(t, Config{Resolve: func(ctx context.Context, name string) (provider.Endpoint, error) {
+		return countingEndpoint(sock, &dials, 0), nil
+	}})
+	ctx := ctxT(t)
+	cc, err := p.Conn(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agentv1.NewAgentServiceClient(cc).GetAgentInfo(ctx, &agentv1.GetAgentInfoRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	waitFor(t, "the connection lost", func() bool { return cc.GetState() != connectivity.Ready })
+	n := dials.Load()
+	start := time.Now()
+	if _, err := p.Conn(ctx, "w"); err == nil {
+		t.Fatal("a call to a stopped agent succeeded")
+	}
+	if d := dials.Load() - n; d > 1 {
+		t.Errorf("one call dialled %d times in %v", d, time.Since(start).Round(time.Millisecond))
+	}
 }

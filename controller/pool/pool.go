@@ -147,6 +147,7 @@ type entry struct {
 	active  atomic.Int64
 	used    atomic.Int64 // unix nanos of the last call start or end
 	stale   atomic.Bool  // the workspace's endpoint changed (Config.CurrentKey)
+	hop     bool         // the provider dials it (Endpoint.Dial): each dial costs, an ssh login
 
 	mu          sync.Mutex
 	version     string
@@ -370,6 +371,7 @@ func (p *Pool) newEntry(name string, ep provider.Endpoint) (*entry, error) {
 	)
 	switch {
 	case ep.Dial != nil:
+		e.hop = true
 		addr = transport.Address{Network: "pipe", Addr: name}
 		target = "passthrough:///ws-" + name
 		dialFn = ep.Dial
@@ -508,8 +510,10 @@ func (p *Pool) awaitReady(ctx context.Context, e *entry) error {
 		}
 		// An agent that was reached before and is gone now is most
 		// likely being restarted (a crash the supervisor answers, an
-		// upgrade): give it a moment before failing the call.
-		if !wasReached || time.Since(start) >= restartGrace || ctx.Err() != nil {
+		// upgrade): give it a moment before failing the call. Not over
+		// a hop: each try is an ssh login (a refused key made eight in
+		// those 3 s), and its pump waits for a restarting daemon itself.
+		if !wasReached || e.hop || time.Since(start) >= restartGrace || ctx.Err() != nil {
 			break
 		}
 		select {
