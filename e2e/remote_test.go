@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -347,10 +348,16 @@ func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 	}
 	hosts := filepath.Join(shortTempDir(t), "hosts.yaml")
 	edits := 0
+	// web2, when listed, reaches the same account with -A: one agent
+	// daemon serves both.
+	web2 := false
 	writeHosts := func(extra ...string) {
 		t.Helper()
 		args := `["` + strings.Join(append(srv.Args(), extra...), `","`) + `"]`
 		yaml := fmt.Sprintf("hosts:\n  - {name: web1, destination: %q, ssh_args: %s}\n", srv.Destination(), args)
+		if web2 {
+			yaml += fmt.Sprintf("  - {name: web2, destination: %q, ssh_args: [\"%s\", \"-A\"]}\n", srv.Destination(), strings.Join(srv.Args(), `","`))
+		}
 		if err := os.WriteFile(hosts, []byte(yaml), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -373,6 +380,21 @@ func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 			t.Fatal(err)
 		}
 		return strings.TrimSpace(string(out))
+	}
+	// probeUntil waits up to 5 s for probe to say want (hops end, and
+	// sshd removes their sockets, a moment after their ssh is killed).
+	probeUntil := func(want, what string) {
+		t.Helper()
+		for i := 0; ; i++ {
+			got := probe()
+			if strings.HasPrefix(got, want) {
+				return
+			}
+			if i == 50 {
+				t.Fatalf("%s: %s", what, got)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	if got := probe(); !strings.HasPrefix(got, "rc=2 sock=[]") {
 		t.Errorf("a hop without -A: %s, want no agent and no SSH_AUTH_SOCK", got)
@@ -403,6 +425,22 @@ func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 			t.Errorf("after a redial: %s, want the forwarded agent", got)
 		}
 	}
+	// A second hop with -A to the same account, newest: when it ends,
+	// runs through the first get the first one's agent.
+	web2 = true
+	writeHosts("-A")
+	before := bootstrap.SSHProcesses(srv.Config, "--stdio")
+	if _, _, _, err := Exec(ctx, c.Agent("web2"), nil, "true"); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range bootstrap.SSHProcesses(srv.Config, "--stdio") {
+		if !slices.Contains(before, pid) {
+			syscall.Kill(pid, syscall.SIGKILL) // web2's hop
+		}
+	}
+	probeUntil("rc=1", "after the newest -A hop ended, through the other, want its agent")
+	web2 = false
+	writeHosts("-A")
 	// A tmux session's shell.
 	mustCLI(t, c, "session", "new", "web1", "agentcheck", "--", "sh", "-c", `ssh-add -l >/dev/null 2>&1; echo "rc=$?"; exec sleep 1000`)
 	defer mustCLI(t, c, "session", "kill", "web1", "agentcheck")
@@ -422,14 +460,5 @@ func TestRemoteSSHForwardedAgentFollowsTheHop(t *testing.T) {
 	// -A gone: once the last forwarding hop's session is over, no run
 	// gets a dead SSH_AUTH_SOCK.
 	writeHosts()
-	for i := 0; ; i++ {
-		got := probe()
-		if strings.HasPrefix(got, "rc=2 sock=[]") {
-			break
-		}
-		if i == 50 {
-			t.Fatalf("after -A was removed: %s, want no SSH_AUTH_SOCK", got)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	probeUntil("rc=2 sock=[]", "after -A was removed, want no SSH_AUTH_SOCK")
 }

@@ -8,10 +8,14 @@
 package sshauth
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -31,24 +35,46 @@ func LinkPath(stateDir string) string {
 	return filepath.Join(stateDir, LinkName)
 }
 
+// hopsDir holds a link per hop that forwards an agent (named after its
+// socket), so that when the newest hop ends while an older one is
+// still up, runs get the older one's agent (Env).
+const hopsDir = "ssh-auth.d"
+
 // Update points the link of stateDir at sock, the SSH_AUTH_SOCK of the
-// hop being set up, replacing the previous hop's. A hop without a
-// forwarded agent (sock empty) leaves the link as it is: another hop may
-// still forward one.
-func Update(stateDir, sock string) error {
+// hop being set up, replacing the previous hop's, and records the hop's
+// own link; call the returned func when the hop ends. A hop without a
+// forwarded agent (sock empty) leaves the links as they are: another hop
+// may still forward one.
+func Update(stateDir, sock string) (done func(), err error) {
+	done = func() {}
 	link := LinkPath(stateDir)
 	if sock == "" {
-		return nil
+		return done, nil
 	}
 	if len(link) > maxSocketPath {
-		return fmt.Errorf("forwarded ssh agent: %s is longer than a unix socket's path may be (%d bytes)", link, maxSocketPath)
+		return done, fmt.Errorf("forwarded ssh agent: %s is longer than a unix socket's path may be (%d bytes)", link, maxSocketPath)
 	}
-	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return fmt.Errorf("forwarded ssh agent: %w", err)
+	hops := filepath.Join(filepath.Dir(link), hopsDir)
+	if err := os.MkdirAll(hops, 0o700); err != nil {
+		return done, fmt.Errorf("forwarded ssh agent: %w", err)
 	}
+	sum := sha256.Sum256([]byte(sock))
+	own := filepath.Join(hops, hex.EncodeToString(sum[:8]))
+	if err := point(own, sock); err != nil {
+		return done, err
+	}
+	if err := point(link, sock); err != nil {
+		os.Remove(own)
+		return done, err
+	}
+	return func() { os.Remove(own) }, nil
+}
+
+// point makes link lead to target, replacing what it led to at once.
+func point(link, target string) error {
 	tmp := link + ".new." + strconv.Itoa(os.Getpid())
 	os.Remove(tmp)
-	if err := os.Symlink(sock, tmp); err != nil {
+	if err := os.Symlink(target, tmp); err != nil {
 		return fmt.Errorf("forwarded ssh agent: %w", err)
 	}
 	if err := os.Rename(tmp, link); err != nil {
@@ -58,21 +84,66 @@ func Update(stateDir, sock string) error {
 	return nil
 }
 
+// usable reports whether path leads to a unix socket of this user's own.
+// The owner check matters once sshd has removed a session's socket:
+// another user could make one at the same path.
+func usable(path string) bool {
+	st, err := os.Stat(path)
+	if err != nil || st.Mode().Type() != os.ModeSocket {
+		return false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	return ok && int(sys.Uid) == os.Getuid()
+}
+
 // Env is the environment entry that gives a run the forwarded agent of
-// stateDir's newest hop: SSH_AUTH_SOCK=<link> while the link leads to a
-// socket of this user, else nothing (no hop forwarded one, or its session
-// is over). The owner check matters once sshd has removed a session's
-// socket: another user could make one at the same path.
+// stateDir's newest hop that is still up: SSH_AUTH_SOCK=<link> while the
+// link leads to a usable socket (after pointing it at another hop's when
+// the newest one ended), else nothing (no hop forwards one now).
 func Env(stateDir string) []string {
 	link := LinkPath(stateDir)
-	st, err := os.Stat(link)
-	if err != nil || st.Mode().Type() != os.ModeSocket || len(link) > maxSocketPath {
+	if len(link) > maxSocketPath {
 		return nil
 	}
-	if sys, ok := st.Sys().(*syscall.Stat_t); !ok || int(sys.Uid) != os.Getuid() {
-		return nil
+	if usable(link) || takeOver(link) {
+		return []string{"SSH_AUTH_SOCK=" + link}
 	}
-	return []string{"SSH_AUTH_SOCK=" + link}
+	return nil
+}
+
+// takeOver points link at a hop whose agent is still up, newest first,
+// removing the links of hops that are over; false when none is up.
+func takeOver(link string) bool {
+	hops := filepath.Join(filepath.Dir(link), hopsDir)
+	entries, err := os.ReadDir(hops)
+	if err != nil {
+		return false
+	}
+	type hop struct {
+		path string
+		at   int64
+	}
+	var live []hop
+	for _, e := range entries {
+		p := filepath.Join(hops, e.Name())
+		if strings.Contains(e.Name(), ".new.") {
+			continue
+		}
+		if !usable(p) {
+			os.Remove(p)
+			continue
+		}
+		if fi, err := os.Lstat(p); err == nil {
+			live = append(live, hop{p, fi.ModTime().UnixNano()})
+		}
+	}
+	sort.Slice(live, func(i, j int) bool { return live[i].at > live[j].at })
+	for _, h := range live {
+		if target, err := os.Readlink(h.path); err == nil && point(link, target) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // Managed reports whether a hop of stateDir ever forwarded an agent (the

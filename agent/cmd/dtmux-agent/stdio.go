@@ -50,9 +50,11 @@ func runStdio(log hclog.Logger, f *flags, args []string) error {
 	}
 	// Before the daemon may start: it and its tmux server take the link
 	// up when it is there.
-	if err := sshauth.Update(state, os.Getenv("SSH_AUTH_SOCK")); err != nil {
+	agentDone, err := sshauth.Update(state, os.Getenv("SSH_AUTH_SOCK"))
+	if err != nil {
 		log.Warn("runs will not get this hop's ssh agent", "error", err)
 	}
+	defer agentDone()
 	// A daemon started here would pass this hop's socket, gone with the
 	// hop, on to every run: they get the link instead.
 	os.Unsetenv("SSH_AUTH_SOCK")
