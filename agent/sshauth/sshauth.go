@@ -14,8 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -70,9 +70,12 @@ func Update(stateDir, sock string) (done func(), err error) {
 	return func() { os.Remove(own) }, nil
 }
 
+// tmpSeq tells apart the temporary links of runs starting at once.
+var tmpSeq atomic.Uint64
+
 // point makes link lead to target, replacing what it led to at once.
 func point(link, target string) error {
-	tmp := link + ".new." + strconv.Itoa(os.Getpid())
+	tmp := fmt.Sprintf("%s.new.%d.%d", link, os.Getpid(), tmpSeq.Add(1))
 	os.Remove(tmp)
 	if err := os.Symlink(target, tmp); err != nil {
 		return fmt.Errorf("forwarded ssh agent: %w", err)

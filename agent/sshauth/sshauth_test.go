@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 )
 
@@ -82,5 +84,34 @@ func TestUpdateAndEnv(t *testing.T) {
 	}
 	if _, err := Update(filepath.Join(tmp, strings.Repeat("d", 120)), "/tmp/s"); err == nil {
 		t.Error("a link too long for a socket path was accepted silently")
+	}
+}
+
+// Runs starting at once after the newest hop ended all get the agent of
+// the hop still up.
+func TestEnvConcurrentTakeOver(t *testing.T) {
+	tmp := t.TempDir()
+	dir := filepath.Join(tmp, "state")
+	listen(t, filepath.Join(tmp, "a.sock"))
+	if _, err := Update(dir, filepath.Join(tmp, "a.sock")); err != nil {
+		t.Fatal(err)
+	}
+	b := listen(t, filepath.Join(tmp, "b.sock"))
+	if _, err := Update(dir, filepath.Join(tmp, "b.sock")); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	var wg sync.WaitGroup
+	var missed atomic.Int32
+	for range 32 {
+		wg.Go(func() {
+			if Env(dir) == nil {
+				missed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := missed.Load(); n != 0 {
+		t.Errorf("%d of 32 runs started at once got no agent", n)
 	}
 }
