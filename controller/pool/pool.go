@@ -146,7 +146,6 @@ type entry struct {
 	connect time.Duration // how long a caller waits for a connection attempt
 	active  atomic.Int64
 	used    atomic.Int64 // unix nanos of the last call start or end
-	stale   atomic.Bool  // the workspace's endpoint changed (Config.CurrentKey)
 	hop     bool         // the provider dials it (Endpoint.Dial): each dial costs, an ssh login
 
 	mu          sync.Mutex
@@ -155,10 +154,9 @@ type entry struct {
 	lastErr     string
 	lastErrAt   time.Time
 	dialErr     error         // the last dial's failure, nil after a dial succeeded
-	dialled     bool          // a dial was made
 	dialing     int           // dials under way
 	failures    int           // dials failed in a row
-	dialAt      time.Time     // when the last dial started
+	dialAt      time.Time     // when the last dial started; zero before the first
 	dialStarted chan struct{} // closed and replaced when a dial starts
 	dialEnded   chan struct{} // closed and replaced when a dial ends
 	everReached bool
@@ -248,11 +246,12 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	e := p.entries[name]
 	p.mu.Unlock()
 	if e != nil {
-		if err := p.current(e); err != nil {
+		stale, err := p.current(e)
+		if err != nil {
 			return nil, err
 		}
 		st := e.cc.GetState()
-		if e != failed && st != connectivity.TransientFailure && st != connectivity.Shutdown && !e.stale.Load() {
+		if e != failed && st != connectivity.TransientFailure && st != connectivity.Shutdown && !stale {
 			return e, nil
 		}
 	}
@@ -276,7 +275,6 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 		return cur, nil // someone else replaced it meanwhile
 	}
 	if cur != nil && cur.key == ep.Key && cur.cc.GetState() != connectivity.Shutdown {
-		cur.stale.Store(false)
 		return cur, nil
 	}
 	ne, err := p.newEntry(name, ep)
@@ -289,11 +287,7 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 	delete(p.failed, name)
 	if cur != nil {
 		p.log.Debug("endpoint changed, redialling", "workspace", name)
-		if cur.active.Load() > 0 && cur.cc.GetState() == connectivity.Ready {
-			// Calls under way on the old endpoint (an attached exec)
-			// finish there; the sweep closes it once they have.
-			p.draining = append(p.draining, cur)
-		} else {
+		if !p.drain(cur) {
 			cur.cc.Close()
 		}
 	}
@@ -310,22 +304,34 @@ func (p *Pool) entry(ctx context.Context, name string, failed *entry) (*entry, e
 }
 
 // current checks e against its workspace's endpoint now (CurrentKey):
-// when the workspace is gone, e is closed and the error returned; when
-// its endpoint changed, e is marked stale, for entry to replace.
-func (p *Pool) current(e *entry) error {
+// when the workspace is gone, e is retired and the error returned; stale
+// says its endpoint changed, for entry to replace it.
+func (p *Pool) current(e *entry) (stale bool, err error) {
 	if p.cfg.CurrentKey == nil {
-		return nil
+		return false, nil
 	}
 	key, err := p.cfg.CurrentKey(e.name)
 	switch {
 	case errors.Is(err, provider.ErrNotFound):
 		p.log.Info("workspace gone: closing its connection", "workspace", e.name)
 		p.retire(e)
-		return err
+		return false, err
 	case err == nil && key != "":
-		e.stale.Store(key != e.key)
+		return key != e.key, nil
 	}
-	return nil
+	return false, nil
+}
+
+// drain keeps e, taken out of the pool, open while calls are under way on
+// it (an attached exec finishes there; closeDrained closes it once they
+// have ended) and reports whether it did; false: close it now. Callers
+// hold p.mu.
+func (p *Pool) drain(e *entry) bool {
+	if e.active.Load() == 0 || e.cc.GetState() != connectivity.Ready {
+		return false
+	}
+	p.draining = append(p.draining, e)
+	return true
 }
 
 // retire takes e out of the pool: new calls do not get it, and it is
@@ -340,12 +346,9 @@ func (p *Pool) retire(e *entry) {
 	delete(p.entries, e.name)
 	delete(p.reached, e.name)
 	delete(p.failed, e.name)
-	drain := e.active.Load() > 0 && e.cc.GetState() == connectivity.Ready
-	if drain {
-		p.draining = append(p.draining, e)
-	}
+	drained := p.drain(e)
 	p.mu.Unlock()
-	if !drain {
+	if !drained {
 		e.cc.Close()
 	}
 }
@@ -430,7 +433,7 @@ func dialer(network, addr string) func(ctx context.Context) (net.Conn, error) {
 // connection fails at once with the last error and dials nothing.
 func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Context) (net.Conn, error)) (net.Conn, error) {
 	e.mu.Lock()
-	if e.dialled && e.active.Load() == 0 {
+	if !e.dialAt.IsZero() && e.active.Load() == 0 {
 		last := e.dialErr
 		if last == nil {
 			// The dial worked, the connection did not (a handshake, a
@@ -440,7 +443,6 @@ func (p *Pool) boundedDial(ctx context.Context, e *entry, dial func(context.Cont
 		e.mu.Unlock()
 		return nil, last
 	}
-	e.dialled = true
 	// Under way from here (settle waits for it), also while it waits for
 	// a slot.
 	e.dialing++
@@ -918,7 +920,7 @@ func (p *Pool) evictGone() {
 	}
 	p.mu.Unlock()
 	for _, e := range entries {
-		if p.current(e) == nil && e.stale.Load() && e.active.Load() == 0 {
+		if stale, err := p.current(e); err == nil && stale && e.active.Load() == 0 {
 			p.log.Info("endpoint changed: closing the old connection", "workspace", e.name)
 			p.evict(e.name, e)
 		}

@@ -429,17 +429,23 @@ func TestCurrentKeyRedialsEditedAndClosesRemoved(t *testing.T) {
 		}
 		return cc, end
 	}
+	// closedOnceEnded checks that cc, taken out of the pool under a call,
+	// stays open through some sweeps and is closed once the call ends.
+	closedOnceEnded := func(cc *grpc.ClientConn, end func(), what string) {
+		t.Helper()
+		time.Sleep(200 * time.Millisecond) // four sweeps
+		if s := cc.GetState(); s == connectivity.Shutdown {
+			t.Errorf("%s was closed under a call", what)
+		}
+		end()
+		waitFor(t, what+" closed once its call ended", func() bool { return cc.GetState() == connectivity.Shutdown })
+	}
 	oldCC, endStream := callUnderWay()
 	cur.Store(b)
 	if v := version(); v != "vb" {
 		t.Errorf("after the endpoint changed, the next call reached %q, want vb", v)
 	}
-	time.Sleep(200 * time.Millisecond) // four sweeps
-	if s := oldCC.GetState(); s == connectivity.Shutdown {
-		t.Error("the old endpoint's connection was closed under a call")
-	}
-	endStream()
-	waitFor(t, "the old endpoint's connection closed once its call ended", func() bool { return oldCC.GetState() == connectivity.Shutdown })
+	closedOnceEnded(oldCC, endStream, "the old endpoint's connection")
 	// Gone with a call under way on it: new calls are refused, that one
 	// finishes (a host commented out for a moment, an editor mid-save).
 	ccB, endStream2 := callUnderWay()
@@ -450,12 +456,7 @@ func TestCurrentKeyRedialsEditedAndClosesRemoved(t *testing.T) {
 	if n := p.Len(); n != 0 {
 		t.Errorf("%d connections held for a workspace that is gone", n)
 	}
-	time.Sleep(200 * time.Millisecond) // four sweeps
-	if s := ccB.GetState(); s == connectivity.Shutdown {
-		t.Error("the gone workspace's connection was closed under a call")
-	}
-	endStream2()
-	waitFor(t, "the gone workspace's connection closed once its call ended", func() bool { return ccB.GetState() == connectivity.Shutdown })
+	closedOnceEnded(ccB, endStream2, "the gone workspace's connection")
 
 	// Gone while idle: the sweep closes it.
 	cur.Store(a)
