@@ -202,6 +202,9 @@ func run(args []string) error {
 		// (or of an older build's), is not to be passed on.
 		os.Unsetenv("SSH_AUTH_SOCK")
 	}
+	// What runs and tmux panes get of the agent a hop forwards, at their
+	// start.
+	forwardedAgent := func() []string { return sshauth.Env(f.stateDir) }
 
 	// Before anything is started: no run may inherit an ignored SIGHUP.
 	defer resetIgnoredSignals(log)()
@@ -257,7 +260,7 @@ func run(args []string) error {
 		MaxRuns:    f.maxRuns,
 		Cgroups:    cgroups,
 		Handover:   takeHandover(log),
-		Env:        func() []string { return sshauth.Env(f.stateDir) },
+		Env:        forwardedAgent,
 		Logger:     log,
 	})
 	if err != nil {
@@ -277,7 +280,7 @@ func run(args []string) error {
 		HistoryLimit: f.tmuxHistory,
 		WorkDir:      f.workdir,
 		PaneHelper:   paneHelper,
-		RunEnv:       func() []string { return sshauth.Env(f.stateDir) },
+		RunEnv:       forwardedAgent,
 		Logger:       log,
 	})
 	_ = sessions.Start(ctx) // logged by the manager; Err() keeps the reason

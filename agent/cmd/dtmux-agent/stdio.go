@@ -48,8 +48,8 @@ func runStdio(log hclog.Logger, f *flags, args []string) error {
 	if err != nil {
 		return err
 	}
-	// Before the daemon may start: it and its tmux server take the link
-	// up when it is there.
+	// Before a daemon may be started below: runs it starts find the link
+	// at once.
 	agentDone, err := sshauth.Update(state, os.Getenv("SSH_AUTH_SOCK"))
 	if err != nil {
 		log.Warn("runs will not get this hop's ssh agent", "error", err)
