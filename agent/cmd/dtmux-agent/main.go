@@ -44,9 +44,10 @@ import (
 // one CPU does at over 1 GB/s. It shares the workspace's CPUs with the
 // user's own work, and every further CPU its scheduler may use costs
 // thread wake-ups between goroutines that one CPU runs in turn: with 1,
-// an Exec of true over an ssh hop cost the agent about a fifth less CPU
-// (0.49-0.57 ms against 0.62-0.69 ms in four alternating rounds on 2
-// CPUs), and 1 GiB through it moved as fast.
+// Exec(true) through the controller took 1.16-1.18 ms against 1.25-1.28
+// ms, and 1 GiB through it moved as fast, in alternating rounds of the
+// two builds on 2 CPUs (`DTMUX_BIN=DIR go test -run '^$' -bench
+// 'Exec/(exec-true|1GiB)' -benchtime 1x ./bench/exec/`, one DIR each).
 const defaultMaxProcs = 1
 
 // drainGrace is how long in-flight calls get on shutdown before the server
